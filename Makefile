@@ -1,0 +1,27 @@
+# The two commands of the README: `make run` and `make test`. Both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install migrate run test clean
+
+install: $(STAMP)
+
+# Reinstall when the dependencies change. torch/torchvision come from the machine's local wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+migrate: install
+	$(PY) -m alembic upgrade head
+
+run: migrate
+	$(PY) -m service
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

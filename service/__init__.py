@@ -1,0 +1,1 @@
+"""trainlab's HTTP service: the experiment contract, settings, the store and the API."""

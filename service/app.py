@@ -1,0 +1,63 @@
+"""The HTTP face: `create_app(settings)` builds the FastAPI app; nothing is created at import time.
+
+    uvicorn --factory service.app:create_app
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from service.deps import StoreDep
+from service.errors import install_error_handler
+from service.limits import BodySizeLimit
+from service.predictors import PredictorCache
+from service.routers import experiments
+from service.settings import Settings
+from service.store import SchemaOutOfDate, Store
+
+log = logging.getLogger("trainlab.api")
+
+# Room for the multipart envelope around an upload of the maximum size.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database_url)
+        try:
+            store.check_schema()
+        except SchemaOutOfDate as exc:
+            log.error("refusing to start: %s", exc)
+            store.close()
+            raise
+        app.state.store = store
+        app.state.predictors = PredictorCache(settings.predictor_cache_size)
+        yield
+        store.close()
+
+    app = FastAPI(
+        title="trainlab",
+        summary="Submit PyTorch experiments over HTTP; watch their curves; query the trained models.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    install_error_handler(app)
+    app.include_router(experiments.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(store: StoreDep) -> dict[str, str]:
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app

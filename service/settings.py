@@ -1,0 +1,24 @@
+"""Configuration, read from `TRAINLAB_*` environment variables (and a `.env` file if present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINLAB_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///var/trainlab.db"
+    # Where user-provided datasets and caches live; the bundled datasets ship inside the package.
+    data_dir: Path = Path("var/data")
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    # Decoded pixels per uploaded image; far below Pillow's own bomb limit (~89M).
+    max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
+    # Trained models kept in memory by the API for /predict.
+    predictor_cache_size: Annotated[int, Field(ge=1)] = 8
+    # How often an idle worker looks for a queued job.
+    poll_interval_s: Annotated[float, Field(gt=0)] = 1.0

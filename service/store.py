@@ -1,0 +1,449 @@
+"""Persistence: engine, ORM tables, the job state machine and claiming, all in one module.
+
+ORM rows never leave this module: callers get `service.schemas` / `service.specs` models or small dataclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    case,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from service.errors import Conflict, NotFound
+from service.schemas import BestEpoch, ExperimentPublic, Status
+from service.specs import EpochMetrics, ExperimentSpec
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# Which status may follow which. Every status change in this module goes through `_transition`.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.queued: frozenset({Status.running, Status.cancelled}),
+    Status.running: frozenset({Status.succeeded, Status.failed, Status.cancelled, Status.queued}),
+    Status.succeeded: frozenset(),
+    Status.failed: frozenset(),
+    Status.cancelled: frozenset(),
+}
+
+
+def _sources(target: Status) -> list[str]:
+    return [s.value for s, targets in TRANSITIONS.items() if target in targets]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC (SQLite keeps no zone) and always hands back aware UTC datetimes."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ExperimentRow(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="status"),
+        # The claim query: oldest queued first.
+        Index("ix_experiments_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    # Incremented by each claim; a worker's writes must carry the attempt it claimed (fencing).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    device: Mapped[str | None] = mapped_column(String(64))
+    current_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    best_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    best_val_loss: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class MetricRow(Base):
+    __tablename__ = "metrics"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_accuracy: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    val_accuracy: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    duration_s: Mapped[float] = mapped_column(Float)
+    samples_per_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CheckpointRow(Base):
+    """The checkpoint blob lives in the database, so workers and API need no shared filesystem."""
+
+    __tablename__ = "checkpoints"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    attempt: int
+    spec: ExperimentSpec
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    experiment_id: int
+    epoch: int
+    sha256: str
+
+
+class SchemaOutOfDate(RuntimeError):
+    pass
+
+
+class LeaseLost(RuntimeError):
+    """The job is no longer this worker's (re-claimed, cancelled or finished): its write was refused."""
+
+
+def create_db_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_conn, _record) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own handling defers it unpredictably).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+        cursor.execute("PRAGMA busy_timeout=30000")  # writers queue up instead of failing "database is locked"
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint of the WAL; safe with WAL
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        # Writers take the write lock up front: a deferred transaction that upgrades from read to write
+        # fails at once with SQLITE_BUSY instead of waiting out busy_timeout.
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_db_engine(url)
+        self._write_engine = self.engine.execution_options(sqlite_immediate=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ------------------------------------------------------------------------------------------
+
+    def check_schema(self) -> None:
+        """Refuse a database whose schema is not at the code's migration head."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(_alembic_config(self.url)).get_current_head()
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != head:
+            raise SchemaOutOfDate(
+                f"database schema is at revision {current or 'none (empty database)'}, the code needs {head}: "
+                f"run `alembic upgrade head` (TRAINLAB_DATABASE_URL={make_url(self.url).render_as_string()})"
+            )
+
+    def upgrade(self) -> None:
+        """`alembic upgrade head`, in-process."""
+        from alembic import command
+
+        command.upgrade(_alembic_config(self.url), "head")
+
+    # -- sessions ----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine) as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._write_engine) as session, session.begin():
+            yield session
+
+    # -- experiments (API side) --------------------------------------------------------------------------
+
+    def create_experiment(self, spec: ExperimentSpec) -> ExperimentPublic:
+        with self._write() as session:
+            row = ExperimentRow(
+                name=spec.name,
+                spec=spec.model_dump(mode="json"),
+                status=Status.queued.value,
+                created_at=utcnow(),
+                attempt=0,
+                current_epoch=0,
+            )
+            session.add(row)
+            session.flush()
+            return _public(row)
+
+    def get_experiment(self, experiment_id: int) -> ExperimentPublic:
+        with self._read() as session:
+            return _public(self._row(session, experiment_id))
+
+    def list_experiments(
+        self, *, status: Status | None, limit: int, offset: int
+    ) -> tuple[list[ExperimentPublic], int]:
+        query = select(ExperimentRow)
+        if status is not None:
+            query = query.where(ExperimentRow.status == status.value)
+        with self._read() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(query.order_by(ExperimentRow.id.desc()).limit(limit).offset(offset)).all()
+            return [_public(row) for row in rows], total
+
+    def list_metrics(self, experiment_id: int, *, since_epoch: int = 0) -> list[EpochMetrics]:
+        with self._read() as session:
+            self._row(session, experiment_id)
+            rows = session.scalars(
+                select(MetricRow)
+                .where(MetricRow.experiment_id == experiment_id, MetricRow.epoch > since_epoch)
+                .order_by(MetricRow.epoch)
+            ).all()
+            return [EpochMetrics.model_validate(row, from_attributes=True) for row in rows]
+
+    def find_checkpoint(self, experiment_id: int, epoch: int | None = None) -> CheckpointRef:
+        """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None."""
+        with self._read() as session:
+            experiment = self._row(session, experiment_id)
+            wanted = epoch if epoch is not None else experiment.best_epoch
+            if wanted is None:
+                raise Conflict(
+                    f"experiment {experiment_id} has no checkpoint yet (status {experiment.status}); "
+                    "the first one is written when its first epoch finishes"
+                )
+            sha256 = session.scalar(
+                select(CheckpointRow.sha256).where(
+                    CheckpointRow.experiment_id == experiment_id, CheckpointRow.epoch == wanted
+                )
+            )
+            if sha256 is None:
+                raise NotFound(f"experiment {experiment_id} has no checkpoint for epoch {wanted}")
+            return CheckpointRef(experiment_id, wanted, sha256)
+
+    def checkpoint_data(self, ref: CheckpointRef) -> bytes:
+        with self._read() as session:
+            data = session.scalar(
+                select(CheckpointRow.data).where(
+                    CheckpointRow.experiment_id == ref.experiment_id, CheckpointRow.epoch == ref.epoch
+                )
+            )
+        if data is None:
+            raise NotFound(f"experiment {ref.experiment_id} has no checkpoint for epoch {ref.epoch}")
+        return data
+
+    @staticmethod
+    def _row(session: Session, experiment_id: int) -> ExperimentRow:
+        row = session.get(ExperimentRow, experiment_id)
+        if row is None:
+            raise NotFound(f"experiment {experiment_id} not found")
+        return row
+
+    # -- jobs (worker side) ------------------------------------------------------------------------------
+
+    def claim(self, worker_id: str) -> ClaimedJob | None:
+        """Atomically take the oldest queued experiment, or None. One statement: no two workers get the same."""
+        oldest_queued = (
+            select(ExperimentRow.id)
+            .where(ExperimentRow.status == Status.queued.value)
+            .order_by(ExperimentRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers instead
+            .scalar_subquery()
+        )
+        now = utcnow()
+        statement = (
+            update(ExperimentRow)
+            .where(ExperimentRow.id == oldest_queued, ExperimentRow.status.in_(_sources(Status.running)))
+            .values(
+                status=Status.running.value,
+                worker_id=worker_id,
+                device=None,
+                attempt=ExperimentRow.attempt + 1,
+                started_at=func.coalesce(ExperimentRow.started_at, now),
+                heartbeat_at=now,
+            )
+            .returning(ExperimentRow.id, ExperimentRow.attempt, ExperimentRow.spec)
+        )
+        with self._write() as session:
+            claimed = session.execute(statement).one_or_none()
+        if claimed is None:
+            return None
+        return ClaimedJob(claimed.id, claimed.attempt, ExperimentSpec.model_validate(claimed.spec))
+
+    def latest_checkpoint(self, experiment_id: int) -> CheckpointRef | None:
+        with self._read() as session:
+            row = session.execute(
+                select(CheckpointRow.epoch, CheckpointRow.sha256)
+                .where(CheckpointRow.experiment_id == experiment_id)
+                .order_by(CheckpointRow.epoch.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else CheckpointRef(experiment_id, row.epoch, row.sha256)
+
+    def heartbeat(self, job: ClaimedJob, **progress: str | None) -> None:
+        """Prove the job is still alive and ours; optionally record progress fields (e.g. `device`)."""
+        with self._write() as session:
+            _update_owned(session, job, heartbeat_at=utcnow(), **progress)
+
+    def record_epoch(self, job: ClaimedJob, metrics: EpochMetrics, checkpoint: bytes) -> None:
+        """One transaction: the epoch's metrics row, its checkpoint, and the experiment's progress."""
+        now = utcnow()
+        improved = or_(
+            ExperimentRow.best_val_accuracy.is_(None), ExperimentRow.best_val_accuracy < metrics.val_accuracy
+        )
+        with self._write() as session:
+            # The fenced update goes first: it takes the write lock and proves the job is still ours.
+            _update_owned(
+                session,
+                job,
+                current_epoch=metrics.epoch,
+                heartbeat_at=now,
+                best_epoch=case((improved, metrics.epoch), else_=ExperimentRow.best_epoch),
+                best_val_accuracy=case((improved, metrics.val_accuracy), else_=ExperimentRow.best_val_accuracy),
+                best_val_loss=case((improved, metrics.val_loss), else_=ExperimentRow.best_val_loss),
+            )
+            session.add(MetricRow(experiment_id=job.id, created_at=now, **metrics.model_dump()))
+            session.add(
+                CheckpointRow(
+                    experiment_id=job.id,
+                    epoch=metrics.epoch,
+                    data=checkpoint,
+                    sha256=hashlib.sha256(checkpoint).hexdigest(),
+                    size_bytes=len(checkpoint),
+                    created_at=now,
+                )
+            )
+
+    def finish(self, job: ClaimedJob, status: Status, error: str | None = None) -> None:
+        """running -> succeeded | failed | cancelled, or back to queued (released, worker_id cleared)."""
+        if status not in TRANSITIONS[Status.running]:
+            raise ValueError(f"illegal transition running -> {status}")
+        values: dict = {"status": status.value, "error": error}
+        if status is Status.queued:
+            values["worker_id"] = None
+        else:
+            values["finished_at"] = utcnow()
+        with self._write() as session:
+            _update_owned(session, job, **values)
+
+
+def _update_owned(session: Session, job: ClaimedJob, **values) -> None:
+    """Update a job's row only while it is running under this worker's attempt (fencing), else LeaseLost."""
+    result = session.execute(
+        update(ExperimentRow)
+        .where(
+            ExperimentRow.id == job.id,
+            ExperimentRow.attempt == job.attempt,
+            ExperimentRow.status == Status.running.value,
+        )
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(f"experiment {job.id} attempt {job.attempt} is no longer running under this worker")
+
+
+def _public(row: ExperimentRow) -> ExperimentPublic:
+    spec = ExperimentSpec.model_validate(row.spec)
+    best = None
+    if row.best_epoch is not None:
+        best = BestEpoch(epoch=row.best_epoch, val_accuracy=row.best_val_accuracy, val_loss=row.best_val_loss)
+    return ExperimentPublic(
+        id=row.id,
+        name=row.name,
+        status=Status(row.status),
+        spec=spec,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        current_epoch=row.current_epoch,
+        epochs=spec.epochs,
+        best=best,
+        attempt=row.attempt,
+        worker_id=row.worker_id,
+        device=row.device,
+        error=row.error,
+    )

@@ -1,0 +1,1 @@
+"""trainlab's worker: the training engine and the job loop that feeds it from the store."""

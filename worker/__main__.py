@@ -1,0 +1,45 @@
+"""`python -m worker`: claim and train queued experiments until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from service.settings import Settings
+from service.store import SchemaOutOfDate, Store
+from worker.loop import Worker
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="exit when the queue is empty instead of polling")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+
+    settings = Settings()
+    store = Store(settings.database_url)
+    try:
+        store.check_schema()
+    except SchemaOutOfDate as exc:
+        logging.getLogger("trainlab.worker").error("refusing to start: %s", exc)
+        return 2
+
+    worker = Worker(store, settings)
+
+    def request_stop(signum: int, _frame) -> None:
+        logging.getLogger("trainlab.worker").info("received %s; stopping", signal.Signals(signum).name)
+        worker.stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        worker.run(once=args.once)
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

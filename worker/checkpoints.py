@@ -1,0 +1,64 @@
+"""Checkpoints as bytes: everything needed to resume training or to serve predictions, and nothing that
+needs pickle to read back (`torch.load(..., weights_only=True)` only)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from service.specs import ExperimentSpec
+from worker.preprocess import Preprocess
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointContent:
+    epoch: int
+    spec: ExperimentSpec
+    preprocess: Preprocess
+    class_names: tuple[str, ...]
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict
+
+
+def dump_checkpoint(
+    *,
+    epoch: int,
+    spec: ExperimentSpec,
+    preprocess: Preprocess,
+    class_names: tuple[str, ...],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "format": FORMAT_VERSION,
+            "epoch": epoch,
+            "spec": spec.model_dump_json(),
+            "preprocess": preprocess.to_dict(),
+            "class_names": list(class_names),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu") -> CheckpointContent:
+    raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    if raw.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unsupported checkpoint format {raw.get('format')!r}")
+    return CheckpointContent(
+        epoch=int(raw["epoch"]),
+        spec=ExperimentSpec.model_validate_json(raw["spec"]),
+        preprocess=Preprocess.from_dict(raw["preprocess"]),
+        class_names=tuple(raw["class_names"]),
+        model_state=raw["model"],
+        optimizer_state=raw["optimizer"],
+    )
