@@ -22,11 +22,17 @@ def main() -> int:
 
     api = [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", args.host]
     commands = [[*api, "--port", str(args.port)]] + [[sys.executable, "-m", "worker"]] * args.workers
-    # Own sessions: a terminal's Ctrl-C reaches only this process, which forwards it exactly once
-    # (uvicorn treats a second SIGINT as "quit now").
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which forwards it.
     children = [subprocess.Popen(command, start_new_session=True) for command in commands]
 
+    signalled = False
+
     def stop(signum: int, _frame) -> None:
+        # Once only: uvicorn treats a second signal as "quit now", skipping its clean shutdown.
+        nonlocal signalled
+        if signalled:
+            return
+        signalled = True
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -43,7 +49,7 @@ def main() -> int:
     except subprocess.TimeoutExpired:
         for child in children:
             child.kill()
-    return next((child.returncode for child in children if child.returncode), 0)
+    return 0 if all(child.returncode == 0 for child in children) else 1
 
 
 if __name__ == "__main__":

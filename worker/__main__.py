@@ -17,6 +17,7 @@ def main() -> int:
     parser.add_argument("--once", action="store_true", help="exit when the queue is empty instead of polling")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check is not news
 
     settings = Settings()
     store = Store(settings.database_url)

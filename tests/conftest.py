@@ -1,0 +1,157 @@
+"""Real components: a migrated SQLite file, a real uvicorn server and real `python -m worker` processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.settings import Settings
+from service.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Deployment:
+    """One database, the environment every process of this deployment gets, and the processes started."""
+
+    root: Path
+    db_url: str
+    env: dict[str, str]
+    processes: list[tuple[subprocess.Popen, Path]] = field(default_factory=list)
+    url: str | None = None
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = self.root / f"{name}-{len(self.processes)}.log"
+        process = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env=self.env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+        self.processes.append((process, log))
+        return process
+
+    def start_api(self) -> str:
+        port = free_port()
+        process = self.spawn("api", "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"API exited with {process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self.url
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"API did not come up:\n{self.logs()}")
+
+    def start_worker(self) -> subprocess.Popen:
+        return self.spawn("worker", "-m", "worker")
+
+    def logs(self, name: str = "") -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')}" for _, log in self.processes if log.name.startswith(name)
+        )
+
+    def stop(self) -> None:
+        for process, _ in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process, _ in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def make_env(root: Path, db_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINLAB_")}
+    env.update(
+        TRAINLAB_DATABASE_URL=db_url,
+        TRAINLAB_DATA_DIR=str(root / "data"),
+        TRAINLAB_POLL_INTERVAL_S="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@contextmanager
+def deployment(root: Path, *, workers: int = 0, api: bool = True) -> Iterator[Deployment]:
+    db_url = f"sqlite:///{root / 'trainlab.db'}"
+    store = Store(db_url)
+    store.upgrade()
+    store.close()
+    dep = Deployment(root=root, db_url=db_url, env=make_env(root, db_url))
+    try:
+        if api:
+            dep.start_api()
+        for _ in range(workers):
+            dep.start_worker()
+        yield dep
+    finally:
+        dep.stop()
+
+
+@pytest.fixture
+def api_only(tmp_path: Path) -> Iterator[Deployment]:
+    with deployment(tmp_path) as dep:
+        yield dep
+
+
+@pytest.fixture
+def client_for():
+    clients: list[httpx.Client] = []
+
+    def make(dep: Deployment) -> httpx.Client:
+        clients.append(httpx.Client(base_url=dep.url, timeout=30))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def wait_for_status(client: httpx.Client, experiment_id: int, statuses: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiment = client.get(f"/experiments/{experiment_id}").json()
+        if experiment["status"] in statuses:
+            return experiment
+        time.sleep(0.3)
+    raise AssertionError(f"experiment {experiment_id} still {experiment['status']} after {timeout}s")
+
+
+def tiny_spec(**overrides) -> dict:
+    """A job that trains in about a second: an MLP on the 8x8 digits."""
+    spec = {"name": "tiny", "dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}
+    spec.update(overrides)
+    return spec
+
+
+def train_in_process(dep: Deployment) -> None:
+    """Claim and train the oldest queued job through the worker's own code, without a worker process."""
+    from worker.loop import Worker
+
+    store = Store(dep.db_url)
+    try:
+        job = store.claim("test-worker")
+        assert job is not None, "nothing queued"
+        Worker(store, Settings(data_dir=dep.root / "data"), worker_id="test-worker").run_job(job)
+    finally:
+        store.close()

@@ -1,0 +1,126 @@
+"""The training engine on real data: resumption replays an uninterrupted run, and /predict's
+preprocessing is the training preprocessing."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
+from worker.checkpoints import load_checkpoint
+from worker.datasets import dataset_names, load_dataset, stratified_split
+from worker.engine import Interrupted, fit
+from worker.inference import Predictor
+from worker.preprocess import image_to_uint8, normalize
+
+CPU = torch.device("cpu")
+
+
+def spec(**overrides) -> ExperimentSpec:
+    base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [64], "dropout": 0.2}, "epochs": 3}
+    return ExperimentSpec.model_validate({**base, **overrides})
+
+
+def run(experiment: ExperimentSpec, **kwargs) -> list[tuple[EpochMetrics, bytes]]:
+    out: list[tuple[EpochMetrics, bytes]] = []
+    dataset = load_dataset(experiment.dataset, Path("unused"))
+    fit(experiment, dataset, CPU, on_epoch=lambda m, c: out.append((m, c)), **kwargs)
+    return out
+
+
+def timing_free(m: EpochMetrics) -> dict:
+    return m.model_dump(exclude={"duration_s", "samples_per_s"})
+
+
+@pytest.mark.parametrize("optimizer", [{"kind": "adam"}, {"kind": "sgd", "lr": 0.05, "nesterov": True}])
+def test_resuming_from_a_checkpoint_replays_the_uninterrupted_run(optimizer) -> None:
+    experiment = spec(optimizer=optimizer)
+    whole = run(experiment)
+    assert [m.epoch for m, _ in whole] == [1, 2, 3]
+    resumed = run(experiment, resume=load_checkpoint(whole[0][1]))
+    assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
+
+
+def test_stop_request_interrupts_at_a_batch_boundary() -> None:
+    calls = []
+
+    def stop_after_three_batches() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Interrupted):
+        run(spec(), should_stop=stop_after_three_batches)
+    assert len(calls) == 4
+
+
+def test_seeded_runs_are_identical_and_seeds_matter() -> None:
+    a, b = run(spec(epochs=1)), run(spec(epochs=1))
+    assert timing_free(a[0][0]) == timing_free(b[0][0])
+    assert timing_free(run(spec(epochs=1, seed=1))[0][0]) != timing_free(a[0][0])
+
+
+def test_split_is_stratified_disjoint_and_seeded() -> None:
+    labels = load_dataset(DatasetSpec(name="mnist-10k"), Path("unused"))
+    assert (len(labels.train), len(labels.val)) == (8000, 2000)
+    full = torch.cat([labels.train.labels, labels.val.labels])
+    for cls in range(10):
+        share = (labels.val.labels == cls).sum() / (full == cls).sum()
+        assert abs(float(share) - 0.2) < 0.01
+    train_idx, val_idx = stratified_split(full, 0.2, seed=0)
+    assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    assert len(train_idx) + len(val_idx) == len(full)
+    assert not torch.equal(stratified_split(full, 0.2, seed=1)[1], val_idx)
+    assert torch.equal(stratified_split(full, 0.2, seed=0)[1], val_idx)
+
+
+@pytest.mark.parametrize("name", ["mnist-10k", "digits"])
+def test_png_round_trip_gives_the_training_tensor(name: str, tmp_path: Path) -> None:
+    dataset = load_dataset(DatasetSpec(name=name), tmp_path)
+    preprocess = dataset.info.preprocess
+    images = dataset.val.images[:5]
+    for i, pixels in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(pixels[0].numpy()).save(path)
+        with Image.open(path) as image:
+            decoded = image_to_uint8(image, preprocess)
+        assert torch.equal(decoded, pixels)
+    # An RGB image of another size is converted and resized to what the model was trained on.
+    rgb = Image.new("RGB", (100, 60), (255, 255, 255))
+    assert image_to_uint8(rgb, preprocess).shape == preprocess.input_shape
+    assert normalize(images, preprocess).dtype == torch.float32
+
+
+def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> None:
+    experiment = spec(epochs=2)
+    checkpoint = run(experiment)[-1][1]
+    predictor = Predictor(checkpoint)
+    dataset = load_dataset(experiment.dataset, tmp_path)
+    correct = 0
+    for pixels, label in zip(dataset.val.images[:50], dataset.val.labels[:50], strict=True):
+        scores = predictor.predict(Image.fromarray(pixels[0].numpy()), top_k=3)
+        assert len(scores) == 3 and scores[0].probability >= scores[1].probability >= scores[2].probability
+        correct += scores[0].label == int(label)
+    assert correct >= 40  # the 8x8 digits MLP reaches ~90% after two epochs
+
+
+def test_checkpoints_load_only_as_weights(tmp_path: Path) -> None:
+    sentinel = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (sentinel,))
+
+    buffer = io.BytesIO()
+    torch.save({"format": 1, "payload": Exploit()}, buffer)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(buffer.getvalue())
+    assert not sentinel.exists()
+
+
+def test_registries_list_the_bundled_datasets() -> None:
+    assert {"mnist-10k", "digits"} <= set(dataset_names())

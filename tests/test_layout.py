@@ -1,0 +1,58 @@
+"""The house rules, checked: the engine depends only on the contract, imports create nothing, and the
+compose file wires migrate -> api/worker over one volume."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+ENGINE_MODULES = ["engine", "datasets", "models", "preprocess", "checkpoints", "inference"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_engine_imports_only_the_contract_from_service() -> None:
+    for module in ENGINE_MODULES:
+        from_service = {m for m in imported_modules(REPO / "worker" / f"{module}.py") if m.split(".")[0] == "service"}
+        assert from_service <= {"service.specs"}, (module, from_service)
+
+
+def test_importing_everything_creates_nothing(tmp_path: Path) -> None:
+    code = (
+        "import service.app, service.store, service.__main__, worker.loop, worker.__main__, worker.inference;"
+        "import os; print(sorted(os.listdir('.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_compose_runs_migrate_then_api_and_gpu_worker_on_one_volume() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"migrate", "api", "worker"} <= set(services)
+    assert services["migrate"]["command"][-2:] == ["upgrade", "head"]
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "uvicorn" in services["api"]["command"] and "service.app:create_app" in services["api"]["command"]
+    assert services["worker"]["command"][-2:] == ["-m", "worker"]
+    [device] = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    volumes = {name: {v.split(":")[0] for v in services[name]["volumes"]} for name in ("migrate", "api", "worker")}
+    assert len(set.union(*volumes.values())) == 1 and set.union(*volumes.values()) <= set(compose["volumes"])

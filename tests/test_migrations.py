@@ -1,0 +1,52 @@
+"""Alembic owns the schema; API and worker refuse a database that is behind it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from service.store import Base, Store
+from tests.conftest import REPO, free_port, make_env
+
+
+def test_upgrade_head_matches_the_models(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=make_env(tmp_path, url),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    store = Store(url)
+    try:
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        store.check_schema()
+    finally:
+        store.close()
+
+
+def test_downgrade_and_upgrade_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    env = make_env(tmp_path, url)
+    for step in (["upgrade", "head"], ["downgrade", "base"], ["upgrade", "head"]):
+        result = subprocess.run([sys.executable, "-m", "alembic", *step], cwd=REPO, env=env, capture_output=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_api_and_worker_refuse_a_database_that_is_behind(tmp_path: Path) -> None:
+    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
+    api = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert api.returncode != 0
+    assert "alembic upgrade head" in api.stderr
+    worker = subprocess.run(
+        [sys.executable, "-m", "worker"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert worker.returncode == 2
+    assert "refusing to start" in worker.stderr and "alembic upgrade head" in worker.stderr

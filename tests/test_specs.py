@@ -1,0 +1,64 @@
+"""The contract: defaults filled in, every number bounded, unknown fields refused, and no heavy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from service.specs import ExperimentSpec
+from tests.conftest import REPO
+
+
+def test_minimal_spec_gets_every_default() -> None:
+    spec = ExperimentSpec.model_validate({"dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn"}})
+    assert spec.model_dump() == {
+        "name": "experiment", "task": "classification",
+        "dataset": {"name": "mnist-10k", "val_fraction": 0.2, "seed": 0},
+        "model": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "pool": "max", "hidden": 128, "dropout": 0.0},
+        "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
+        "batch_size": 64, "epochs": 5, "seed": 0, "device": "auto",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"optimizer": {"kind": "sgd", "lr": float("nan")}},
+        {"optimizer": {"kind": "adam", "lr": float("inf")}},
+        {"optimizer": {"kind": "sgd", "momentum": 1.0}},
+        {"optimizer": {"kind": "adam", "weight_decay": -1}},
+        {"model": {"kind": "mlp", "hidden": [0]}},
+        {"model": {"kind": "mlp", "hidden": [8] * 9}},
+        {"model": {"kind": "mlp", "dropout": 1.0}},
+        {"model": {"kind": "cnn", "channels": [2048]}},
+        {"model": {"kind": "cnn", "kernel_size": 12}},
+        {"model": {"kind": "cnn", "pool": "median"}},
+        {"batch_size": 8193},
+        {"seed": -1},
+        {"name": ""},
+        {"task": "regression"},
+        {"dataset": {"name": "digits", "extra": 1}},
+        {"model": {"kind": "mlp", "channels": [3]}},
+    ],
+)
+def test_out_of_bounds_values_are_refused(patch: dict) -> None:
+    base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp"}}
+    with pytest.raises(ValidationError):
+        ExperimentSpec.model_validate({**base, **patch})
+
+
+def test_json_round_trip_is_lossless() -> None:
+    spec = ExperimentSpec.model_validate(
+        {"dataset": {"name": "digits"}, "model": {"kind": "cnn", "channels": [8]},
+         "optimizer": {"kind": "sgd", "lr": 0.1, "nesterov": True}}
+    )  # fmt: skip
+    assert ExperimentSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_contract_imports_neither_torch_nor_sqlalchemy() -> None:
+    code = "import sys, service.specs; print(sorted(m for m in ('torch', 'sqlalchemy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
