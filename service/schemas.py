@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from service.specs import ExperimentSpec
@@ -24,11 +26,21 @@ class BestEpoch(BaseModel):
     val_loss: float
 
 
+class TestMetrics(BaseModel):
+    """The best checkpoint evaluated once on the dataset's held-out test split."""
+
+    __test__ = False  # not a pytest class
+
+    loss: float
+    accuracy: float
+
+
 class ExperimentPublic(BaseModel):
     id: int
     name: str
     status: Status
     spec: ExperimentSpec
+    warnings: list[str]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -38,7 +50,13 @@ class ExperimentPublic(BaseModel):
     attempt: int
     worker_id: str | None
     device: str | None
+    environment: dict[str, str] | None
     error: str | None
+    stop_reason: str | None
+    test: TestMetrics | None
+    rerun_of: int | None
+    sweep_id: int | None
+    sweep_params: dict[str, Any] | None
 
 
 class ExperimentList(BaseModel):

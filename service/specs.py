@@ -69,7 +69,139 @@ class AdamSpec(Strict):
     weight_decay: WeightDecay = 0.0
 
 
-OptimizerSpec = Annotated[SGDSpec | AdamSpec, Field(discriminator="kind")]
+class AdamWSpec(Strict):
+    """Adam with decoupled weight decay (Loshchilov & Hutter)."""
+
+    kind: Literal["adamw"] = "adamw"
+    lr: LearningRate = 1e-3
+    weight_decay: WeightDecay = 0.01
+
+
+class RMSpropSpec(Strict):
+    kind: Literal["rmsprop"] = "rmsprop"
+    lr: LearningRate = 1e-3
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    momentum: Probability = 0.0
+    weight_decay: WeightDecay = 0.0
+
+
+OptimizerSpec = Annotated[SGDSpec | AdamSpec | AdamWSpec | RMSpropSpec, Field(discriminator="kind")]
+
+Monitor = Literal["val_loss", "val_accuracy"]
+EpochCount = Annotated[int, Field(ge=1, le=1000)]
+
+
+class StepScheduleSpec(Strict):
+    """Multiply the lr by `gamma` every `step_size` epochs."""
+
+    kind: Literal["step"] = "step"
+    step_size: EpochCount = 10
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+
+
+class CosineScheduleSpec(Strict):
+    """Cosine annealing from the optimizer's lr down to `min_lr` over the run's epochs."""
+
+    kind: Literal["cosine"] = "cosine"
+    min_lr: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+
+
+class OneCycleScheduleSpec(Strict):
+    """Warm up to `max_lr` over `pct_start` of the run, then anneal; stepped every batch."""
+
+    kind: Literal["onecycle"] = "onecycle"
+    max_lr: LearningRate = 0.01
+    pct_start: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+
+
+class PlateauScheduleSpec(Strict):
+    """Multiply the lr by `factor` once `monitor` has not improved for `patience` epochs."""
+
+    kind: Literal["reduce_on_plateau"] = "reduce_on_plateau"
+    monitor: Monitor = "val_loss"
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    patience: Annotated[int, Field(ge=0, le=1000)] = 2
+
+
+SchedulerSpec = Annotated[
+    StepScheduleSpec | CosineScheduleSpec | OneCycleScheduleSpec | PlateauScheduleSpec, Field(discriminator="kind")
+]
+
+
+class EarlyStoppingSpec(Strict):
+    """Stop once `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    monitor: Monitor = "val_loss"
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses, max for accuracies
+    patience: EpochCount = 3
+    min_delta: Annotated[float, Field(ge=0.0, le=1e6)] = 0.0
+
+
+class CheckpointPolicy(Strict):
+    """Which epochs' checkpoints to keep; the others are deleted when a new one is written."""
+
+    keep_best: Annotated[int, Field(ge=0, le=1000)] = 1
+    keep_last: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+class HFlip(Strict):
+    kind: Literal["hflip"] = "hflip"
+    p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+
+
+class VFlip(Strict):
+    kind: Literal["vflip"] = "vflip"
+    p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+
+
+class Rotation(Strict):
+    """Rotate each image by an angle drawn uniformly from [-degrees, degrees]."""
+
+    kind: Literal["rotation"] = "rotation"
+    degrees: Annotated[float, Field(gt=0.0, le=180.0)] = 15.0
+
+
+class RandomCrop(Strict):
+    """Pad by `padding` pixels (zeros) and crop back to the original size at a random offset."""
+
+    kind: Literal["random_crop"] = "random_crop"
+    padding: Annotated[int, Field(ge=1, le=64)] = 4
+
+
+class GaussianNoise(Strict):
+    """Add N(0, std^2) noise to pixel values in [0, 1], then clip."""
+
+    kind: Literal["gaussian_noise"] = "gaussian_noise"
+    std: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+
+
+class ColorJitter(Strict):
+    """Random brightness/contrast/saturation factors in [1 - x, 1 + x] and hue shift in [-hue, hue]."""
+
+    kind: Literal["color_jitter"] = "color_jitter"
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+
+
+class RandomErasing(Strict):
+    """With probability `p`, blank a random rectangle covering `scale` of the image (fractions)."""
+
+    kind: Literal["random_erasing"] = "random_erasing"
+    p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.02, 0.2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomErasing:
+        if self.scale[0] > self.scale[1]:
+            raise ValueError("scale must be (low, high) with low <= high")
+        return self
+
+
+AugmentationSpec = Annotated[
+    HFlip | VFlip | Rotation | RandomCrop | GaussianNoise | ColorJitter | RandomErasing, Field(discriminator="kind")
+]
 
 
 class ExperimentSpec(Strict):
@@ -80,9 +212,17 @@ class ExperimentSpec(Strict):
     dataset: DatasetSpec
     model: ModelSpec
     optimizer: OptimizerSpec = AdamSpec()
+    scheduler: SchedulerSpec | None = None
+    grad_clip_norm: Annotated[float, Field(gt=0.0, le=1e4)] | None = None
+    # Applied in order, to training batches only.
+    augment: Annotated[list[AugmentationSpec], Field(max_length=16)] = []
     batch_size: Annotated[int, Field(ge=1, le=8192)] = 64
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 5
+    epochs: EpochCount = 5
+    early_stopping: EarlyStoppingSpec | None = None
+    checkpoints: CheckpointPolicy = CheckpointPolicy()
     seed: Seed = 0
+    # Deterministic kernels: the same spec and seed give the same metrics on the same device.
+    deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

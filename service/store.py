@@ -6,7 +6,7 @@ ORM rows never leave this module: callers get `service.schemas` / `service.specs
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
     case,
     create_engine,
+    delete,
     event,
     func,
     or_,
@@ -38,7 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from service.errors import Conflict, NotFound
-from service.schemas import BestEpoch, ExperimentPublic, Status
+from service.schemas import BestEpoch, ExperimentPublic, Status, TestMetrics
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -111,6 +112,26 @@ class ExperimentRow(Base):
     best_val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_val_loss: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # Said to the user at submission (e.g. an augmentation known to hurt on this dataset).
+    warnings: Mapped[list] = mapped_column(JSON, default=list)
+    # Versions and device that produced the numbers, recorded when training starts.
+    environment: Mapped[dict | None] = mapped_column(JSON)
+    stop_reason: Mapped[str | None] = mapped_column(Text)
+    # The best checkpoint on the dataset's held-out test split, where it has one.
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    rerun_of: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"))
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    sweep_params: Mapped[dict | None] = mapped_column(JSON)
+
+
+class SweepRow(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict] = mapped_column(JSON)  # base spec and search space, as submitted (defaults filled)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class MetricRow(Base):
@@ -146,6 +167,13 @@ class ClaimedJob:
     id: int
     attempt: int
     spec: ExperimentSpec
+
+
+@dataclass(frozen=True)
+class Trial:
+    spec: ExperimentSpec
+    params: dict
+    warnings: list[str]
 
 
 @dataclass(frozen=True)
@@ -246,19 +274,36 @@ class Store:
 
     # -- experiments (API side) --------------------------------------------------------------------------
 
-    def create_experiment(self, spec: ExperimentSpec) -> ExperimentPublic:
+    def create_experiment(
+        self, spec: ExperimentSpec, *, warnings: Sequence[str] = (), rerun_of: int | None = None
+    ) -> ExperimentPublic:
         with self._write() as session:
-            row = ExperimentRow(
-                name=spec.name,
-                spec=spec.model_dump(mode="json"),
-                status=Status.queued.value,
-                created_at=utcnow(),
-                attempt=0,
-                current_epoch=0,
-            )
+            row = _new_experiment(spec, warnings, rerun_of=rerun_of)
             session.add(row)
             session.flush()
             return _public(row)
+
+    def create_sweep(self, name: str, request: dict, trials: list[Trial]) -> int:
+        """The sweep and all its trials as queued experiments, in one transaction."""
+        with self._write() as session:
+            sweep = SweepRow(name=name, request=request, created_at=utcnow())
+            session.add(sweep)
+            session.flush()
+            for trial in trials:
+                row = _new_experiment(trial.spec, trial.warnings)
+                row.sweep_id, row.sweep_params = sweep.id, trial.params
+                session.add(row)
+            return sweep.id
+
+    def get_sweep(self, sweep_id: int) -> tuple[str, dict, datetime, list[ExperimentPublic]]:
+        with self._read() as session:
+            sweep = session.get(SweepRow, sweep_id)
+            if sweep is None:
+                raise NotFound(f"sweep {sweep_id} not found")
+            rows = session.scalars(
+                select(ExperimentRow).where(ExperimentRow.sweep_id == sweep_id).order_by(ExperimentRow.id)
+            ).all()
+            return sweep.name, sweep.request, sweep.created_at, [_public(row) for row in rows]
 
     def get_experiment(self, experiment_id: int) -> ExperimentPublic:
         with self._read() as session:
@@ -301,7 +346,15 @@ class Store:
                 )
             )
             if sha256 is None:
-                raise NotFound(f"experiment {experiment_id} has no checkpoint for epoch {wanted}")
+                kept = session.scalars(
+                    select(CheckpointRow.epoch)
+                    .where(CheckpointRow.experiment_id == experiment_id)
+                    .order_by(CheckpointRow.epoch)
+                ).all()
+                raise NotFound(
+                    f"experiment {experiment_id} has no checkpoint for epoch {wanted}; "
+                    f"kept: {', '.join(map(str, kept)) or 'none'} (spec.checkpoints says which are kept)"
+                )
             return CheckpointRef(experiment_id, wanted, sha256)
 
     def checkpoint_data(self, ref: CheckpointRef) -> bytes:
@@ -364,7 +417,7 @@ class Store:
             ).first()
             return None if row is None else CheckpointRef(experiment_id, row.epoch, row.sha256)
 
-    def heartbeat(self, job: ClaimedJob, **progress: str | None) -> None:
+    def heartbeat(self, job: ClaimedJob, **progress: object) -> None:
         """Prove the job is still alive and ours; optionally record progress fields (e.g. `device`)."""
         with self._write() as session:
             _update_owned(session, job, heartbeat_at=utcnow(), **progress)
@@ -397,12 +450,26 @@ class Store:
                     created_at=now,
                 )
             )
+            session.flush()
+            _apply_retention(session, job)
 
-    def finish(self, job: ClaimedJob, status: Status, error: str | None = None) -> None:
-        """running -> succeeded | failed | cancelled, or back to queued (released, worker_id cleared)."""
+
+    def finish(
+        self,
+        job: ClaimedJob,
+        status: Status,
+        error: str | None = None,
+        *,
+        stop_reason: str | None = None,
+        test: tuple[float, float] | None = None,
+    ) -> None:
+        """running -> succeeded | failed | cancelled, or back to queued (released, worker_id cleared).
+        `test` is (loss, accuracy) of the best checkpoint on the dataset's test split."""
         if status not in TRANSITIONS[Status.running]:
             raise ValueError(f"illegal transition running -> {status}")
-        values: dict = {"status": status.value, "error": error}
+        values: dict = {"status": status.value, "error": error, "stop_reason": stop_reason}
+        if test is not None:
+            values["test_loss"], values["test_accuracy"] = test
         if status is Status.queued:
             values["worker_id"] = None
         else:
@@ -426,6 +493,38 @@ def _update_owned(session: Session, job: ClaimedJob, **values) -> None:
         raise LeaseLost(f"experiment {job.id} attempt {job.attempt} is no longer running under this worker")
 
 
+def _apply_retention(session: Session, job: ClaimedJob) -> None:
+    """Delete the checkpoints that are neither among the last `keep_last` epochs nor the best `keep_best`."""
+    policy = job.spec.checkpoints
+    of_job = MetricRow.experiment_id == job.id
+    last = select(MetricRow.epoch).where(of_job).order_by(MetricRow.epoch.desc()).limit(policy.keep_last)
+    # Same order as the experiment's `best`: highest val_accuracy, earliest epoch on ties.
+    best = (
+        select(MetricRow.epoch).where(of_job)
+        .order_by(MetricRow.val_accuracy.desc(), MetricRow.epoch).limit(policy.keep_best)
+    )  # fmt: skip
+    session.execute(
+        delete(CheckpointRow).where(
+            CheckpointRow.experiment_id == job.id,
+            CheckpointRow.epoch.not_in(last.scalar_subquery()),
+            CheckpointRow.epoch.not_in(best.scalar_subquery()),
+        )
+    )
+
+
+def _new_experiment(spec: ExperimentSpec, warnings: Sequence[str], *, rerun_of: int | None = None) -> ExperimentRow:
+    return ExperimentRow(
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        status=Status.queued.value,
+        created_at=utcnow(),
+        attempt=0,
+        current_epoch=0,
+        warnings=list(warnings),
+        rerun_of=rerun_of,
+    )
+
+
 def _public(row: ExperimentRow) -> ExperimentPublic:
     spec = ExperimentSpec.model_validate(row.spec)
     best = None
@@ -445,5 +544,12 @@ def _public(row: ExperimentRow) -> ExperimentPublic:
         attempt=row.attempt,
         worker_id=row.worker_id,
         device=row.device,
+        environment=row.environment,
         error=row.error,
+        stop_reason=row.stop_reason,
+        test=None if row.test_accuracy is None else TestMetrics(loss=row.test_loss, accuracy=row.test_accuracy),
+        rerun_of=row.rerun_of,
+        sweep_id=row.sweep_id,
+        sweep_params=row.sweep_params,
+        warnings=row.warnings or [],
     )

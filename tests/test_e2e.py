@@ -56,6 +56,8 @@ def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, client_for) -> None:
             "epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"]
         }  # fmt: skip
         assert experiment["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert experiment["environment"]["torch"] == torch.__version__
+        assert experiment["environment"]["device"] == experiment["device"]
 
         curves = client.get(f"/experiments/{experiment_id}/curves.png")
         assert curves.status_code == 200 and curves.headers["content-type"] == "image/png"
@@ -86,16 +88,16 @@ def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, client_for) -> None:
             response = client.post(f"/experiments/{experiment_id}/predict", files={"file": path.read_bytes()})
             assert response.json()["label"] == digit, response.text
 
-        # An earlier epoch's checkpoint answers too.
+        # A named epoch's checkpoint answers too, as long as retention (best + last by default) kept it.
         buffer = io.BytesIO()
         Image.fromarray(val.images[0, 0].numpy()).save(buffer, format="JPEG")
-        response = client.post(
-            f"/experiments/{experiment_id}/predict",
-            params={"epoch": 1, "top_k": 3},
-            files={"file": ("x.jpg", buffer.getvalue(), "image/jpeg")},
-        )
+        jpeg = {"file": ("x.jpg", buffer.getvalue(), "image/jpeg")}
+        response = client.post(f"/experiments/{experiment_id}/predict", params={"epoch": 2, "top_k": 3}, files=jpeg)
         assert response.status_code == 200, response.text
-        assert response.json()["epoch"] == 1 and len(response.json()["probabilities"]) == 3
+        assert response.json()["epoch"] == 2 and len(response.json()["probabilities"]) == 3
+        assert best["epoch"] == 2  # so epoch 1 was neither best nor last:
+        response = client.post(f"/experiments/{experiment_id}/predict", params={"epoch": 1}, files=jpeg)
+        assert response.status_code == 404 and "kept: 2" in response.json()["detail"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a worker without CUDA to make a job fail")

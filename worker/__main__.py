@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -19,6 +20,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check is not news
 
+    # Deterministic cuBLAS (spec.deterministic) needs this before the first CUDA call.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     settings = Settings()
     store = Store(settings.database_url)
     try:

@@ -23,6 +23,8 @@ class CheckpointContent:
     class_names: tuple[str, ...]
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict
+    # Everything else a resumed run needs to continue exactly (lr scheduler, early stopping).
+    trainer_state: dict
 
 
 def dump_checkpoint(
@@ -33,6 +35,7 @@ def dump_checkpoint(
     class_names: tuple[str, ...],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    trainer_state: dict,
 ) -> bytes:
     buffer = io.BytesIO()
     torch.save(
@@ -44,6 +47,7 @@ def dump_checkpoint(
             "class_names": list(class_names),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "trainer": trainer_state,
         },
         buffer,
     )
@@ -61,4 +65,5 @@ def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu") -> Ch
         class_names=tuple(raw["class_names"]),
         model_state=raw["model"],
         optimizer_state=raw["optimizer"],
+        trainer_state=raw.get("trainer", {}),
     )

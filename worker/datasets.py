@@ -26,6 +26,8 @@ class DatasetInfo:
     description: str
     class_names: tuple[str, ...]
     preprocess: Preprocess
+    # Mirrored or strongly rotated examples are other classes (digits): flips and big rotations hurt.
+    orientation_matters: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -46,12 +48,27 @@ class Dataset:
     info: DatasetInfo
     train: Split
     val: Split
+    test: Split | None  # only where the dataset has an official held-out test split
 
 
-# A loader returns the whole pool of labelled examples; the spec's val_fraction and seed split it.
-Loader = Callable[[Path], tuple[torch.Tensor, torch.Tensor]]
+@dataclass(frozen=True)
+class Pool:
+    """What a loader returns: the labelled examples to split into train/val, and a separate test split if any."""
 
-_REGISTRY: dict[str, tuple[DatasetInfo, Loader]] = {}
+    images: torch.Tensor
+    labels: torch.Tensor
+    test: Split | None = None
+
+
+Loader = Callable[[Path], Pool]
+# Raises DatasetUnavailable when the dataset's files are not on this machine; cheap (no decoding).
+Locator = Callable[[Path], object]
+
+_REGISTRY: dict[str, tuple[DatasetInfo, Loader, Locator]] = {}
+
+
+class DatasetUnavailable(LookupError):
+    """A registered dataset whose files are missing; the message says which files go where."""
 
 
 class UnknownDataset(KeyError):
@@ -63,11 +80,11 @@ class UnknownDataset(KeyError):
         return f"unknown dataset {self.name!r}; known datasets: {', '.join(dataset_names())}"
 
 
-def register_dataset(info: DatasetInfo) -> Callable[[Loader], Loader]:
+def register_dataset(info: DatasetInfo, locate: Locator = lambda _: None) -> Callable[[Loader], Loader]:
     def decorator(loader: Loader) -> Loader:
         if info.name in _REGISTRY:
             raise ValueError(f"dataset {info.name!r} registered twice")
-        _REGISTRY[info.name] = (info, loader)
+        _REGISTRY[info.name] = (info, loader, locate)
         return loader
 
     return decorator
@@ -84,15 +101,23 @@ def dataset_info(name: str) -> DatasetInfo:
         raise UnknownDataset(name) from None
 
 
+def check_available(name: str, data_dir: Path) -> DatasetInfo:
+    """The dataset's info if it is registered and its files are here; else UnknownDataset / DatasetUnavailable."""
+    info = dataset_info(name)
+    _REGISTRY[name][2](data_dir)
+    return info
+
+
 def load_dataset(spec: DatasetSpec, data_dir: Path) -> Dataset:
-    info = dataset_info(spec.name)
-    images, labels = _load_pool(spec.name, data_dir)
-    train_idx, val_idx = stratified_split(labels, spec.val_fraction, spec.seed)
-    return Dataset(info, Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx]))
+    info = check_available(spec.name, data_dir)
+    pool = _load_pool(spec.name, data_dir)
+    train_idx, val_idx = stratified_split(pool.labels, spec.val_fraction, spec.seed)
+    train = Split(pool.images[train_idx], pool.labels[train_idx])
+    return Dataset(info, train, Split(pool.images[val_idx], pool.labels[val_idx]), pool.test)
 
 
 @lru_cache(maxsize=4)
-def _load_pool(name: str, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_pool(name: str, data_dir: Path) -> Pool:
     return _REGISTRY[name][1](data_dir)
 
 
@@ -117,7 +142,18 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+def _idx_split(images: Path, labels: Path) -> Split:
+    return Split(
+        torch.from_numpy(read_idx(images).copy()).unsqueeze(1), torch.from_numpy(read_idx(labels).astype(np.int64))
+    )
+
+
 DIGIT_NAMES = tuple(str(d) for d in range(10))
+FASHION_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+)  # fmt: skip
+MNIST_PREPROCESS = Preprocess(channels=1, height=28, width=28, mean=(0.1307,), std=(0.3081,))
+FASHION_PREPROCESS = Preprocess(channels=1, height=28, width=28, mean=(0.2860,), std=(0.3530,))
 
 
 @register_dataset(
@@ -125,13 +161,66 @@ DIGIT_NAMES = tuple(str(d) for d in range(10))
         name="mnist-10k",
         description="MNIST's official 10k test split (LeCun, Cortes, Burges; CC BY-SA 3.0), 28x28 grayscale digits",
         class_names=DIGIT_NAMES,
-        preprocess=Preprocess(channels=1, height=28, width=28, mean=(0.1307,), std=(0.3081,)),
+        preprocess=MNIST_PREPROCESS,
+        orientation_matters=True,
     )
 )
-def _mnist_10k(_: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    images = read_idx(BUNDLED_DIR / "mnist" / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(BUNDLED_DIR / "mnist" / "t10k-labels-idx1-ubyte.gz")
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+def _mnist_10k(_: Path) -> Pool:
+    folder = BUNDLED_DIR / "mnist"
+    split = _idx_split(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
+    return Pool(split.images, split.labels)
+
+
+@register_dataset(
+    DatasetInfo(
+        name="fashion-mnist-10k",
+        description="Fashion-MNIST's official 10k test split (Zalando, MIT), 28x28 grayscale clothing",
+        class_names=FASHION_NAMES,
+        preprocess=FASHION_PREPROCESS,
+    )
+)
+def _fashion_mnist_10k(_: Path) -> Pool:
+    folder = BUNDLED_DIR / "fashion-mnist"
+    split = _idx_split(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
+    return Pool(split.images, split.labels)
+
+
+FASHION_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+)  # fmt: skip
+# Where Debian's dataset-fashion-mnist package puts the four files.
+SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _fashion_files(data_dir: Path) -> dict[str, Path]:
+    for folder in (data_dir / "fashion-mnist", SYSTEM_FASHION_DIR):
+        found = {}
+        for stem in FASHION_FILES:
+            candidates = [folder / f"{stem}.gz", folder / stem]
+            found[stem] = next((c for c in candidates if c.is_file()), None)
+        if all(found.values()):
+            return found
+    raise DatasetUnavailable(
+        f"dataset 'fashion-mnist' needs the files {', '.join(f + '[.gz]' for f in FASHION_FILES)} in "
+        f"{data_dir / 'fashion-mnist'} (TRAINLAB_DATA_DIR) or {SYSTEM_FASHION_DIR} "
+        "(Debian: apt-get install dataset-fashion-mnist); the bundled 'fashion-mnist-10k' needs nothing"
+    )
+
+
+@register_dataset(
+    DatasetInfo(
+        name="fashion-mnist",
+        description="Fashion-MNIST (Zalando, MIT): 60k training images split into train/val, plus the 10k test split",
+        class_names=FASHION_NAMES,
+        preprocess=FASHION_PREPROCESS,
+    ),
+    locate=_fashion_files,
+)
+def _fashion_mnist(data_dir: Path) -> Pool:
+    files = _fashion_files(data_dir)
+    train = _idx_split(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"])
+    test = _idx_split(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
+    return Pool(train.images, train.labels, test=test)
 
 
 @register_dataset(
@@ -140,10 +229,11 @@ def _mnist_10k(_: Path) -> tuple[torch.Tensor, torch.Tensor]:
         description="UCI's 1,797 handwritten digits as shipped by scikit-learn (CC BY 4.0), 8x8 grayscale",
         class_names=DIGIT_NAMES,
         preprocess=Preprocess(channels=1, height=8, width=8, mean=(0.3053,), std=(0.3759,)),
+        orientation_matters=True,
     )
 )
-def _digits(_: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _digits(_: Path) -> Pool:
     rows = np.loadtxt(BUNDLED_DIR / "digits" / "digits.csv.gz", delimiter=",", dtype=np.float64)
     # Pixels are 0..16; stored as 0..255 like every other dataset.
     images = np.round(rows[:, :64] * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
-    return torch.from_numpy(images), torch.from_numpy(rows[:, 64].astype(np.int64))
+    return Pool(torch.from_numpy(images), torch.from_numpy(rows[:, 64].astype(np.int64)))

@@ -7,19 +7,22 @@ shuffles and dropout masks as one that was never interrupted.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
-from service.specs import EpochMetrics, ExperimentSpec
+from service.specs import EarlyStoppingSpec, EpochMetrics, ExperimentSpec
+from worker.augment import Augmentation, build_augmentation
 from worker.checkpoints import CheckpointContent, dump_checkpoint
 from worker.datasets import Dataset, Split
 from worker.models import create_model
-from worker.preprocess import Preprocess, normalize
+from worker.preprocess import Preprocess, normalize, standardize, to_unit
 
 EVAL_BATCH_SIZE = 1024
 
@@ -36,11 +39,113 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
         params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
     ),
     "adam": lambda spec, params: torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay),
+    "adamw": lambda spec, params: torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay),
+    "rmsprop": lambda spec, params: torch.optim.RMSprop(
+        params, lr=spec.lr, alpha=spec.alpha, momentum=spec.momentum, weight_decay=spec.weight_decay
+    ),
 }
 
 
 def build_optimizer(spec, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return _OPTIMIZERS[spec.kind](spec, params)
+
+
+def monitor_mode(monitor: str, mode: str = "auto") -> str:
+    """"min" or "max": losses should fall, accuracies rise."""
+    if mode != "auto":
+        return mode
+    return "min" if monitor.endswith("loss") else "max"
+
+
+class Schedule:
+    """An lr scheduler and when to step it: after every batch (one-cycle) or after every epoch."""
+
+    def __init__(self, scheduler, *, per_batch: bool = False, monitor: str | None = None) -> None:
+        self.scheduler, self.per_batch, self.monitor = scheduler, per_batch, monitor
+
+    def after_batch(self) -> None:
+        if self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self, metrics: EpochMetrics) -> None:
+        if self.monitor is not None:
+            self.scheduler.step(getattr(metrics, self.monitor))
+        elif not self.per_batch:
+            self.scheduler.step()
+
+
+_SCHEDULES: dict[str, Callable[..., Schedule]] = {
+    "step": lambda spec, opt, epochs, steps: Schedule(torch.optim.lr_scheduler.StepLR(opt, spec.step_size, spec.gamma)),
+    "cosine": lambda spec, opt, epochs, steps: Schedule(
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=spec.min_lr)
+    ),
+    "onecycle": lambda spec, opt, epochs, steps: Schedule(
+        # The optimizer's own momentum is left as the spec says.
+        torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=spec.max_lr, total_steps=epochs * steps, pct_start=spec.pct_start, cycle_momentum=False
+        ),
+        per_batch=True,
+    ),
+    "reduce_on_plateau": lambda spec, opt, epochs, steps: Schedule(
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode=monitor_mode(spec.monitor), factor=spec.factor, patience=spec.patience
+        ),
+        monitor=spec.monitor,
+    ),
+}
+
+
+def build_schedule(spec, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int) -> Schedule | None:
+    return None if spec is None else _SCHEDULES[spec.kind](spec, optimizer, epochs, steps_per_epoch)
+
+
+class EarlyStopping:
+    def __init__(self, spec: EarlyStoppingSpec) -> None:
+        self.spec = spec
+        self.mode = monitor_mode(spec.monitor, spec.mode)
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, metrics: EpochMetrics) -> str | None:
+        """Record an epoch; the reason to stop, or None to go on."""
+        value = getattr(metrics, self.spec.monitor)
+        delta = self.spec.min_delta
+        if self.best is None or (value < self.best - delta if self.mode == "min" else value > self.best + delta):
+            self.best, self.best_epoch, self.bad_epochs = value, metrics.epoch, 0
+            return None
+        self.bad_epochs += 1
+        if self.bad_epochs < self.spec.patience:
+            return None
+        return (
+            f"early stopping after epoch {metrics.epoch}: {self.spec.monitor} has not improved for "
+            f"{self.bad_epochs} epochs (best {self.best:.4g} at epoch {self.best_epoch})"
+        )
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    last_epoch: int
+    stop_reason: str | None  # set when early stopping ended the run before spec.epochs
+
+
+def runtime_environment(device: torch.device) -> dict[str, str]:
+    """What produced the numbers: recorded with every experiment."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "host": platform.node(),
+    }
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -76,6 +181,9 @@ def train_one_epoch(
     *,
     batch_size: int,
     generator: torch.Generator,
+    augment: Augmentation | None = None,
+    grad_clip_norm: float | None = None,
+    schedule: Schedule | None = None,
     should_stop: ShouldStop = lambda: False,
 ) -> tuple[float, float]:
     """One pass over `data` in a seeded random order. Returns (mean loss, accuracy)."""
@@ -90,12 +198,18 @@ def train_one_epoch(
         if should_stop():
             raise Interrupted
         idx = order[start : start + batch_size]
-        inputs, targets = normalize(data.images[idx], preprocess), data.labels[idx]
-        logits = model(inputs)
+        inputs, targets = to_unit(data.images[idx]), data.labels[idx]
+        if augment is not None:
+            inputs = augment(inputs)
+        logits = model(standardize(inputs, preprocess))
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
         optimizer.step()
+        if schedule is not None:
+            schedule.after_batch()
         # Accumulated on the device; read once at the end of the epoch.
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(dim=1) == targets).sum()
@@ -125,23 +239,35 @@ def fit(
     on_epoch: OnEpoch,
     resume: CheckpointContent | None = None,
     should_stop: ShouldStop = lambda: False,
-) -> None:
+) -> FitResult:
     """Train epochs (resume.epoch + 1 or 1) .. spec.epochs; after each, evaluate and hand over metrics and a
-    checkpoint to `on_epoch`. Raises Interrupted when `should_stop()` turns true."""
+    checkpoint to `on_epoch`. Stops early when the spec's early stopping says so; raises Interrupted when
+    `should_stop()` turns true."""
     info = dataset.info
+    torch.use_deterministic_algorithms(spec.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not spec.deterministic
     torch.manual_seed(spec.seed)
     model = create_model(spec.model, info.preprocess.input_shape, info.num_classes).to(device)
     optimizer = build_optimizer(spec.optimizer, model.parameters())
+    steps_per_epoch = -(-len(dataset.train) // spec.batch_size)
+    schedule = build_schedule(spec.scheduler, optimizer, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
+    stopper = EarlyStopping(spec.early_stopping) if spec.early_stopping is not None else None
+    augment = build_augmentation(spec.augment)
     first_epoch = 1
     if resume is not None:
         model.load_state_dict(resume.model_state)
         optimizer.load_state_dict(resume.optimizer_state)
+        if schedule is not None:
+            schedule.scheduler.load_state_dict(resume.trainer_state["scheduler"])
+        if stopper is not None:
+            stopper.load_state_dict(resume.trainer_state["early_stopping"])
         first_epoch = resume.epoch + 1
 
     train, val = DeviceSplit.of(dataset.train, device), DeviceSplit.of(dataset.val, device)
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
         torch.manual_seed(seed)
+        lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_accuracy = train_one_epoch(
             model,
@@ -150,6 +276,9 @@ def fit(
             info.preprocess,
             batch_size=spec.batch_size,
             generator=torch.Generator().manual_seed(seed),
+            augment=augment,
+            grad_clip_norm=spec.grad_clip_norm,
+            schedule=schedule,
             should_stop=should_stop,
         )
         train_seconds = time.perf_counter() - started
@@ -160,10 +289,17 @@ def fit(
             train_accuracy=train_accuracy,
             val_loss=val_loss,
             val_accuracy=val_accuracy,
-            lr=optimizer.param_groups[0]["lr"],
+            lr=lr,
             duration_s=time.perf_counter() - started,
             samples_per_s=len(train) / train_seconds,
         )
+        if schedule is not None:
+            schedule.after_epoch(metrics)
+        stop_reason = stopper.update(metrics) if stopper is not None else None
+        trainer_state = {
+            "scheduler": schedule.scheduler.state_dict() if schedule is not None else None,
+            "early_stopping": stopper.state_dict() if stopper is not None else None,
+        }
         checkpoint = dump_checkpoint(
             epoch=epoch,
             spec=spec,
@@ -171,5 +307,9 @@ def fit(
             class_names=info.class_names,
             model=model,
             optimizer=optimizer,
+            trainer_state=trainer_state,
         )
         on_epoch(metrics, checkpoint)
+        if stop_reason is not None:
+            return FitResult(epoch, stop_reason)
+    return FitResult(spec.epochs, None)

@@ -8,6 +8,7 @@ import socket
 import threading
 import traceback
 import uuid
+from dataclasses import dataclass
 
 from service.schemas import Status
 from service.settings import Settings
@@ -15,9 +16,17 @@ from service.specs import EpochMetrics
 from service.store import ClaimedJob, LeaseLost, Store
 from worker.checkpoints import load_checkpoint
 from worker.datasets import load_dataset
-from worker.engine import Interrupted, fit, resolve_device
+from worker.engine import Interrupted, fit, resolve_device, runtime_environment
+from worker.evaluation import Evaluation
+from worker.inference import Predictor
 
 log = logging.getLogger("trainlab.worker")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    stop_reason: str | None
+    test: tuple[float, float] | None  # (loss, accuracy) of the best checkpoint on the test split
 
 
 def new_worker_id() -> str:
@@ -46,7 +55,7 @@ class Worker:
     def run_job(self, job: ClaimedJob) -> None:
         log.info("experiment %d attempt %d: claimed (%s)", job.id, job.attempt, job.spec.name)
         try:
-            self._train(job)
+            outcome = self._train(job)
         except Interrupted:
             log.info("experiment %d: stopping on request; handing it back to the queue", job.id)
             self._finish(job, Status.queued)
@@ -56,13 +65,13 @@ class Worker:
             log.error("experiment %d failed:\n%s", job.id, traceback.format_exc())
             self._finish(job, Status.failed, f"{type(exc).__name__}: {exc}")
         else:
-            log.info("experiment %d: succeeded", job.id)
-            self._finish(job, Status.succeeded)
+            log.info("experiment %d: succeeded%s", job.id, f" ({outcome.stop_reason})" if outcome.stop_reason else "")
+            self._finish(job, Status.succeeded, stop_reason=outcome.stop_reason, test=outcome.test)
 
-    def _train(self, job: ClaimedJob) -> None:
+    def _train(self, job: ClaimedJob) -> Outcome:
         spec = job.spec
         device = resolve_device(spec.device)
-        self.store.heartbeat(job, device=str(device))
+        self.store.heartbeat(job, device=str(device), environment=runtime_environment(device))
         resume = None
         latest = self.store.latest_checkpoint(job.id)
         if latest is not None:
@@ -78,10 +87,17 @@ class Worker:
                 metrics.val_accuracy, metrics.duration_s, metrics.samples_per_s,
             )  # fmt: skip
 
-        fit(spec, dataset, device, on_epoch=record, resume=resume, should_stop=self.stopping.is_set)
+        result = fit(spec, dataset, device, on_epoch=record, resume=resume, should_stop=self.stopping.is_set)
+        test = None
+        if dataset.test is not None:
+            best = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)
+            evaluation = Evaluation.of(best, dataset.test)
+            test = (evaluation.loss, evaluation.accuracy)
+            log.info("experiment %d: epoch %d on the test split: accuracy %.4f", job.id, best.epoch, test[1])
+        return Outcome(result.stop_reason, test)
 
-    def _finish(self, job: ClaimedJob, status: Status, error: str | None = None) -> None:
+    def _finish(self, job: ClaimedJob, status: Status, error: str | None = None, **outcome) -> None:
         try:
-            self.store.finish(job, status, error)
+            self.store.finish(job, status, error, **outcome)
         except LeaseLost as exc:
             log.warning("experiment %d: could not mark it %s: %s", job.id, status, exc)

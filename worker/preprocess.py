@@ -50,10 +50,20 @@ def image_to_uint8(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
     return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
-def normalize(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 scaled to [0, 1] and standardised per channel."""
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 1]: where augmentations work."""
+    return images.float().div_(255.0)
+
+
+def standardize(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """Float images in [0, 1] -> standardised per channel with the dataset's mean and std."""
     mean, std = _stats(preprocess, images.device)
-    return (images.float().div_(255.0) - mean) / std
+    return (images - mean) / std
+
+
+def normalize(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> what the model sees (no augmentation): `standardize(to_unit(images))`."""
+    return standardize(to_unit(images), preprocess)
 
 
 @lru_cache(maxsize=16)

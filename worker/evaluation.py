@@ -1,0 +1,52 @@
+"""What a trained classifier gets right and wrong on a labelled split: loss, accuracy, confusion, worst errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from worker.datasets import Split
+from worker.inference import Predictor
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    epoch: int
+    class_names: tuple[str, ...]
+    labels: torch.Tensor  # (N,)
+    logits: torch.Tensor  # (N, K)
+
+    @classmethod
+    def of(cls, predictor: Predictor, split: Split) -> Evaluation:
+        return cls(predictor.epoch, predictor.class_names, split.labels.cpu(), predictor.logits(split.images))
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+    @property
+    def loss(self) -> float:
+        return float(F.cross_entropy(self.logits, self.labels))
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.labels).float().mean())
+
+    def confusion(self) -> torch.Tensor:
+        """(K, K) counts: row = true class, column = predicted class."""
+        k = len(self.class_names)
+        return torch.bincount(self.labels * k + self.predicted, minlength=k * k).view(k, k)
+
+    def per_class_accuracy(self) -> list[float | None]:
+        matrix = self.confusion()
+        totals = matrix.sum(dim=1)
+        return [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(self.class_names))]
+
+    def worst_errors(self, limit: int) -> list[int]:
+        """Indices of misclassified examples, most confidently wrong first."""
+        probabilities = torch.softmax(self.logits, dim=1)
+        wrong = torch.nonzero(self.predicted != self.labels).flatten()
+        confidence = probabilities[wrong].max(dim=1).values
+        return wrong[confidence.argsort(descending=True)][:limit].tolist()
