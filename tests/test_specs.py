@@ -19,7 +19,9 @@ def test_minimal_spec_gets_every_default() -> None:
         "dataset": {"name": "mnist-10k", "val_fraction": 0.2, "seed": 0},
         "model": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "pool": "max", "hidden": 128, "dropout": 0.0},
         "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
-        "batch_size": 64, "epochs": 5, "seed": 0, "device": "auto",
+        "scheduler": None, "grad_clip_norm": None, "augment": [],
+        "batch_size": 64, "epochs": 5, "early_stopping": None, "checkpoints": {"keep_best": 1, "keep_last": 1},
+        "seed": 0, "deterministic": True, "device": "auto",
     }  # fmt: skip
 
 
