@@ -15,8 +15,8 @@ from sqlalchemy import text
 from service.deps import StoreDep
 from service.errors import install_error_handler
 from service.limits import BodySizeLimit
-from service.predictors import PredictorCache
-from service.routers import experiments
+from service.cache import LRUCache
+from service.routers import experiments, sweeps
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
 
@@ -39,7 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.close()
             raise
         app.state.store = store
-        app.state.predictors = PredictorCache(settings.predictor_cache_size)
+        app.state.predictors = LRUCache(settings.predictor_cache_size)
+        app.state.evaluations = LRUCache(settings.predictor_cache_size)
         yield
         store.close()
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     install_error_handler(app)
     app.include_router(experiments.router)
+    app.include_router(sweeps.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz(store: StoreDep) -> dict[str, str]:

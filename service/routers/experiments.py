@@ -1,35 +1,71 @@
-"""/experiments: submit, list, inspect, metrics, curves and predictions."""
+"""/experiments: submit, validate, list, inspect, compare, rerun; metrics, curves, evaluation and predictions."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
+from pydantic import BaseModel
 
-from service.curves import render_curves
-from service.deps import PredictorsDep, SettingsDep, StoreDep
+from service.catalogue import check_spec, dataset_for
+from service.compare import Comparison, compare
+from service.deps import EvaluationsDep, PredictorsDep, SettingsDep, StoreDep
 from service.errors import InvalidInput, PayloadTooLarge
+from service.figures import render_curves, render_gallery, render_image_rows
 from service.images import decode_image
 from service.schemas import ClassProbability, ExperimentList, ExperimentPublic, Prediction, Status
+from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec
-from worker.datasets import UnknownDataset, dataset_info
+from service.store import CheckpointRef, Store
+from worker.datasets import load_dataset
+from worker.evaluation import Evaluation
+from worker.inference import Predictor
+from worker.previews import augmentation_samples
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 # Ids are 32-bit on every backend; a larger number can only be a miss, so refuse it as input.
 ExperimentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-Epoch = Annotated[int, Query(ge=1, le=1000)]
+Epoch = Annotated[int, Query(ge=1, le=1000, description="an epoch whose checkpoint was kept; default: the best")]
+PNG = {200: {"content": {"image/png": {}}}}
+
+
+class Validation(BaseModel):
+    spec: ExperimentSpec
+    warnings: list[str]
+
+
+class Confusion(BaseModel):
+    epoch: int
+    class_names: list[str]
+    matrix: list[list[int]]  # rows: true class, columns: predicted class
+    per_class_accuracy: list[float | None]
+    accuracy: float
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @router.post("", status_code=201, response_model=ExperimentPublic)
-def submit_experiment(spec: ExperimentSpec, store: StoreDep, request: Request, response: Response):
-    try:
-        dataset_info(spec.dataset.name)
-    except UnknownDataset as exc:
-        raise InvalidInput(str(exc), loc=["body", "dataset", "name"]) from None
-    experiment = store.create_experiment(spec)
-    response.headers["Location"] = request.app.url_path_for("get_experiment", experiment_id=str(experiment.id))
+def submit_experiment(spec: ExperimentSpec, store: StoreDep, settings: SettingsDep, response: Response):
+    warnings = check_spec(spec, settings.data_dir)
+    experiment = store.create_experiment(spec, warnings=warnings)
+    response.headers["Location"] = f"/experiments/{experiment.id}"
     return experiment
+
+
+@router.post(":validate", response_model=Validation)
+def validate_experiment(spec: ExperimentSpec, settings: SettingsDep):
+    """Dry run: the spec with every default filled in and what it would be warned about; nothing is queued."""
+    return Validation(spec=spec, warnings=check_spec(spec, settings.data_dir))
+
+
+@router.post(":validate/augmentations.png", response_class=Response, responses=PNG)
+def preview_augmentations(spec: ExperimentSpec, settings: SettingsDep):
+    """Real training images of the spec's dataset after its augmentations, before submitting it."""
+    dataset_for(spec, settings.data_dir)
+    return _png(_augmentations_png(spec, settings, "preview"))
 
 
 @router.get("", response_model=ExperimentList)
@@ -43,9 +79,35 @@ def list_experiments(
     return ExperimentList(items=items, total=total, limit=limit, offset=offset)
 
 
+# Declared before /{experiment_id}, which would otherwise take "compare" for an id.
+@router.get("/compare", response_model=Comparison)
+def compare_experiments(
+    store: StoreDep,
+    ids: Annotated[str, Query(description="comma-separated experiment ids, e.g. 3,4", max_length=400)],
+):
+    """Where the specs differ, and the metrics of each epoch side by side."""
+    try:
+        wanted = [int(part) for part in ids.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidInput("ids must be comma-separated integers, e.g. ids=3,4", loc=["query", "ids"]) from None
+    if not 2 <= len(wanted) <= 20 or not all(1 <= i <= 2**31 - 1 for i in wanted):
+        raise InvalidInput("give between 2 and 20 experiment ids", loc=["query", "ids"])
+    experiments = [store.get_experiment(i) for i in wanted]
+    return compare(experiments, [store.list_metrics(i) for i in wanted])
+
+
 @router.get("/{experiment_id}", response_model=ExperimentPublic)
 def get_experiment(experiment_id: ExperimentId, store: StoreDep):
     return store.get_experiment(experiment_id)
+
+
+@router.post("/{experiment_id}/rerun", status_code=201, response_model=ExperimentPublic)
+def rerun_experiment(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, response: Response):
+    """Queue the identical spec again (same seed): on the same device kind it reproduces the same metrics."""
+    spec = store.get_experiment(experiment_id).spec
+    experiment = store.create_experiment(spec, warnings=check_spec(spec, settings.data_dir), rerun_of=experiment_id)
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return experiment
 
 
 @router.get("/{experiment_id}/metrics", response_model=list[EpochMetrics])
@@ -56,15 +118,72 @@ def get_metrics(
     return store.list_metrics(experiment_id, since_epoch=since_epoch)
 
 
-@router.get(
-    "/{experiment_id}/curves.png",
-    response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "loss and accuracy, train vs validation"}},
-)
+@router.get("/{experiment_id}/curves.png", response_class=Response, responses=PNG)
 def get_curves(experiment_id: ExperimentId, store: StoreDep):
     experiment = store.get_experiment(experiment_id)
-    png = render_curves(store.list_metrics(experiment_id), f"#{experiment.id} {experiment.name} ({experiment.status})")
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+    return _png(render_curves(store.list_metrics(experiment_id), f"#{experiment.id} {experiment.name} ({experiment.status})"))
+
+
+@router.get("/{experiment_id}/augmentations.png", response_class=Response, responses=PNG)
+def get_augmentations(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep):
+    """Real training images after this experiment's augmentations: each row one random draw."""
+    experiment = store.get_experiment(experiment_id)
+    return _png(_augmentations_png(experiment.spec, settings, f"#{experiment.id}"))
+
+
+def _augmentations_png(spec: ExperimentSpec, settings: Settings, label: str) -> bytes:
+    dataset = load_dataset(spec.dataset, settings.data_dir)
+    kinds = ", ".join(a.kind for a in spec.augment) or "no augmentation"
+    return render_image_rows(augmentation_samples(spec, dataset), f"{label} {spec.dataset.name}: {kinds}")
+
+
+@router.get("/{experiment_id}/confusion", response_model=Confusion)
+def get_confusion(
+    experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, evaluations: EvaluationsDep,
+    predictors: PredictorsDep, epoch: Epoch | None = None,
+):  # fmt: skip
+    """The confusion matrix and per-class accuracy on the validation split, for the best (or a kept) epoch."""
+    evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
+    return Confusion(
+        epoch=evaluation.epoch,
+        class_names=list(evaluation.class_names),
+        matrix=evaluation.confusion().tolist(),
+        per_class_accuracy=evaluation.per_class_accuracy(),
+        accuracy=evaluation.accuracy,
+    )
+
+
+@router.get("/{experiment_id}/misclassified.png", response_class=Response, responses=PNG)
+def get_misclassified(
+    experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, evaluations: EvaluationsDep,
+    predictors: PredictorsDep, epoch: Epoch | None = None, limit: Annotated[int, Query(ge=1, le=64)] = 24,
+):  # fmt: skip
+    """The validation images the model got most confidently wrong, with true and predicted labels."""
+    evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
+    spec = store.get_experiment(experiment_id).spec
+    val = load_dataset(spec.dataset, settings.data_dir).val
+    worst = evaluation.worst_errors(limit)
+    names = evaluation.class_names
+    captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]
+    title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors"
+    return _png(render_gallery(val.images[worst], captions, title))
+
+
+def _evaluate(
+    experiment_id: int, epoch: int | None, store: Store, settings: Settings, evaluations, predictors
+) -> Evaluation:
+    ref = store.find_checkpoint(experiment_id, epoch)
+    spec = store.get_experiment(experiment_id).spec
+
+    def build() -> Evaluation:
+        val = load_dataset(spec.dataset, settings.data_dir).val
+        return Evaluation.of(_predictor(ref, store, predictors), val)
+
+    return evaluations.get(ref, build)
+
+
+def _predictor(ref: CheckpointRef, store: Store, predictors) -> Predictor:
+    return predictors.get(ref, lambda: Predictor(store.checkpoint_data(ref)))
 
 
 @router.post("/{experiment_id}/predict", response_model=Prediction)
@@ -83,7 +202,7 @@ def predict(
     # Resolve the checkpoint first: an unknown id or an untrained model is answered before any decoding.
     ref = store.find_checkpoint(experiment_id, epoch)
     image = decode_image(file.file.read(settings.max_upload_bytes + 1), max_pixels=settings.max_image_pixels)
-    predictor = predictors.get(ref, lambda: store.checkpoint_data(ref))
+    predictor = _predictor(ref, store, predictors)
     scores = predictor.predict(image, top_k=top_k)
     return Prediction(
         label=scores[0].label,

@@ -1,0 +1,56 @@
+"""/sweeps: many trials of one base spec, compared."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+
+from service.catalogue import check_spec
+from service.compare import COMPARED_METRICS
+from service.deps import SettingsDep, StoreDep
+from service.figures import render_comparison
+from service.store import Trial
+from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+SweepId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+@router.post("", status_code=201, response_model=SweepPublic)
+def create_sweep(request: SweepCreate, store: StoreDep, settings: SettingsDep, response: Response):
+    """Expand the grid / random draws into trials and queue one experiment each (all or none)."""
+    trials = [
+        Trial(spec=spec, params=params, warnings=check_spec(spec, settings.data_dir, loc=("body", "base")))
+        for params, spec in expand(request)
+    ]
+    sweep_id = store.create_sweep(request.name, request.model_dump(mode="json"), trials)
+    response.headers["Location"] = f"/sweeps/{sweep_id}"
+    return sweep_public(sweep_id, *_stored(store, sweep_id))
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic)
+def get_sweep(sweep_id: SweepId, store: StoreDep):
+    """The trials, best validation accuracy first."""
+    return sweep_public(sweep_id, *_stored(store, sweep_id))
+
+
+@router.get("/{sweep_id}/compare.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def compare_sweep(
+    sweep_id: SweepId, store: StoreDep, metric: Annotated[str, Query(pattern="|".join(COMPARED_METRICS))] = "val_accuracy"
+):
+    """Every trial's `metric` per epoch, overlaid."""
+    name, _, experiments = _stored(store, sweep_id)
+    series = [(_label(e.sweep_params), store.list_metrics(e.id)) for e in experiments]
+    png = render_comparison(series, metric, f"sweep #{sweep_id} {name}: {metric}")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def _stored(store, sweep_id: int):
+    name, request, _created, experiments = store.get_sweep(sweep_id)
+    return name, request, experiments
+
+
+def _label(params: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (params or {}).items())[:60]

@@ -1,0 +1,147 @@
+"""Sweeps: one base spec, values to try at spec paths (a grid, random draws, or both), one experiment per trial."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from service.errors import InvalidInput
+from service.schemas import ExperimentPublic
+from service.specs import ExperimentSpec, Seed, Strict
+
+SpecPath = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[a-z_]+(\.[a-z_0-9]+)*$")]
+
+
+class RandomChoice(Strict):
+    values: Annotated[list[Any], Field(min_length=1, max_length=100)]
+
+
+class RandomRange(Strict):
+    """Uniform in [low, high], or log-uniform with `log`; rounded to an integer with `integer`."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomRange:
+        if self.low > self.high or (self.log and self.low <= 0):
+            raise ValueError("need low <= high, and low > 0 for a log range")
+        return self
+
+
+class SweepCreate(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=150)] = "sweep"
+    base: ExperimentSpec
+    # Every combination of these values is tried ...
+    grid: Annotated[dict[SpecPath, Annotated[list[Any], Field(min_length=1, max_length=100)]], Field(max_length=8)] = (
+        {}
+    )
+    # ... each with `max_trials` / combinations random draws from these (or `max_trials` draws alone).
+    random: Annotated[dict[SpecPath, RandomChoice | RandomRange], Field(max_length=8)] = {}
+    max_trials: Annotated[int, Field(ge=1, le=200)] = 20
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _something_to_vary(self) -> SweepCreate:
+        if not self.grid and not self.random:
+            raise ValueError("give `grid` or `random` (or both): the spec paths to vary and their values")
+        if set(self.grid) & set(self.random):
+            raise ValueError(f"paths both in grid and random: {sorted(set(self.grid) & set(self.random))}")
+        return self
+
+
+class TrialPublic(BaseModel):
+    experiment_id: int
+    name: str
+    params: dict[str, Any]
+    status: str
+    best_epoch: int | None
+    best_val_accuracy: float | None
+    best_val_loss: float | None
+
+
+class SweepPublic(BaseModel):
+    id: int
+    name: str
+    request: SweepCreate
+    trials: list[TrialPublic]  # best validation accuracy first; trials without a finished epoch last
+
+
+def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
+    """The trials: (params, spec) each, validated like any submitted spec. 422 names the offending path."""
+    grid = request.grid
+    combinations = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if len(combinations) > request.max_trials:
+        raise InvalidInput(
+            f"the grid has {len(combinations)} combinations, more than max_trials={request.max_trials}",
+            loc=["body", "max_trials"],
+        )
+    if request.random:
+        rng = random.Random(request.seed)
+        space = request.random.items()
+        draws = [{path: _draw(values, rng) for path, values in space} for _ in range(request.max_trials)]
+        combinations = [{**combinations[i % len(combinations)], **draw} for i, draw in enumerate(draws)]
+    base = request.base.model_dump(mode="json")
+    trials = []
+    for params in combinations:
+        values = dict(base)
+        for path, value in params.items():
+            values = _with_path(values, path, value)
+        label = ", ".join(f"{path}={_short(value)}" for path, value in params.items())
+        values["name"] = f"{request.name} [{label}]"[:200]
+        try:
+            trials.append((params, ExperimentSpec.model_validate(values)))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise InvalidInput(f"trial {label}: {where}: {error['msg']}", loc=["body", where]) from None
+    return trials
+
+
+def _draw(space: RandomChoice | RandomRange, rng: random.Random) -> Any:
+    if isinstance(space, RandomChoice):
+        return rng.choice(space.values)
+    if space.log:
+        value = math.exp(rng.uniform(math.log(space.low), math.log(space.high)))
+    else:
+        value = rng.uniform(space.low, space.high)
+    return round(value) if space.integer else float(f"{value:.6g}")
+
+
+def _with_path(values: dict, path: str, value: Any) -> dict:
+    """A copy of nested `values` with `path` set; the path's parents must exist in the spec."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return {**values, head: value}
+    child = values.get(head)
+    if not isinstance(child, dict):
+        raise InvalidInput(f"spec path {path!r}: {head!r} is not a section of the spec", loc=["body", path])
+    return {**values, head: _with_path(child, rest, value)}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[ExperimentPublic]) -> SweepPublic:
+    trials = [
+        TrialPublic(
+            experiment_id=e.id,
+            name=e.name,
+            params=e.sweep_params or {},
+            status=e.status,
+            best_epoch=e.best.epoch if e.best else None,
+            best_val_accuracy=e.best.val_accuracy if e.best else None,
+            best_val_loss=e.best.val_loss if e.best else None,
+        )
+        for e in experiments
+    ]
+    trials.sort(key=lambda t: (t.best_val_accuracy is None, -(t.best_val_accuracy or 0.0), t.experiment_id))
+    return SweepPublic(id=sweep_id, name=name, request=SweepCreate.model_validate(request), trials=trials)
