@@ -1,0 +1,223 @@
+"""Recipes end to end through HTTP, with one real server and one real worker for the module."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO, Deployment, deployment, tiny_spec, wait_for_status
+from worker import datasets
+from worker.datasets import SYSTEM_FASHION_DIR
+
+DONE = {"succeeded", "failed"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> Iterator[tuple[Deployment, httpx.Client]]:
+    with deployment(tmp_path_factory.mktemp("recipes"), workers=1) as dep, httpx.Client(
+        base_url=dep.url, timeout=60
+    ) as client:
+        yield dep, client
+
+
+def submit(client: httpx.Client, spec: dict) -> dict:
+    response = client.post("/experiments", json=spec)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def finished(client: httpx.Client, experiment_id: int, dep: Deployment) -> dict:
+    experiment = wait_for_status(client, experiment_id, DONE)
+    assert experiment["status"] == "succeeded", (experiment["error"], dep.logs("worker"))
+    return experiment
+
+
+def assert_png(response: httpx.Response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    return image
+
+
+def test_validate_warns_and_queues_nothing(service) -> None:
+    _, client = service
+    before = client.get("/experiments").json()["total"]
+    spec = tiny_spec(dataset={"name": "mnist-10k"}, augment=[{"kind": "vflip"}, {"kind": "rotation", "degrees": 90}])
+    response = client.post("/experiments:validate", json=spec)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["spec"]["augment"] == [{"kind": "vflip", "p": 0.5}, {"kind": "rotation", "degrees": 90.0}]
+    assert len(body["warnings"]) == 2 and "digits" in body["warnings"][0] and "30 degrees" in body["warnings"][1]
+    assert client.get("/experiments").json()["total"] == before
+    bad = client.post("/experiments:validate", json=tiny_spec(dataset={"name": "nope"}))
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "dataset", "name"]
+    preview = assert_png(client.post("/experiments:validate/augmentations.png", json=spec))
+    assert preview.width > 400
+    assert client.get("/experiments").json()["total"] == before
+
+
+def test_augmented_run_keeps_its_warnings_and_shows_its_augmentations(service) -> None:
+    dep, client = service
+    spec = tiny_spec(augment=[{"kind": "hflip"}, {"kind": "gaussian_noise", "std": 0.05}], epochs=1)
+    created = submit(client, spec)
+    assert len(created["warnings"]) == 1 and "hflip" in created["warnings"][0]
+    experiment = finished(client, created["id"], dep)
+    assert experiment["warnings"] == created["warnings"]
+    assert_png(client.get(f"/experiments/{created['id']}/augmentations.png"))
+
+
+def test_early_stopping_reduce_on_plateau_and_retention(service) -> None:
+    dep, client = service
+    spec = tiny_spec(
+        epochs=40,
+        optimizer={"kind": "adamw", "lr": 0.01},
+        scheduler={"kind": "reduce_on_plateau", "monitor": "val_accuracy", "patience": 0, "factor": 0.5},
+        early_stopping={"monitor": "val_accuracy", "patience": 2},
+        checkpoints={"keep_best": 1, "keep_last": 2},
+    )
+    experiment = finished(client, submit(client, spec)["id"], dep)
+    rows = client.get(f"/experiments/{experiment['id']}/metrics").json()
+    last = rows[-1]["epoch"]
+    assert experiment["current_epoch"] == last < 40
+    assert experiment["stop_reason"].startswith(f"early stopping after epoch {last}: val_accuracy")
+    assert rows[-1]["lr"] < rows[0]["lr"]  # the plateau schedule cut the lr on the way
+    kept = {
+        epoch for epoch in range(1, last + 1)
+        if client.post(f"/experiments/{experiment['id']}/predict", params={"epoch": epoch},
+                       files={"file": (REPO / "examples/images/mnist-val-3.png").read_bytes()}).status_code == 200
+    }  # fmt: skip
+    assert kept == {experiment["best"]["epoch"], last - 1, last}
+
+
+def test_confusion_and_misclassified(service) -> None:
+    dep, client = service
+    experiment = finished(client, submit(client, tiny_spec(epochs=3))["id"], dep)
+    confusion = client.get(f"/experiments/{experiment['id']}/confusion").json()
+    matrix = torch.tensor(confusion["matrix"])
+    assert matrix.shape == (10, 10) and int(matrix.sum()) == 359  # digits' validation split
+    assert confusion["accuracy"] == pytest.approx(experiment["best"]["val_accuracy"], abs=1e-6)
+    assert confusion["epoch"] == experiment["best"]["epoch"]
+    for i, accuracy in enumerate(confusion["per_class_accuracy"]):
+        assert accuracy == pytest.approx(float(matrix[i, i] / matrix[i].sum()))
+    assert_png(client.get(f"/experiments/{experiment['id']}/misclassified.png", params={"limit": 8}))
+    assert client.get("/experiments/999/confusion").status_code == 404
+
+
+def test_rerun_reproduces_and_compare_shows_the_difference(service) -> None:
+    dep, client = service
+    original = finished(client, submit(client, tiny_spec(epochs=3, model={"kind": "mlp", "dropout": 0.2}))["id"], dep)
+    response = client.post(f"/experiments/{original['id']}/rerun")
+    assert response.status_code == 201 and response.json()["rerun_of"] == original["id"]
+    rerun = finished(client, response.json()["id"], dep)
+    other = finished(client, submit(client, tiny_spec(epochs=2, optimizer={"kind": "sgd", "lr": 0.1}))["id"], dep)
+
+    def metrics(e: dict) -> list[dict]:
+        rows = client.get(f"/experiments/{e['id']}/metrics").json()
+        return [{k: v for k, v in row.items() if k not in ("duration_s", "samples_per_s")} for row in rows]
+
+    assert metrics(rerun) == metrics(original)  # same spec and seed on the CPU: identical
+    assert rerun["environment"] == original["environment"]
+    comparison = client.get("/experiments/compare", params={"ids": f"{original['id']},{other['id']}"}).json()
+    differences = {d["path"]: d["values"] for d in comparison["spec_differences"]}
+    assert differences["optimizer.kind"] == ["adam", "sgd"] and differences["epochs"] == [3, 2]
+    assert "optimizer.momentum" in differences and "name" not in differences
+    assert [row["epoch"] for row in comparison["epochs"]] == [1, 2, 3]
+    assert comparison["epochs"][2]["values"]["val_accuracy"][1] is None
+    best = comparison["best_val_accuracy"]
+    assert comparison["best_val_accuracy_vs_first"] == pytest.approx([0.0, best[1] - best[0]])
+    for ids in ("1", "a,b", "1,99999"):
+        assert client.get("/experiments/compare", params={"ids": ids}).status_code in (404, 422), ids
+
+
+def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
+    dep, client = service
+    request = {
+        "name": "tiny grid",
+        "base": tiny_spec(epochs=2, optimizer={"kind": "sgd", "lr": 0.1}),
+        "grid": {"optimizer.lr": [0.3, 0.001], "batch_size": [16, 128]},
+        "max_trials": 4,
+    }
+    response = client.post("/sweeps", json=request)
+    assert response.status_code == 201, response.text
+    sweep = response.json()
+    assert response.headers["location"] == f"/sweeps/{sweep['id']}" and len(sweep["trials"]) == 4
+    assert {(t["params"]["optimizer.lr"], t["params"]["batch_size"]) for t in sweep["trials"]} == {
+        (0.3, 16), (0.3, 128), (0.001, 16), (0.001, 128)
+    }  # fmt: skip
+    for trial in sweep["trials"]:
+        finished(client, trial["experiment_id"], dep)
+    ranked = client.get(f"/sweeps/{sweep['id']}").json()["trials"]
+    scores = [t["best_val_accuracy"] for t in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert ranked[-1]["params"] == {"optimizer.lr": 0.001, "batch_size": 128}  # fewest, tiniest steps learn least
+    assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png"))
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"grid": {"optimizer.lr": [0.1, -1.0]}}, "greater than 0"),
+        ({"grid": {"model.depth": [1, 2]}}, "Extra inputs"),
+        ({"grid": {"nothing.lr": [1]}}, "not a section"),
+        ({"grid": {"batch_size": list(range(1, 30))}, "max_trials": 10}, "more than max_trials"),
+        ({"grid": {}}, "give `grid` or `random`"),
+    ],
+)
+def test_bad_sweeps_are_refused_whole(service, patch, needle) -> None:
+    _, client = service
+    before = client.get("/experiments").json()["total"]
+    response = client.post("/sweeps", json={"base": tiny_spec(), **patch})
+    assert response.status_code == 422 and needle in json.dumps(response.json()), response.text
+    assert client.get("/experiments").json()["total"] == before
+    assert client.get("/sweeps/999").status_code == 404
+
+
+def test_random_search_draws_within_the_space(service) -> None:
+    _, client = service
+    request = {
+        "base": tiny_spec(epochs=1),
+        "random": {"optimizer.lr": {"low": 1e-4, "high": 1e-1, "log": True}, "batch_size": {"values": [16, 32]}},
+        "max_trials": 3,
+        "seed": 7,
+    }
+    sweep = client.post("/sweeps", json=request).json()
+    assert len(sweep["trials"]) == 3
+    for trial in sweep["trials"]:
+        assert 1e-4 <= trial["params"]["optimizer.lr"] <= 1e-1 and trial["params"]["batch_size"] in (16, 32)
+    again = client.post("/sweeps", json=request).json()
+    assert sorted(map(str, (t["params"] for t in again["trials"]))) == sorted(
+        map(str, (t["params"] for t in sweep["trials"]))
+    )  # seeded
+
+
+@pytest.mark.skipif(not SYSTEM_FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_full_fashion_mnist_reports_test_split_accuracy(service) -> None:
+    dep, client = service
+    spec = {"dataset": {"name": "fashion-mnist"}, "model": {"kind": "mlp", "hidden": [128]}, "epochs": 1,
+            "batch_size": 256}  # fmt: skip
+    experiment = finished(client, submit(client, spec)["id"], dep)
+    assert experiment["test"]["accuracy"] > 0.75 and experiment["test"]["loss"] > 0
+
+
+def test_missing_dataset_files_are_named(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(datasets, "SYSTEM_FASHION_DIR", tmp_path / "not-installed")
+    with pytest.raises(datasets.DatasetUnavailable) as missing:
+        datasets.check_available("fashion-mnist", tmp_path)
+    message = str(missing.value)
+    assert "train-images-idx3-ubyte" in message and str(tmp_path / "fashion-mnist") in message
+    assert "apt-get install dataset-fashion-mnist" in message
+    # The same files placed under the data dir are found.
+    source = SYSTEM_FASHION_DIR if SYSTEM_FASHION_DIR.is_dir() else None
+    if source is not None:
+        (tmp_path / "fashion-mnist").mkdir()
+        for file in source.iterdir():
+            (tmp_path / "fashion-mnist" / file.name).symlink_to(file)
+        assert datasets.check_available("fashion-mnist", tmp_path).name == "fashion-mnist"
