@@ -13,7 +13,7 @@ from service.specs import ColorJitter, ExperimentSpec, GaussianNoise, HFlip, Ran
 from worker.augment import augmentation_warnings, build_augmentation
 from worker.checkpoints import load_checkpoint
 from worker.datasets import load_dataset
-from worker.engine import fit
+from worker.engine import TrainingDiverged, fit
 
 CPU = torch.device("cpu")
 
@@ -54,6 +54,16 @@ def test_gradient_clipping_changes_the_updates() -> None:
     plain, _ = run({"optimizer": {"kind": "sgd", "lr": 0.5}, "epochs": 1})
     clipped, _ = run({"optimizer": {"kind": "sgd", "lr": 0.5}, "epochs": 1, "grad_clip_norm": 0.01})
     assert clipped[0][0].train_loss > plain[0][0].train_loss  # tiny steps learn less in one epoch
+
+
+def test_divergence_fails_with_advice_instead_of_recording_nan() -> None:
+    # Seen in the example lr x batch-size sweep: this trial's loss is NaN within its first epoch.
+    diverging = {
+        "dataset": {"name": "fashion-mnist-10k"}, "model": {"kind": "mlp", "hidden": [256, 128]},
+        "optimizer": {"kind": "sgd", "lr": 0.3, "momentum": 0.9}, "batch_size": 32, "epochs": 1,
+    }  # fmt: skip
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) in epoch 1 \(lr 0.3\): lower optimizer.lr"):
+        run(diverging)
 
 
 def test_early_stopping_ends_the_run_with_a_reason() -> None:

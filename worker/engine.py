@@ -7,6 +7,7 @@ shuffles and dropout masks as one that was never interrupted.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,10 @@ ShouldStop = Callable[[], bool]
 
 class Interrupted(Exception):
     """Training stopped at a batch boundary because `should_stop()` said so."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """The loss became NaN or infinite: no epoch after that can mean anything."""
 
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -283,6 +288,11 @@ def fit(
         )
         train_seconds = time.perf_counter() - started
         val_loss, val_accuracy = evaluate(model, val, info.preprocess)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingDiverged(
+                f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "
+                f"(lr {lr:g}): lower optimizer.lr, or set grad_clip_norm"
+            )
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
