@@ -42,5 +42,9 @@ def test_examples_run(tmp_path: Path, client_for) -> None:
         assert len(experiment_ids) == 2 + 6 + 4
         for experiment_id in experiment_ids:
             experiment = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=600)
-            assert experiment["status"] == "succeeded", (experiment["name"], experiment["error"])
-            assert experiment["best"]["val_accuracy"] > 0.5, experiment["name"]
+            if experiment["status"] == "failed":
+                # The sweep's point: lr 0.3 with momentum 0.9 is too high, and the run says so.
+                assert "optimizer.lr=0.3" in experiment["name"], experiment["error"]
+                assert experiment["error"].startswith("TrainingDiverged: the loss became nan")
+            else:
+                assert experiment["best"]["val_accuracy"] > 0.5, experiment["name"]
