@@ -14,7 +14,8 @@ log=${OUT:-/tmp}/gpu.log
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   export PYTHONUNBUFFERED=1
-  python3 -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_engine.py tests/test_store.py tests/test_workers.py
+  python3 -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_engine.py tests/test_store.py tests/test_workers.py \
+    tests/test_recipes_engine.py tests/test_recipes_api.py
   python3 bench/epoch_time.py --device cuda --epochs 4
   python3 bench/epoch_time.py --device cpu --epochs 2
 } 2>&1 | tee "$log"
