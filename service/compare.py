@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
 from service.schemas import ExperimentPublic
 from service.specs import EpochMetrics
 
-COMPARED_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+Metric = Literal["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+COMPARED_METRICS: tuple[str, ...] = get_args(Metric)
 
 
 class SpecDifference(BaseModel):

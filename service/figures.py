@@ -6,11 +6,20 @@ import io
 from collections.abc import Sequence
 
 import torch
+from fastapi import Response
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from service.specs import EpochMetrics
+
+
+PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+
+
+def png_response(data: bytes) -> Response:
+    # Figures change as epochs finish: never cached.
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def _png(figure: Figure) -> bytes:

@@ -295,7 +295,8 @@ class Store:
                 session.add(row)
             return sweep.id
 
-    def get_sweep(self, sweep_id: int) -> tuple[str, dict, datetime, list[ExperimentPublic]]:
+    def get_sweep(self, sweep_id: int) -> tuple[str, dict, list[ExperimentPublic]]:
+        """The sweep's name, its request as stored, and its trials' experiments."""
         with self._read() as session:
             sweep = session.get(SweepRow, sweep_id)
             if sweep is None:
@@ -303,7 +304,7 @@ class Store:
             rows = session.scalars(
                 select(ExperimentRow).where(ExperimentRow.sweep_id == sweep_id).order_by(ExperimentRow.id)
             ).all()
-            return sweep.name, sweep.request, sweep.created_at, [_public(row) for row in rows]
+            return sweep.name, sweep.request, [_public(row) for row in rows]
 
     def get_experiment(self, experiment_id: int) -> ExperimentPublic:
         with self._read() as session:

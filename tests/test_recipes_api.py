@@ -159,6 +159,8 @@ def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
     assert scores == sorted(scores, reverse=True)
     assert ranked[-1]["params"] == {"optimizer.lr": 0.001, "batch_size": 128}  # fewest, tiniest steps learn least
     assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png"))
+    assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "train_loss"}))
+    assert client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "xval_lossx"}).status_code == 422
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from service.catalogue import check_spec, dataset_for
 from service.compare import Comparison, compare
 from service.deps import EvaluationsDep, PredictorsDep, SettingsDep, StoreDep
 from service.errors import InvalidInput, PayloadTooLarge
-from service.figures import render_curves, render_gallery, render_image_rows
+from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
 from service.images import decode_image
 from service.schemas import ClassProbability, ExperimentList, ExperimentPublic, Prediction, Status
 from service.settings import Settings
@@ -27,7 +27,6 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 # Ids are 32-bit on every backend; a larger number can only be a miss, so refuse it as input.
 ExperimentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Epoch = Annotated[int, Query(ge=1, le=1000, description="an epoch whose checkpoint was kept; default: the best")]
-PNG = {200: {"content": {"image/png": {}}}}
 
 
 class Validation(BaseModel):
@@ -41,10 +40,6 @@ class Confusion(BaseModel):
     matrix: list[list[int]]  # rows: true class, columns: predicted class
     per_class_accuracy: list[float | None]
     accuracy: float
-
-
-def _png(data: bytes) -> Response:
-    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @router.post("", status_code=201, response_model=ExperimentPublic)
@@ -61,11 +56,11 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep):
     return Validation(spec=spec, warnings=check_spec(spec, settings.data_dir))
 
 
-@router.post(":validate/augmentations.png", response_class=Response, responses=PNG)
+@router.post(":validate/augmentations.png", response_class=Response, responses=PNG_RESPONSE)
 def preview_augmentations(spec: ExperimentSpec, settings: SettingsDep):
     """Real training images of the spec's dataset after its augmentations, before submitting it."""
     dataset_for(spec, settings.data_dir)
-    return _png(_augmentations_png(spec, settings, "preview"))
+    return png_response(_augmentation_grid(spec, settings, "preview"))
 
 
 @router.get("", response_model=ExperimentList)
@@ -118,20 +113,21 @@ def get_metrics(
     return store.list_metrics(experiment_id, since_epoch=since_epoch)
 
 
-@router.get("/{experiment_id}/curves.png", response_class=Response, responses=PNG)
+@router.get("/{experiment_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)
 def get_curves(experiment_id: ExperimentId, store: StoreDep):
     experiment = store.get_experiment(experiment_id)
-    return _png(render_curves(store.list_metrics(experiment_id), f"#{experiment.id} {experiment.name} ({experiment.status})"))
+    title = f"#{experiment.id} {experiment.name} ({experiment.status})"
+    return png_response(render_curves(store.list_metrics(experiment_id), title))
 
 
-@router.get("/{experiment_id}/augmentations.png", response_class=Response, responses=PNG)
+@router.get("/{experiment_id}/augmentations.png", response_class=Response, responses=PNG_RESPONSE)
 def get_augmentations(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep):
     """Real training images after this experiment's augmentations: each row one random draw."""
     experiment = store.get_experiment(experiment_id)
-    return _png(_augmentations_png(experiment.spec, settings, f"#{experiment.id}"))
+    return png_response(_augmentation_grid(experiment.spec, settings, f"#{experiment.id}"))
 
 
-def _augmentations_png(spec: ExperimentSpec, settings: Settings, label: str) -> bytes:
+def _augmentation_grid(spec: ExperimentSpec, settings: Settings, label: str) -> bytes:
     dataset = load_dataset(spec.dataset, settings.data_dir)
     kinds = ", ".join(a.kind for a in spec.augment) or "no augmentation"
     return render_image_rows(augmentation_samples(spec, dataset), f"{label} {spec.dataset.name}: {kinds}")
@@ -153,7 +149,7 @@ def get_confusion(
     )
 
 
-@router.get("/{experiment_id}/misclassified.png", response_class=Response, responses=PNG)
+@router.get("/{experiment_id}/misclassified.png", response_class=Response, responses=PNG_RESPONSE)
 def get_misclassified(
     experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, evaluations: EvaluationsDep,
     predictors: PredictorsDep, epoch: Epoch | None = None, limit: Annotated[int, Query(ge=1, le=64)] = 24,
@@ -166,7 +162,7 @@ def get_misclassified(
     names = evaluation.class_names
     captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]
     title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors"
-    return _png(render_gallery(val.images[worst], captions, title))
+    return png_response(render_gallery(val.images[worst], captions, title))
 
 
 def _evaluate(

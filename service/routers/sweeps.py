@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 
 from service.catalogue import check_spec
-from service.compare import COMPARED_METRICS
+from service.compare import Metric
 from service.deps import SettingsDep, StoreDep
-from service.figures import render_comparison
+from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.store import Trial
 from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
 
@@ -27,29 +27,21 @@ def create_sweep(request: SweepCreate, store: StoreDep, settings: SettingsDep, r
     ]
     sweep_id = store.create_sweep(request.name, request.model_dump(mode="json"), trials)
     response.headers["Location"] = f"/sweeps/{sweep_id}"
-    return sweep_public(sweep_id, *_stored(store, sweep_id))
+    return sweep_public(sweep_id, *store.get_sweep(sweep_id))
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
 def get_sweep(sweep_id: SweepId, store: StoreDep):
     """The trials, best validation accuracy first."""
-    return sweep_public(sweep_id, *_stored(store, sweep_id))
+    return sweep_public(sweep_id, *store.get_sweep(sweep_id))
 
 
-@router.get("/{sweep_id}/compare.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def compare_sweep(
-    sweep_id: SweepId, store: StoreDep, metric: Annotated[str, Query(pattern="|".join(COMPARED_METRICS))] = "val_accuracy"
-):
+@router.get("/{sweep_id}/compare.png", response_class=Response, responses=PNG_RESPONSE)
+def compare_sweep(sweep_id: SweepId, store: StoreDep, metric: Metric = "val_accuracy"):
     """Every trial's `metric` per epoch, overlaid."""
-    name, _, experiments = _stored(store, sweep_id)
+    name, _, experiments = store.get_sweep(sweep_id)
     series = [(_label(e.sweep_params), store.list_metrics(e.id)) for e in experiments]
-    png = render_comparison(series, metric, f"sweep #{sweep_id} {name}: {metric}")
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
-
-
-def _stored(store, sweep_id: int):
-    name, request, _created, experiments = store.get_sweep(sweep_id)
-    return name, request, experiments
+    return png_response(render_comparison(series, metric, f"sweep #{sweep_id} {name}: {metric}"))
 
 
 def _label(params: dict | None) -> str:
