@@ -223,3 +223,17 @@ def test_missing_dataset_files_are_named(tmp_path: Path, monkeypatch) -> None:
         for file in source.iterdir():
             (tmp_path / "fashion-mnist" / file.name).symlink_to(file)
         assert datasets.check_available("fashion-mnist", tmp_path).name == "fashion-mnist"
+
+
+def test_views_of_an_experiment_whose_dataset_is_gone_are_409(service) -> None:
+    from service.specs import ExperimentSpec
+    from service.store import Store
+
+    dep, client = service
+    store = Store(dep.db_url)
+    # Stored directly: the API itself refuses such a spec, but a server can lose a dataset after the fact.
+    experiment = store.create_experiment(ExperimentSpec.model_validate(tiny_spec(dataset={"name": "retired-set"})))
+    store.close()
+    response = client.get(f"/experiments/{experiment.id}/augmentations.png")
+    assert response.status_code == 409 and "retired-set" in response.json()["detail"]
+    assert client.post(f"/experiments/{experiment.id}/rerun").status_code == 422

@@ -10,14 +10,14 @@ from pydantic import BaseModel
 from service.catalogue import check_spec, dataset_for
 from service.compare import Comparison, compare
 from service.deps import EvaluationsDep, PredictorsDep, SettingsDep, StoreDep
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import Conflict, InvalidInput, PayloadTooLarge
 from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
 from service.images import decode_image
 from service.schemas import ClassProbability, ExperimentList, ExperimentPublic, Prediction, Status
 from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec
 from service.store import CheckpointRef, Store
-from worker.datasets import load_dataset
+from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset, load_dataset
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.previews import augmentation_samples
@@ -127,8 +127,16 @@ def get_augmentations(experiment_id: ExperimentId, store: StoreDep, settings: Se
     return png_response(_augmentation_grid(experiment.spec, settings, f"#{experiment.id}"))
 
 
+def _dataset(spec: ExperimentSpec, settings: Settings) -> Dataset:
+    """The stored experiment's dataset; 409 if this server no longer has its files."""
+    try:
+        return load_dataset(spec.dataset, settings.data_dir)
+    except (UnknownDataset, DatasetUnavailable) as exc:
+        raise Conflict(f"this server cannot load the experiment's dataset: {exc}") from None
+
+
 def _augmentation_grid(spec: ExperimentSpec, settings: Settings, label: str) -> bytes:
-    dataset = load_dataset(spec.dataset, settings.data_dir)
+    dataset = _dataset(spec, settings)
     kinds = ", ".join(a.kind for a in spec.augment) or "no augmentation"
     return render_image_rows(augmentation_samples(spec, dataset), f"{label} {spec.dataset.name}: {kinds}")
 
@@ -157,7 +165,7 @@ def get_misclassified(
     """The validation images the model got most confidently wrong, with true and predicted labels."""
     evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
     spec = store.get_experiment(experiment_id).spec
-    val = load_dataset(spec.dataset, settings.data_dir).val
+    val = _dataset(spec, settings).val
     worst = evaluation.worst_errors(limit)
     names = evaluation.class_names
     captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]
@@ -172,7 +180,7 @@ def _evaluate(
     spec = store.get_experiment(experiment_id).spec
 
     def build() -> Evaluation:
-        val = load_dataset(spec.dataset, settings.data_dir).val
+        val = _dataset(spec, settings).val
         return Evaluation.of(_predictor(ref, store, predictors), val)
 
     return evaluations.get(ref, build)
