@@ -12,7 +12,9 @@ import yaml
 
 from tests.conftest import REPO
 
-ENGINE_MODULES = ["engine", "datasets", "models", "preprocess", "checkpoints", "inference"]
+ENGINE_MODULES = [
+    "engine", "datasets", "models", "preprocess", "checkpoints", "inference", "augment", "evaluation", "previews"
+]
 
 
 def imported_modules(path: Path) -> set[str]:
