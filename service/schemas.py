@@ -77,3 +77,12 @@ class Prediction(BaseModel):
     class_name: str
     probabilities: list[ClassProbability]
     epoch: int
+
+
+class SweepSummary(BaseModel):
+    id: int
+    name: str
+    created_at: datetime
+    trials: int
+    finished: int
+    best_val_accuracy: float | None

@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from service.errors import Conflict, NotFound
-from service.schemas import BestEpoch, ExperimentPublic, Status, TestMetrics
+from service.schemas import BestEpoch, ExperimentPublic, Status, SweepSummary, TestMetrics
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -305,6 +305,27 @@ class Store:
                 select(ExperimentRow).where(ExperimentRow.sweep_id == sweep_id).order_by(ExperimentRow.id)
             ).all()
             return sweep.name, sweep.request, [_public(row) for row in rows]
+
+    def list_sweeps(self, *, limit: int, offset: int) -> list[SweepSummary]:
+        """Newest first, each with its trial counts and best validation accuracy so far."""
+        done = ExperimentRow.status.in_([Status.succeeded.value, Status.failed.value, Status.cancelled.value])
+        query = (
+            select(
+                SweepRow.id,
+                SweepRow.name,
+                SweepRow.created_at,
+                func.count(ExperimentRow.id).label("trials"),
+                func.count(case((done, 1))).label("finished"),
+                func.max(ExperimentRow.best_val_accuracy).label("best_val_accuracy"),
+            )
+            .join(ExperimentRow, ExperimentRow.sweep_id == SweepRow.id, isouter=True)
+            .group_by(SweepRow.id, SweepRow.name, SweepRow.created_at)
+            .order_by(SweepRow.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._read() as session:
+            return [SweepSummary.model_validate(row, from_attributes=True) for row in session.execute(query)]
 
     def get_experiment(self, experiment_id: int) -> ExperimentPublic:
         with self._read() as session:

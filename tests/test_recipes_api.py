@@ -161,6 +161,8 @@ def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
     assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png"))
     assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "train_loss"}))
     assert client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "xval_lossx"}).status_code == 422
+    [summary] = [s for s in client.get("/sweeps").json() if s["id"] == sweep["id"]]
+    assert summary["trials"] == summary["finished"] == 4 and summary["best_val_accuracy"] == scores[0]
 
 
 @pytest.mark.parametrize(

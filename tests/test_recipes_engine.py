@@ -70,6 +70,10 @@ def test_early_stopping_ends_the_run_with_a_reason() -> None:
     rows, result = run({"epochs": 50, "early_stopping": {"monitor": "val_loss", "patience": 2, "min_delta": 10.0}})
     assert [m.epoch for m, _ in rows] == [1, 2, 3]  # nothing improves val_loss by 10: epochs 2 and 3 are "bad"
     assert result.last_epoch == 3 and "val_loss has not improved for 2 epochs" in result.stop_reason
+    # Resumed from the checkpoint that stopped it (a worker died before marking it done): no more epochs.
+    more, again = run({"epochs": 50, "early_stopping": {"monitor": "val_loss", "patience": 2, "min_delta": 10.0}},
+                      resume=load_checkpoint(rows[-1][1]))  # fmt: skip
+    assert more == [] and again == result
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,7 @@ class EarlyStopping:
         self.best: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
+        self.reason: str | None = None  # set once the run should stop
 
     def update(self, metrics: EpochMetrics) -> str | None:
         """Record an epoch; the reason to stop, or None to go on."""
@@ -118,20 +119,21 @@ class EarlyStopping:
         delta = self.spec.min_delta
         if self.best is None or (value < self.best - delta if self.mode == "min" else value > self.best + delta):
             self.best, self.best_epoch, self.bad_epochs = value, metrics.epoch, 0
-            return None
-        self.bad_epochs += 1
-        if self.bad_epochs < self.spec.patience:
-            return None
-        return (
-            f"early stopping after epoch {metrics.epoch}: {self.spec.monitor} has not improved for "
-            f"{self.bad_epochs} epochs (best {self.best:.4g} at epoch {self.best_epoch})"
-        )
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= self.spec.patience:
+            self.reason = (
+                f"early stopping after epoch {metrics.epoch}: {self.spec.monitor} has not improved for "
+                f"{self.bad_epochs} epochs (best {self.best:.4g} at epoch {self.best_epoch})"
+            )
+        return self.reason
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "reason": self.reason}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        self.reason = state["reason"]
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,8 @@ def fit(
             schedule.scheduler.load_state_dict(resume.trainer_state["scheduler"])
         if stopper is not None:
             stopper.load_state_dict(resume.trainer_state["early_stopping"])
+            if stopper.reason is not None:  # the run had already stopped when that checkpoint was written
+                return FitResult(resume.epoch, stopper.reason)
         first_epoch = resume.epoch + 1
 
     train, val = DeviceSplit.of(dataset.train, device), DeviceSplit.of(dataset.val, device)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from service.catalogue import check_spec
 from service.compare import Metric
 from service.deps import SettingsDep, StoreDep
 from service.figures import PNG_RESPONSE, png_response, render_comparison
+from service.schemas import SweepSummary
 from service.store import Trial
 from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
 
@@ -28,6 +29,16 @@ def create_sweep(request: SweepCreate, store: StoreDep, settings: SettingsDep, r
     sweep_id = store.create_sweep(request.name, request.model_dump(mode="json"), trials)
     response.headers["Location"] = f"/sweeps/{sweep_id}"
     return sweep_public(sweep_id, *store.get_sweep(sweep_id))
+
+
+@router.get("", response_model=list[SweepSummary])
+def list_sweeps(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+):
+    """Newest first."""
+    return store.list_sweeps(limit=limit, offset=offset)
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
