@@ -148,6 +148,13 @@ def _idx_split(images: Path, labels: Path) -> Split:
     )
 
 
+def _bundled_test_split(folder: str) -> Pool:
+    """The official 10k test split shipped in worker/data/<folder>/, as the pool to split into train/val."""
+    directory = BUNDLED_DIR / folder
+    split = _idx_split(directory / "t10k-images-idx3-ubyte.gz", directory / "t10k-labels-idx1-ubyte.gz")
+    return Pool(split.images, split.labels)
+
+
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 FASHION_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
@@ -166,9 +173,7 @@ FASHION_PREPROCESS = Preprocess(channels=1, height=28, width=28, mean=(0.2860,),
     )
 )
 def _mnist_10k(_: Path) -> Pool:
-    folder = BUNDLED_DIR / "mnist"
-    split = _idx_split(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
-    return Pool(split.images, split.labels)
+    return _bundled_test_split("mnist")
 
 
 @register_dataset(
@@ -180,9 +185,7 @@ def _mnist_10k(_: Path) -> Pool:
     )
 )
 def _fashion_mnist_10k(_: Path) -> Pool:
-    folder = BUNDLED_DIR / "fashion-mnist"
-    split = _idx_split(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
-    return Pool(split.images, split.labels)
+    return _bundled_test_split("fashion-mnist")
 
 
 FASHION_FILES = (

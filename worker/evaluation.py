@@ -15,12 +15,16 @@ from worker.inference import Predictor
 class Evaluation:
     epoch: int
     class_names: tuple[str, ...]
-    labels: torch.Tensor  # (N,)
+    split: Split  # what was evaluated, images included (for galleries of errors)
     logits: torch.Tensor  # (N, K)
 
     @classmethod
     def of(cls, predictor: Predictor, split: Split) -> Evaluation:
-        return cls(predictor.epoch, predictor.class_names, split.labels.cpu(), predictor.logits(split.images))
+        return cls(predictor.epoch, predictor.class_names, split, predictor.logits(split.images))
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.split.labels
 
     @property
     def predicted(self) -> torch.Tensor:

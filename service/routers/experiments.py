@@ -164,23 +164,20 @@ def get_misclassified(
 ):  # fmt: skip
     """The validation images the model got most confidently wrong, with true and predicted labels."""
     evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
-    spec = store.get_experiment(experiment_id).spec
-    val = _dataset(spec, settings).val
     worst = evaluation.worst_errors(limit)
     names = evaluation.class_names
     captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]
     title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors"
-    return png_response(render_gallery(val.images[worst], captions, title))
+    return png_response(render_gallery(evaluation.split.images[worst], captions, title))
 
 
 def _evaluate(
     experiment_id: int, epoch: int | None, store: Store, settings: Settings, evaluations, predictors
 ) -> Evaluation:
     ref = store.find_checkpoint(experiment_id, epoch)
-    spec = store.get_experiment(experiment_id).spec
 
     def build() -> Evaluation:
-        val = _dataset(spec, settings).val
+        val = _dataset(store.get_experiment(experiment_id).spec, settings).val
         return Evaluation.of(_predictor(ref, store, predictors), val)
 
     return evaluations.get(ref, build)
