@@ -19,6 +19,7 @@ from service.cache import LRUCache
 from service.routers import experiments, sweeps
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
+from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
 
 log = logging.getLogger("trainlab.api")
 
@@ -31,6 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            refuse_unsafe_loading()
+        except UnsafeEnvironment as exc:
+            log.error("refusing to start: %s", exc)
+            raise
         store = Store(settings.database_url)
         try:
             store.check_schema()

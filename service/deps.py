@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+import hashlib
+
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel
 
 from service.cache import LRUCache
 from service.settings import Settings
-from service.store import Store
+from service.store import Idempotency, Store
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 
@@ -33,3 +36,13 @@ StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PredictorsDep = Annotated[LRUCache[Predictor], Depends(_predictors)]
 EvaluationsDep = Annotated[LRUCache[Evaluation], Depends(_evaluations)]
+
+# A client-chosen key that makes a POST safe to retry (Stripe's convention).
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+def idempotency(key: str | None, body: BaseModel) -> Idempotency | None:
+    """The key and a hash of the validated body (defaults filled in, so equivalent bodies hash alike)."""
+    if key is None:
+        return None
+    return Idempotency(key, hashlib.sha256(body.model_dump_json().encode()).hexdigest())

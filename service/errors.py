@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 
 class TrainlabError(Exception):
@@ -44,6 +45,20 @@ class PayloadTooLarge(TrainlabError):
 
 class UnsupportedMediaType(TrainlabError):
     status_code = 415
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+# Documented on every operation of the OpenAPI schema (422 is FastAPI's own, in the same shape as InvalidInput's).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorBody, "description": "The body could not be parsed (not JSON, or not multipart)"},
+    404: {"model": ErrorBody, "description": "No such experiment, sweep or checkpoint"},
+    409: {"model": ErrorBody, "description": "Not possible in the resource's current state (e.g. no checkpoint yet)"},
+    413: {"model": ErrorBody, "description": "The body or the image is over this server's limits"},
+    415: {"model": ErrorBody, "description": "The upload is not a PNG or JPEG image"},
+}
 
 
 def install_error_handler(app: FastAPI) -> None:

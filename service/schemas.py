@@ -49,6 +49,8 @@ class ExperimentPublic(BaseModel):
     best: BestEpoch | None
     attempt: int
     worker_id: str | None
+    heartbeat_at: datetime | None
+    lease_expires_at: datetime | None
     device: str | None
     environment: dict[str, str] | None
     error: str | None
@@ -57,6 +59,16 @@ class ExperimentPublic(BaseModel):
     rerun_of: int | None
     sweep_id: int | None
     sweep_params: dict[str, Any] | None
+
+
+class AttemptPublic(BaseModel):
+    """One claim of an experiment by a worker, and how it ended (null while it runs)."""
+
+    attempt: int
+    worker_id: str
+    claimed_at: datetime
+    ended_at: datetime | None
+    outcome: str | None
 
 
 class ExperimentList(BaseModel):

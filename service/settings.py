@@ -22,3 +22,11 @@ class Settings(BaseSettings):
     predictor_cache_size: Annotated[int, Field(ge=1)] = 8
     # How often an idle worker looks for a queued job.
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # Leases: a running job's worker renews its lease every `heartbeat_s`; a job whose lease is older than
+    # `lease_s` is taken over by another worker, resumed from its last checkpoint, up to `max_attempts` workers lost.
+    heartbeat_s: Annotated[float, Field(gt=0)] = 10.0
+    lease_s: Annotated[float, Field(gt=0)] = 30.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    # Budgets a spec must fit before it is queued.
+    max_parameters: Annotated[int, Field(ge=1)] = 50_000_000
+    max_train_samples: Annotated[int, Field(ge=1)] = 50_000_000  # epochs x training-set size

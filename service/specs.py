@@ -22,7 +22,7 @@ class Strict(BaseModel):
 
 class DatasetSpec(Strict):
     name: Annotated[str, Field(min_length=1, max_length=100, examples=["mnist-10k"])]
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    val_fraction: Annotated[float, Field(gt=0.0, le=0.9)] = 0.2
     seed: Seed = 0
 
 

@@ -6,10 +6,12 @@ ORM rows never leave this module: callers get `service.schemas` / `service.specs
 from __future__ import annotations
 
 import hashlib
+import os
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import (
@@ -26,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
     case,
     create_engine,
     delete,
@@ -36,18 +39,20 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from service.errors import Conflict, NotFound
-from service.schemas import BestEpoch, ExperimentPublic, Status, SweepSummary, TestMetrics
+from service.errors import Conflict, InvalidInput, NotFound
+from service.schemas import AttemptPublic, BestEpoch, ExperimentPublic, Status, SweepSummary, TestMetrics
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
-# Which status may follow which. Every status change in this module goes through `_transition`.
+# Which status may follow which. running -> queued is a worker handing its job back (shutdown); a running job
+# whose lease expired is claimed again as it is (running -> running, attempt + 1), or failed after max_attempts.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.queued: frozenset({Status.running, Status.cancelled}),
-    Status.running: frozenset({Status.succeeded, Status.failed, Status.cancelled, Status.queued}),
+    Status.running: frozenset({Status.running, Status.succeeded, Status.failed, Status.cancelled, Status.queued}),
     Status.succeeded: frozenset(),
     Status.failed: frozenset(),
     Status.cancelled: frozenset(),
@@ -103,9 +108,16 @@ class ExperimentRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A running job whose lease has expired has lost its worker: any worker may claim it again.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     # Incremented by each claim; a worker's writes must carry the attempt it claimed (fencing).
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # How many of its workers stopped renewing their lease (killed, crashed, cut off).
+    lost_leases: Mapped[int] = mapped_column(Integer, default=0)
+    # Idempotency-Key of the submission and a hash of its body: a retried POST gets the same experiment.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     device: Mapped[str | None] = mapped_column(String(64))
     current_epoch: Mapped[int] = mapped_column(Integer, default=0)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
@@ -132,6 +144,22 @@ class SweepRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     request: Mapped[dict] = mapped_column(JSON)  # base spec and search space, as submitted (defaults filled)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AttemptRow(Base):
+    """The claim history: which worker held which attempt of a job, from when until when, and how it ended."""
+
+    __tablename__ = "attempts"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(200))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # succeeded | failed | cancelled | released (handed back at shutdown) | lease expired
+    outcome: Mapped[str | None] = mapped_column(String(32))
 
 
 class MetricRow(Base):
@@ -183,8 +211,20 @@ class CheckpointRef:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    """A client's Idempotency-Key and the hash of the request body it was sent with."""
+
+    key: str
+    request_hash: str
+
+
 class SchemaOutOfDate(RuntimeError):
     pass
+
+
+class CorruptCheckpoint(Conflict):
+    """A stored checkpoint does not match its recorded SHA-256, or cannot be loaded as plain weights."""
 
 
 class LeaseLost(RuntimeError):
@@ -193,10 +233,17 @@ class LeaseLost(RuntimeError):
 
 def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = _sqlite_engine(url) if parsed.get_backend_name() == "sqlite" else create_engine(url, pool_pre_ping=True)
+    # A forked child must not reuse its parent's connections; it opens its own.
+    weak = weakref.ref(engine)
+    os.register_at_fork(after_in_child=lambda: (e := weak()) is not None and e.dispose(close=False))
+    return engine
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
 
     @event.listens_for(engine, "connect")
@@ -275,18 +322,35 @@ class Store:
     # -- experiments (API side) --------------------------------------------------------------------------
 
     def create_experiment(
-        self, spec: ExperimentSpec, *, warnings: Sequence[str] = (), rerun_of: int | None = None
-    ) -> ExperimentPublic:
-        with self._write() as session:
+        self,
+        spec: ExperimentSpec,
+        *,
+        warnings: Sequence[str] = (),
+        rerun_of: int | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> tuple[ExperimentPublic, bool]:
+        """Queue an experiment; (it, True). With an idempotency key already used for the same body: (that one, False)."""
+
+        def insert(session: Session) -> int:
             row = _new_experiment(spec, warnings, rerun_of=rerun_of)
+            if idempotency is not None:
+                row.idempotency_key, row.request_hash = idempotency.key, idempotency.request_hash
             session.add(row)
             session.flush()
-            return _public(row)
+            return row.id
 
-    def create_sweep(self, name: str, request: dict, trials: list[Trial]) -> int:
-        """The sweep and all its trials as queued experiments, in one transaction."""
-        with self._write() as session:
+        experiment_id, created = self._create_once(ExperimentRow, insert, idempotency)
+        return self.get_experiment(experiment_id), created
+
+    def create_sweep(
+        self, name: str, request: dict, trials: list[Trial], idempotency: Idempotency | None = None
+    ) -> tuple[int, bool]:
+        """The sweep and all its trials as queued experiments, in one transaction; idempotent like experiments."""
+
+        def insert(session: Session) -> int:
             sweep = SweepRow(name=name, request=request, created_at=utcnow())
+            if idempotency is not None:
+                sweep.idempotency_key, sweep.request_hash = idempotency.key, idempotency.request_hash
             session.add(sweep)
             session.flush()
             for trial in trials:
@@ -294,6 +358,39 @@ class Store:
                 row.sweep_id, row.sweep_params = sweep.id, trial.params
                 session.add(row)
             return sweep.id
+
+        return self._create_once(SweepRow, insert, idempotency)
+
+    def _create_once(
+        self, table: type[ExperimentRow] | type[SweepRow], insert, idempotency: Idempotency | None
+    ) -> tuple[int, bool]:
+        """Run `insert` unless a row with the same idempotency key exists. Two racing requests with one key both
+        try to insert; the unique constraint lets one through and the other replays it."""
+        for _ in range(2):
+            if idempotency is not None and (existing := self._replay(table, idempotency)) is not None:
+                return existing, False
+            try:
+                with self._write() as session:
+                    return insert(session), True
+            except IntegrityError:
+                if idempotency is None:
+                    raise
+        raise Conflict(f"Idempotency-Key {idempotency.key!r}: a concurrent request with this key did not complete")
+
+    def _replay(self, table: type[ExperimentRow] | type[SweepRow], idempotency: Idempotency) -> int | None:
+        with self._read() as session:
+            row = session.execute(
+                select(table.id, table.request_hash).where(table.idempotency_key == idempotency.key)
+            ).first()
+        if row is None:
+            return None
+        if row.request_hash != idempotency.request_hash:
+            raise InvalidInput(
+                f"Idempotency-Key {idempotency.key!r} was already used with a different request body "
+                f"({table.__tablename__[:-1]} {row.id}); use a new key for a new request",
+                loc=["header", "Idempotency-Key"],
+            )
+        return row.id
 
     def get_sweep(self, sweep_id: int) -> tuple[str, dict, list[ExperimentPublic]]:
         """The sweep's name, its request as stored, and its trials' experiments."""
@@ -352,6 +449,32 @@ class Store:
             ).all()
             return [EpochMetrics.model_validate(row, from_attributes=True) for row in rows]
 
+    def list_attempts(self, experiment_id: int) -> list[AttemptPublic]:
+        with self._read() as session:
+            self._row(session, experiment_id)
+            rows = session.scalars(
+                select(AttemptRow).where(AttemptRow.experiment_id == experiment_id).order_by(AttemptRow.attempt)
+            ).all()
+            return [AttemptPublic.model_validate(row, from_attributes=True) for row in rows]
+
+    def cancel(self, experiment_id: int) -> ExperimentPublic:
+        """queued -> cancelled at once; running -> cancelled, and its worker's next write is refused (it stops at
+        the next batch boundary). Checkpoints are kept for /predict."""
+        now = utcnow()
+        with self._write() as session:
+            row = session.get(ExperimentRow, experiment_id, with_for_update=True, populate_existing=True)
+            if row is None:
+                raise NotFound(f"experiment {experiment_id} not found")
+            if row.status not in _sources(Status.cancelled):
+                raise Conflict(
+                    f"experiment {experiment_id} is {row.status}: only queued or running experiments can be cancelled"
+                )
+            row.status, row.finished_at, row.lease_expires_at = Status.cancelled.value, now, None
+            row.stop_reason = f"cancelled by request after epoch {row.current_epoch}"
+            _end_attempt(session, experiment_id, now, Status.cancelled.value)
+            session.flush()
+            return _public(row)
+
     def find_checkpoint(self, experiment_id: int, epoch: int | None = None) -> CheckpointRef:
         """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None."""
         with self._read() as session:
@@ -380,15 +503,32 @@ class Store:
             return CheckpointRef(experiment_id, wanted, sha256)
 
     def checkpoint_data(self, ref: CheckpointRef) -> bytes:
+        """The checkpoint's bytes, verified against the SHA-256 recorded when it was written."""
         with self._read() as session:
-            data = session.scalar(
-                select(CheckpointRow.data).where(
+            row = session.execute(
+                select(CheckpointRow.data, CheckpointRow.sha256).where(
                     CheckpointRow.experiment_id == ref.experiment_id, CheckpointRow.epoch == ref.epoch
                 )
-            )
-        if data is None:
+            ).first()
+        if row is None:
             raise NotFound(f"experiment {ref.experiment_id} has no checkpoint for epoch {ref.epoch}")
-        return data
+        actual = hashlib.sha256(row.data).hexdigest()
+        if actual != row.sha256:
+            raise CorruptCheckpoint(
+                f"the checkpoint of experiment {ref.experiment_id} epoch {ref.epoch} is damaged: its SHA-256 is "
+                f"{actual[:16]}..., {row.sha256[:16]}... was recorded when it was written ({len(row.data)} bytes)"
+            )
+        return row.data
+
+    def list_checkpoints(self, experiment_id: int) -> list[CheckpointRef]:
+        """Newest first."""
+        with self._read() as session:
+            rows = session.execute(
+                select(CheckpointRow.epoch, CheckpointRow.sha256)
+                .where(CheckpointRow.experiment_id == experiment_id)
+                .order_by(CheckpointRow.epoch.desc())
+            ).all()
+            return [CheckpointRef(experiment_id, row.epoch, row.sha256) for row in rows]
 
     @staticmethod
     def _row(session: Session, experiment_id: int) -> ExperimentRow:
@@ -399,50 +539,99 @@ class Store:
 
     # -- jobs (worker side) ------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str) -> ClaimedJob | None:
-        """Atomically take the oldest queued experiment, or None. One statement: no two workers get the same."""
-        oldest_queued = (
+    def claim(self, worker_id: str, *, lease_s: float, max_attempts: int) -> ClaimedJob | None:
+        """Atomically take the oldest job that is queued or whose worker's lease expired, or None.
+
+        One UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING: no two workers get the same job.
+        Expired jobs that have already lost `max_attempts` workers are failed instead of claimed."""
+        now = utcnow()
+        stalled = and_(ExperimentRow.status == Status.running.value, ExperimentRow.lease_expires_at < now)
+        claimable = or_(ExperimentRow.status == Status.queued.value, stalled)
+        candidate = (
             select(ExperimentRow.id)
-            .where(ExperimentRow.status == Status.queued.value)
+            .where(claimable)
             .order_by(ExperimentRow.id)
             .limit(1)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers instead
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers instead (BEGIN IMMEDIATE)
             .scalar_subquery()
         )
-        now = utcnow()
         statement = (
             update(ExperimentRow)
-            .where(ExperimentRow.id == oldest_queued, ExperimentRow.status.in_(_sources(Status.running)))
+            .where(ExperimentRow.id == candidate, claimable)
             .values(
                 status=Status.running.value,
                 worker_id=worker_id,
                 device=None,
                 attempt=ExperimentRow.attempt + 1,
+                lost_leases=ExperimentRow.lost_leases + case((stalled, 1), else_=0),
                 started_at=func.coalesce(ExperimentRow.started_at, now),
                 heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s),
             )
             .returning(ExperimentRow.id, ExperimentRow.attempt, ExperimentRow.spec)
         )
         with self._write() as session:
+            self._fail_exhausted(session, now, stalled, max_attempts)
             claimed = session.execute(statement).one_or_none()
-        if claimed is None:
-            return None
+            if claimed is None:
+                return None
+            _end_attempt(session, claimed.id, now, "lease expired")  # the attempt this one takes over, if any
+            session.add(AttemptRow(experiment_id=claimed.id, attempt=claimed.attempt, worker_id=worker_id, claimed_at=now))
         return ClaimedJob(claimed.id, claimed.attempt, ExperimentSpec.model_validate(claimed.spec))
 
-    def latest_checkpoint(self, experiment_id: int) -> CheckpointRef | None:
+    @staticmethod
+    def _fail_exhausted(session: Session, now: datetime, stalled, max_attempts: int) -> None:
+        exhausted = session.scalars(
+            update(ExperimentRow)
+            .where(stalled, ExperimentRow.lost_leases + 1 >= max_attempts)
+            .values(
+                status=Status.failed.value,
+                finished_at=now,
+                lease_expires_at=None,
+                lost_leases=ExperimentRow.lost_leases + 1,
+                error=f"WorkerLost: the job's worker stopped renewing its lease {max_attempts} times (killed, crashed "
+                "or cut off from the database); not retried again (TRAINLAB_MAX_ATTEMPTS)",
+            )
+            .returning(ExperimentRow.id)
+        ).all()
+        for experiment_id in exhausted:
+            _end_attempt(session, experiment_id, now, "lease expired")
+
+    def owns(self, job: ClaimedJob) -> bool:
+        """Whether the job is still running under this claim (not cancelled, finished or taken over)."""
         with self._read() as session:
             row = session.execute(
-                select(CheckpointRow.epoch, CheckpointRow.sha256)
-                .where(CheckpointRow.experiment_id == experiment_id)
-                .order_by(CheckpointRow.epoch.desc())
+                select(ExperimentRow.status, ExperimentRow.attempt).where(ExperimentRow.id == job.id)
+            ).first()
+        return row is not None and row.status == Status.running.value and row.attempt == job.attempt
+
+    def heartbeat(self, job: ClaimedJob, *, lease_s: float | None = None, **progress: object) -> None:
+        """Prove the job is still alive and ours, renewing its lease by `lease_s`; optionally record progress
+        fields (e.g. `device`). LeaseLost if it is no longer ours."""
+        now = utcnow()
+        if lease_s is not None:
+            progress["lease_expires_at"] = now + timedelta(seconds=lease_s)
+        with self._write() as session:
+            _update_owned(session, job, heartbeat_at=now, **progress)
+
+    def rewind(self, job: ClaimedJob, epoch: int) -> None:
+        """Forget every epoch after `epoch` (their checkpoints could not be used), so that resuming from `epoch`
+        records each later epoch exactly once."""
+        with self._write() as session:
+            _update_owned(session, job, current_epoch=epoch, best_epoch=None, best_val_accuracy=None, best_val_loss=None)
+            later = MetricRow.experiment_id == job.id, MetricRow.epoch > epoch
+            session.execute(delete(MetricRow).where(*later))
+            session.execute(delete(CheckpointRow).where(CheckpointRow.experiment_id == job.id, CheckpointRow.epoch > epoch))
+            best = session.execute(
+                select(MetricRow.epoch, MetricRow.val_accuracy, MetricRow.val_loss)
+                .where(MetricRow.experiment_id == job.id)
+                .order_by(MetricRow.val_accuracy.desc(), MetricRow.epoch)
                 .limit(1)
             ).first()
-            return None if row is None else CheckpointRef(experiment_id, row.epoch, row.sha256)
-
-    def heartbeat(self, job: ClaimedJob, **progress: object) -> None:
-        """Prove the job is still alive and ours; optionally record progress fields (e.g. `device`)."""
-        with self._write() as session:
-            _update_owned(session, job, heartbeat_at=utcnow(), **progress)
+            if best is not None:
+                _update_owned(
+                    session, job, best_epoch=best.epoch, best_val_accuracy=best.val_accuracy, best_val_loss=best.val_loss
+                )
 
     def record_epoch(self, job: ClaimedJob, metrics: EpochMetrics, checkpoint: bytes) -> None:
         """One transaction: the epoch's metrics row, its checkpoint, and the experiment's progress."""
@@ -492,12 +681,15 @@ class Store:
         values: dict = {"status": status.value, "error": error, "stop_reason": stop_reason}
         if test is not None:
             values["test_loss"], values["test_accuracy"] = test
+        now = utcnow()
+        values["lease_expires_at"] = None
         if status is Status.queued:
             values["worker_id"] = None
         else:
-            values["finished_at"] = utcnow()
+            values["finished_at"] = now
         with self._write() as session:
             _update_owned(session, job, **values)
+            _end_attempt(session, job.id, now, "released" if status is Status.queued else status.value)
 
 
 def _update_owned(session: Session, job: ClaimedJob, **values) -> None:
@@ -513,6 +705,15 @@ def _update_owned(session: Session, job: ClaimedJob, **values) -> None:
     )
     if result.rowcount != 1:
         raise LeaseLost(f"experiment {job.id} attempt {job.attempt} is no longer running under this worker")
+
+
+def _end_attempt(session: Session, experiment_id: int, now: datetime, outcome: str) -> None:
+    """Close the experiment's open attempt, if any, with how it ended."""
+    session.execute(
+        update(AttemptRow)
+        .where(AttemptRow.experiment_id == experiment_id, AttemptRow.ended_at.is_(None))
+        .values(ended_at=now, outcome=outcome)
+    )
 
 
 def _apply_retention(session: Session, job: ClaimedJob) -> None:
@@ -541,6 +742,7 @@ def _new_experiment(spec: ExperimentSpec, warnings: Sequence[str], *, rerun_of: 
         status=Status.queued.value,
         created_at=utcnow(),
         attempt=0,
+        lost_leases=0,
         current_epoch=0,
         warnings=list(warnings),
         rerun_of=rerun_of,
@@ -565,6 +767,8 @@ def _public(row: ExperimentRow) -> ExperimentPublic:
         best=best,
         attempt=row.attempt,
         worker_id=row.worker_id,
+        heartbeat_at=row.heartbeat_at,
+        lease_expires_at=row.lease_expires_at,
         device=row.device,
         environment=row.environment,
         error=row.error,

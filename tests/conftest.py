@@ -1,4 +1,9 @@
-"""Real components: a migrated SQLite file, a real uvicorn server and real `python -m worker` processes."""
+"""Real components: a migrated database, a real uvicorn server and real `python -m worker` processes.
+
+Every test that touches a database runs twice: on a SQLite file and on a fresh database of the PostgreSQL server
+named by TRAINLAB_TEST_POSTGRES_URL (`.ci/postgres.sh` starts one); without that variable the PostgreSQL half is
+skipped, and says so.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from service.settings import Settings
 from service.store import Store
@@ -91,13 +99,55 @@ def make_env(root: Path, db_url: str) -> dict[str, str]:
     return env
 
 
+BACKENDS = ["sqlite", "postgresql"]
+
+
 @contextmanager
-def deployment(root: Path, *, workers: int = 0, api: bool = True) -> Iterator[Deployment]:
-    db_url = f"sqlite:///{root / 'trainlab.db'}"
+def new_database(backend: str, root: Path) -> Iterator[str]:
+    """An empty database of `backend`, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{root / 'trainlab.db'}"
+        return
+    admin_url = os.environ.get("TRAINLAB_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("PostgreSQL not tested: set TRAINLAB_TEST_POSTGRES_URL (bash .ci/postgres.sh starts a server)")
+    name = f"trainlab_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, then a PostgreSQL database."""
+    with new_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request, tmp_path_factory) -> Iterator[str]:
+    with new_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+def migrated(db_url: str) -> str:
     store = Store(db_url)
     store.upgrade()
     store.close()
-    dep = Deployment(root=root, db_url=db_url, env=make_env(root, db_url))
+    return db_url
+
+
+@contextmanager
+def deployment(root: Path, db_url: str, *, workers: int = 0, api: bool = True, **env: str) -> Iterator[Deployment]:
+    """API and workers on a migrated `db_url`; `env` adds TRAINLAB_* settings, e.g. TRAINLAB_LEASE_S="3"."""
+    migrated(db_url)
+    dep = Deployment(root=root, db_url=db_url, env={**make_env(root, db_url), **env})
     try:
         if api:
             dep.start_api()
@@ -109,8 +159,8 @@ def deployment(root: Path, *, workers: int = 0, api: bool = True) -> Iterator[De
 
 
 @pytest.fixture
-def api_only(tmp_path: Path) -> Iterator[Deployment]:
-    with deployment(tmp_path) as dep:
+def api_only(tmp_path: Path, db_url: str) -> Iterator[Deployment]:
+    with deployment(tmp_path, db_url) as dep:
         yield dep
 
 
@@ -149,9 +199,10 @@ def train_in_process(dep: Deployment) -> None:
     from worker.loop import Worker
 
     store = Store(dep.db_url)
+    settings = Settings(data_dir=dep.root / "data", database_url=dep.db_url)
     try:
-        job = store.claim("test-worker")
+        job = store.claim("test-worker", lease_s=settings.lease_s, max_attempts=settings.max_attempts)
         assert job is not None, "nothing queued"
-        Worker(store, Settings(data_dir=dep.root / "data"), worker_id="test-worker").run_job(job)
+        Worker(store, settings, worker_id="test-worker").run_job(job)
     finally:
         store.close()

@@ -44,9 +44,9 @@ def snapshot(client) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Deployment]:
+def server(tmp_path_factory, module_db_url: str) -> Iterator[Deployment]:
     """One API (no worker) holding three queued experiments, shared by the tests below."""
-    with deployment(tmp_path_factory.mktemp("errors")) as dep, httpx.Client(base_url=dep.url) as client:
+    with deployment(tmp_path_factory.mktemp("errors"), module_db_url) as dep, httpx.Client(base_url=dep.url) as client:
         for i in range(3):
             assert client.post("/experiments", json=tiny_spec(name=f"kept-{i}")).status_code == 201
         yield dep

@@ -16,8 +16,8 @@ from tests.conftest import REPO, deployment, tiny_spec, wait_for_status
 from worker.datasets import load_dataset
 
 
-def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, client_for) -> None:
-    with deployment(tmp_path, workers=1) as dep:
+def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
         # The README's quickstart, verbatim.
         spec = json.loads((REPO / "examples" / "mnist-cnn.json").read_text())
@@ -101,8 +101,8 @@ def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, client_for) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a worker without CUDA to make a job fail")
-def test_failed_job_records_error_and_worker_goes_on(tmp_path: Path, client_for) -> None:
-    with deployment(tmp_path, workers=1) as dep:
+def test_failed_job_records_error_and_worker_goes_on(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
         bad = client.post("/experiments", json=tiny_spec(device="cuda")).json()
         good = client.post("/experiments", json=tiny_spec()).json()

@@ -4,7 +4,6 @@ preprocessing is the training preprocessing."""
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 from PIL import Image
 
 from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
-from worker.checkpoints import load_checkpoint
+from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import Interrupted, fit
 from worker.inference import Predictor
@@ -117,9 +116,11 @@ def test_checkpoints_load_only_as_weights(tmp_path: Path) -> None:
 
     buffer = io.BytesIO()
     torch.save({"format": 1, "payload": Exploit()}, buffer)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UnreadableCheckpoint, match="UnpicklingError"):
         load_checkpoint(buffer.getvalue())
     assert not sentinel.exists()
+    with pytest.raises(UnreadableCheckpoint):  # truncated
+        load_checkpoint(buffer.getvalue()[:100])
 
 
 def test_registries_list_the_bundled_datasets() -> None:

@@ -24,8 +24,9 @@ def test_every_example_file_is_covered() -> None:
 
 
 @pytest.mark.slow
-def test_examples_run(tmp_path: Path, client_for) -> None:
-    with deployment(tmp_path, workers=1) as dep:
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the recipes, not the database: once is enough
+def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
         experiment_ids = []
         for name in ("mnist-cnn.json", "early-stopping.json"):

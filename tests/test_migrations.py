@@ -1,4 +1,4 @@
-"""Alembic owns the schema; API and worker refuse a database that is behind it."""
+"""Alembic owns the schema on SQLite and PostgreSQL; API and worker refuse a database behind it, or an unsafe torch."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from service.store import Base, Store
-from tests.conftest import REPO, free_port, make_env
+from tests.conftest import REPO, free_port, make_env, migrated
 
 
-def test_upgrade_head_matches_the_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_upgrade_head_matches_the_models(tmp_path: Path, db_url: str) -> None:
+    url = db_url
     result = subprocess.run(
         [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=make_env(tmp_path, url),
         capture_output=True, text=True, timeout=120,
@@ -29,16 +29,15 @@ def test_upgrade_head_matches_the_models(tmp_path: Path) -> None:
         store.close()
 
 
-def test_downgrade_and_upgrade_again(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    env = make_env(tmp_path, url)
+def test_downgrade_and_upgrade_again(tmp_path: Path, db_url: str) -> None:
+    env = make_env(tmp_path, db_url)
     for step in (["upgrade", "head"], ["downgrade", "base"], ["upgrade", "head"]):
         result = subprocess.run([sys.executable, "-m", "alembic", *step], cwd=REPO, env=env, capture_output=True)
         assert result.returncode == 0, result.stderr
 
 
-def test_api_and_worker_refuse_a_database_that_is_behind(tmp_path: Path) -> None:
-    env = make_env(tmp_path, f"sqlite:///{tmp_path / 'empty.db'}")
+def test_api_and_worker_refuse_a_database_that_is_behind(tmp_path: Path, db_url: str) -> None:
+    env = make_env(tmp_path, db_url)
     api = subprocess.run(
         [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(free_port())],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
@@ -50,3 +49,14 @@ def test_api_and_worker_refuse_a_database_that_is_behind(tmp_path: Path) -> None
     )
     assert worker.returncode == 2
     assert "refusing to start" in worker.stderr and "alembic upgrade head" in worker.stderr
+
+
+def test_api_and_worker_refuse_to_load_checkpoints_with_full_pickle(tmp_path: Path, db_url: str) -> None:
+    env = {**make_env(tmp_path, migrated(db_url)), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    api = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(free_port())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert api.returncode != 0 and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set" in api.stderr
+    worker = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert worker.returncode == 2 and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set" in worker.stderr

@@ -20,8 +20,8 @@ DONE = {"succeeded", "failed"}
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory) -> Iterator[tuple[Deployment, httpx.Client]]:
-    with deployment(tmp_path_factory.mktemp("recipes"), workers=1) as dep, httpx.Client(
+def service(tmp_path_factory, module_db_url: str) -> Iterator[tuple[Deployment, httpx.Client]]:
+    with deployment(tmp_path_factory.mktemp("recipes"), module_db_url, workers=1) as dep, httpx.Client(
         base_url=dep.url, timeout=60
     ) as client:
         yield dep, client
@@ -234,7 +234,7 @@ def test_views_of_an_experiment_whose_dataset_is_gone_are_409(service) -> None:
     dep, client = service
     store = Store(dep.db_url)
     # Stored directly: the API itself refuses such a spec, but a server can lose a dataset after the fact.
-    experiment = store.create_experiment(ExperimentSpec.model_validate(tiny_spec(dataset={"name": "retired-set"})))
+    experiment, _ = store.create_experiment(ExperimentSpec.model_validate(tiny_spec(dataset={"name": "retired-set"})))
     store.close()
     response = client.get(f"/experiments/{experiment.id}/augmentations.png")
     assert response.status_code == 409 and "retired-set" in response.json()["detail"]

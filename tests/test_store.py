@@ -1,17 +1,23 @@
-"""The store's job semantics against a real SQLite file: atomic claims, fencing, legal transitions."""
+"""The store's job semantics on SQLite and PostgreSQL: atomic claims, leases, fencing, legal transitions."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
-from pathlib import Path
+import time
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 
+from service.errors import Conflict, InvalidInput
 from service.schemas import Status
 from service.specs import EpochMetrics, ExperimentSpec
-from service.store import LeaseLost, Store
+from service.store import CheckpointRow, CorruptCheckpoint, Idempotency, LeaseLost, Store
+from tests.conftest import migrated
 
 SPEC = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": {"kind": "mlp"}, "epochs": 2})
+LEASE = {"lease_s": 30.0, "max_attempts": 3}
 
 
 def metrics(epoch: int, val_accuracy: float = 0.5) -> EpochMetrics:
@@ -22,25 +28,28 @@ def metrics(epoch: int, val_accuracy: float = 0.5) -> EpochMetrics:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    store.upgrade()
+def store(db_url: str):
+    store = Store(migrated(db_url))
     yield store
     store.close()
+
+
+def submit(store: Store, spec: ExperimentSpec = SPEC) -> int:
+    return store.create_experiment(spec)[0].id
 
 
 def _claim_all(url: str, worker: str, start, results) -> None:
     store = Store(url)
     start.wait()
     claimed = []
-    while (job := store.claim(worker)) is not None:
+    while (job := store.claim(worker, **LEASE)) is not None:
         claimed.append(job.id)
     store.close()
     results.put((worker, claimed))
 
 
 def test_concurrent_claims_never_hand_out_a_job_twice(store: Store) -> None:
-    ids = {store.create_experiment(SPEC).id for _ in range(60)}
+    ids = {submit(store) for _ in range(60)}
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Event(), ctx.Queue()
     processes = [ctx.Process(target=_claim_all, args=(store.url, f"w{i}", start, results)) for i in range(4)]
@@ -58,15 +67,15 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store: Store) -> None:
 
 
 def test_claims_oldest_first_and_none_when_empty(store: Store) -> None:
-    first, second = store.create_experiment(SPEC), store.create_experiment(SPEC)
-    assert store.claim("w").id == first.id
-    assert store.claim("w").id == second.id
-    assert store.claim("w") is None
+    first, second = submit(store), submit(store)
+    assert store.claim("w", **LEASE).id == first
+    assert store.claim("w", **LEASE).id == second
+    assert store.claim("w", **LEASE) is None
 
 
 def test_epoch_records_metrics_checkpoint_and_best(store: Store) -> None:
-    store.create_experiment(SPEC)
-    job = store.claim("w")
+    submit(store)
+    job = store.claim("w", **LEASE)
     store.record_epoch(job, metrics(1, 0.7), b"one")
     store.record_epoch(job, metrics(2, 0.6), b"two")
     experiment = store.get_experiment(job.id)
@@ -76,24 +85,24 @@ def test_epoch_records_metrics_checkpoint_and_best(store: Store) -> None:
     assert [m.epoch for m in store.list_metrics(job.id, since_epoch=1)] == [2]
     best = store.find_checkpoint(job.id)
     assert best.epoch == 1 and store.checkpoint_data(best) == b"one"
-    assert store.checkpoint_data(store.latest_checkpoint(job.id)) == b"two"
+    assert store.checkpoint_data(store.list_checkpoints(job.id)[0]) == b"two"
     # The same epoch twice is refused by the primary key, and nothing of the second attempt is kept.
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(IntegrityError):
         store.record_epoch(job, metrics(2, 0.9), b"again")
     assert store.get_experiment(job.id).best.epoch == 1
 
 
 def test_writes_from_a_stale_attempt_are_refused(store: Store) -> None:
-    store.create_experiment(SPEC)
-    stale = store.claim("old-worker")
+    submit(store)
+    stale = store.claim("old-worker", **LEASE)
     store.finish(stale, Status.queued)  # handed back ...
-    current = store.claim("new-worker")  # ... and taken by another worker
+    current = store.claim("new-worker", **LEASE)  # ... and taken by another worker
     assert current.attempt == stale.attempt + 1
     with pytest.raises(LeaseLost):
         store.record_epoch(stale, metrics(1), b"stale")
     with pytest.raises(LeaseLost):
         store.finish(stale, Status.succeeded)
-    assert store.list_metrics(current.id) == [] and store.latest_checkpoint(current.id) is None
+    assert store.list_metrics(current.id) == [] and store.list_checkpoints(current.id) == []
     store.record_epoch(current, metrics(1), b"fresh")
     store.finish(current, Status.succeeded)
     experiment = store.get_experiment(current.id)
@@ -101,11 +110,90 @@ def test_writes_from_a_stale_attempt_are_refused(store: Store) -> None:
 
 
 def test_finished_jobs_cannot_change_state(store: Store) -> None:
-    store.create_experiment(SPEC)
-    job = store.claim("w")
+    submit(store)
+    job = store.claim("w", **LEASE)
     store.finish(job, Status.failed, "boom")
     for status in (Status.succeeded, Status.queued, Status.running):
         with pytest.raises((LeaseLost, ValueError)):
             store.finish(job, status)
     assert store.get_experiment(job.id).error == "boom"
-    assert store.claim("w") is None
+    assert store.claim("w", **LEASE) is None
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_worker_fenced_off(store: Store) -> None:
+    experiment_id = submit(store)
+    lost = store.claim("crashed", lease_s=0.5, max_attempts=3)
+    store.record_epoch(lost, metrics(1), b"one")
+    store.heartbeat(lost, lease_s=0.5)  # a live worker renews ...
+    assert store.claim("other", **LEASE) is None  # ... so nobody else may take it
+    time.sleep(0.6)  # ... until it stops renewing
+    taken = store.claim("other", **LEASE)
+    assert (taken.id, taken.attempt) == (experiment_id, 2)
+    for write in (lambda: store.heartbeat(lost, lease_s=30), lambda: store.record_epoch(lost, metrics(2), b"zombie")):
+        with pytest.raises(LeaseLost):
+            write()
+    assert not store.owns(lost) and store.owns(taken)
+    store.record_epoch(taken, metrics(2), b"two")
+    store.finish(taken, Status.succeeded)
+    attempts = store.list_attempts(experiment_id)
+    assert [(a.attempt, a.worker_id, a.outcome) for a in attempts] == [
+        (1, "crashed", "lease expired"), (2, "other", "succeeded")
+    ]  # fmt: skip
+    assert attempts[0].ended_at <= attempts[1].claimed_at  # never two holders at once
+    assert [m.epoch for m in store.list_metrics(experiment_id)] == [1, 2]
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(store: Store) -> None:
+    experiment_id = submit(store)
+    for attempt in (1, 2, 3):
+        assert store.claim(f"w{attempt}", lease_s=0.05, max_attempts=3).attempt == attempt
+        time.sleep(0.1)
+    assert store.claim("w4", lease_s=0.05, max_attempts=3) is None
+    experiment = store.get_experiment(experiment_id)
+    assert experiment.status is Status.failed and "3 times" in experiment.error
+    assert [a.outcome for a in store.list_attempts(experiment_id)] == ["lease expired"] * 3
+
+
+def test_cancel_queued_and_running_and_refuse_finished(store: Store) -> None:
+    queued, running = submit(store), submit(store)
+    assert store.cancel(queued).status is Status.cancelled
+    job = store.claim("w", **LEASE)
+    assert job.id == running
+    store.record_epoch(job, metrics(1), b"one")
+    cancelled = store.cancel(running)
+    assert cancelled.status is Status.cancelled and "after epoch 1" in cancelled.stop_reason
+    with pytest.raises(LeaseLost):  # the worker's next write is refused: it stops there
+        store.record_epoch(job, metrics(2), b"two")
+    assert store.checkpoint_data(store.find_checkpoint(running)) == b"one"  # kept for /predict
+    with pytest.raises(Conflict, match="cancelled"):
+        store.cancel(running)
+    assert store.list_attempts(running)[0].outcome == "cancelled"
+
+
+def test_damaged_checkpoints_are_detected_and_rewinding_forgets_later_epochs(store: Store) -> None:
+    submit(store)
+    job = store.claim("w", **LEASE)
+    for epoch, accuracy in ((1, 0.5), (2, 0.9), (3, 0.6)):
+        store.record_epoch(job, metrics(epoch, accuracy), f"epoch-{epoch}".encode())
+    with store.engine.begin() as conn:  # a byte changes on disk
+        conn.execute(update(CheckpointRow).where(CheckpointRow.epoch == 3).values(data=b"epoch-X"))
+    newest = store.list_checkpoints(job.id)[0]
+    with pytest.raises(CorruptCheckpoint, match="SHA-256"):
+        store.checkpoint_data(newest)
+    store.rewind(job, 2)
+    assert [m.epoch for m in store.list_metrics(job.id)] == [1, 2]
+    assert [c.epoch for c in store.list_checkpoints(job.id)] == [2]
+    experiment = store.get_experiment(job.id)
+    assert experiment.best.epoch == 2 and experiment.current_epoch == 2
+    store.record_epoch(job, metrics(3, 0.7), b"epoch-3")  # epoch 3 is trained again and recorded once
+    assert [m.epoch for m in store.list_metrics(job.id)] == [1, 2, 3]
+
+
+def test_idempotent_submission(store: Store) -> None:
+    key = Idempotency("retry-me", hashlib.sha256(b"body").hexdigest())
+    first, created = store.create_experiment(SPEC, idempotency=key)
+    again, created_again = store.create_experiment(SPEC, idempotency=key)
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(InvalidInput, match="different request body"):
+        store.create_experiment(SPEC, idempotency=Idempotency("retry-me", hashlib.sha256(b"other").hexdigest()))
+    assert store.list_experiments(status=None, limit=10, offset=0)[1] == 1

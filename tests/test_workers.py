@@ -15,8 +15,8 @@ import httpx
 from tests.conftest import REPO, deployment, free_port, make_env, tiny_spec, wait_for_status
 
 
-def test_two_workers_run_every_job_exactly_once(tmp_path: Path, client_for) -> None:
-    with deployment(tmp_path, workers=2) as dep:
+def test_two_workers_run_every_job_exactly_once(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=2) as dep:
         client = client_for(dep)
         ids = [client.post("/experiments", json=tiny_spec(name=f"job-{i}")).json()["id"] for i in range(6)]
         finished = [wait_for_status(client, i, {"succeeded", "failed"}) for i in ids]
@@ -31,8 +31,8 @@ def test_two_workers_run_every_job_exactly_once(tmp_path: Path, client_for) -> N
         }
 
 
-def test_sigterm_hands_the_running_job_back_and_a_new_worker_resumes_it(tmp_path: Path, client_for) -> None:
-    with deployment(tmp_path, workers=1) as dep:
+def test_sigterm_hands_the_running_job_back_and_a_new_worker_resumes_it(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
         spec = {"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 40, "batch_size": 16}
         experiment_id = client.post("/experiments", json=spec).json()["id"]

@@ -10,6 +10,7 @@ import sys
 
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
+from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
 from worker.loop import Worker
 
 
@@ -25,9 +26,11 @@ def main() -> int:
     settings = Settings()
     store = Store(settings.database_url)
     try:
+        refuse_unsafe_loading()
         store.check_schema()
-    except SchemaOutOfDate as exc:
+    except (SchemaOutOfDate, UnsafeEnvironment) as exc:
         logging.getLogger("trainlab.worker").error("refusing to start: %s", exc)
+        store.close()
         return 2
 
     worker = Worker(store, settings)

@@ -4,6 +4,7 @@ needs pickle to read back (`torch.load(..., weights_only=True)` only)."""
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
 import torch
@@ -54,10 +55,30 @@ def dump_checkpoint(
     return buffer.getvalue()
 
 
+class UnsafeEnvironment(RuntimeError):
+    """The process environment would let torch.load run arbitrary pickled code."""
+
+
+def refuse_unsafe_loading() -> None:
+    """API and worker refuse to start when torch is told to load checkpoints with full pickle."""
+    if "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in os.environ:
+        raise UnsafeEnvironment(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: torch.load would run arbitrary code from a checkpoint. "
+            "Unset it; trainlab checkpoints load with weights_only=True"
+        )
+
+
+class UnreadableCheckpoint(ValueError):
+    """The bytes are not a checkpoint this code wrote: truncated, altered, or holding more than plain weights."""
+
+
 def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu") -> CheckpointContent:
-    raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    if raw.get("format") != FORMAT_VERSION:
-        raise ValueError(f"unsupported checkpoint format {raw.get('format')!r}")
+    try:
+        raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad bytes
+        raise UnreadableCheckpoint(f"not loadable as plain weights: {type(exc).__name__}: {exc}"[:500]) from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+        raise UnreadableCheckpoint("not a trainlab checkpoint (missing or unsupported format version)")
     return CheckpointContent(
         epoch=int(raw["epoch"]),
         spec=ExperimentSpec.model_validate_json(raw["spec"]),

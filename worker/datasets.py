@@ -26,6 +26,7 @@ class DatasetInfo:
     description: str
     class_names: tuple[str, ...]
     preprocess: Preprocess
+    size: int  # examples split into train and val (a test split comes on top)
     # Mirrored or strongly rotated examples are other classes (digits): flips and big rotations hurt.
     orientation_matters: bool = False
 
@@ -128,7 +129,8 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
     for cls in torch.unique(labels):
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
-        n_val = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        # At least one example of each class on each side, when the class has two.
+        n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
@@ -169,6 +171,7 @@ FASHION_PREPROCESS = Preprocess(channels=1, height=28, width=28, mean=(0.2860,),
         description="MNIST's official 10k test split (LeCun, Cortes, Burges; CC BY-SA 3.0), 28x28 grayscale digits",
         class_names=DIGIT_NAMES,
         preprocess=MNIST_PREPROCESS,
+        size=10_000,
         orientation_matters=True,
     )
 )
@@ -182,6 +185,7 @@ def _mnist_10k(_: Path) -> Pool:
         description="Fashion-MNIST's official 10k test split (Zalando, MIT), 28x28 grayscale clothing",
         class_names=FASHION_NAMES,
         preprocess=FASHION_PREPROCESS,
+        size=10_000,
     )
 )
 def _fashion_mnist_10k(_: Path) -> Pool:
@@ -216,6 +220,7 @@ def _fashion_files(data_dir: Path) -> dict[str, Path]:
         description="Fashion-MNIST (Zalando, MIT): 60k training images split into train/val, plus the 10k test split",
         class_names=FASHION_NAMES,
         preprocess=FASHION_PREPROCESS,
+        size=60_000,
     ),
     locate=_fashion_files,
 )
@@ -232,6 +237,7 @@ def _fashion_mnist(data_dir: Path) -> Pool:
         description="UCI's 1,797 handwritten digits as shipped by scikit-learn (CC BY 4.0), 8x8 grayscale",
         class_names=DIGIT_NAMES,
         preprocess=Preprocess(channels=1, height=8, width=8, mean=(0.3053,), std=(0.3759,)),
+        size=1_797,
         orientation_matters=True,
     )
 )

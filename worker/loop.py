@@ -8,17 +8,21 @@ import socket
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 from service.schemas import Status
 from service.settings import Settings
 from service.specs import EpochMetrics
-from service.store import ClaimedJob, LeaseLost, Store
-from worker.checkpoints import load_checkpoint
+from service.store import ClaimedJob, CorruptCheckpoint, LeaseLost, Store
+from worker.checkpoints import CheckpointContent, UnreadableCheckpoint, load_checkpoint
 from worker.datasets import load_dataset
 from worker.engine import Interrupted, fit, resolve_device, runtime_environment
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
+from worker.lease import Lease
 
 log = logging.getLogger("trainlab.worker")
 
@@ -44,7 +48,9 @@ class Worker:
         """Serve jobs until `stopping` is set (or, with `once`, until the queue is empty)."""
         log.info("worker %s ready (polling every %.1fs)", self.worker_id, self.settings.poll_interval_s)
         while not self.stopping.is_set():
-            job = self.store.claim(self.worker_id)
+            job = self.store.claim(
+                self.worker_id, lease_s=self.settings.lease_s, max_attempts=self.settings.max_attempts
+            )
             if job is None:
                 if once:
                     return
@@ -54,29 +60,54 @@ class Worker:
 
     def run_job(self, job: ClaimedJob) -> None:
         log.info("experiment %d attempt %d: claimed (%s)", job.id, job.attempt, job.spec.name)
-        try:
-            outcome = self._train(job)
-        except Interrupted:
-            log.info("experiment %d: stopping on request; handing it back to the queue", job.id)
-            self._finish(job, Status.queued)
-        except LeaseLost as exc:
-            log.warning("experiment %d: %s; dropping it", job.id, exc)
-        except Exception as exc:  # a failed job must never take the worker down with it
-            log.error("experiment %d failed:\n%s", job.id, traceback.format_exc())
-            self._finish(job, Status.failed, f"{type(exc).__name__}: {exc}")
-        else:
-            log.info("experiment %d: succeeded%s", job.id, f" ({outcome.stop_reason})" if outcome.stop_reason else "")
-            self._finish(job, Status.succeeded, stop_reason=outcome.stop_reason, test=outcome.test)
+        settings = self.settings
+        with Lease(self.store, job, heartbeat_s=settings.heartbeat_s, lease_s=settings.lease_s) as lease:
+            try:
+                outcome = self._train(job, should_stop=lambda: self.stopping.is_set() or lease.lost.is_set())
+            except (Interrupted, LeaseLost) as exc:
+                if lease.lost.is_set() or isinstance(exc, LeaseLost):
+                    log.warning("experiment %d: no longer ours (cancelled or taken over); dropping it", job.id)
+                else:
+                    log.info("experiment %d: stopping on request; handing it back to the queue", job.id)
+                    self._finish(job, Status.queued)
+            except torch.OutOfMemoryError as exc:
+                log.error("experiment %d ran out of memory: %s", job.id, exc)
+                torch.cuda.empty_cache()
+                self._finish(
+                    job, Status.failed, f"OutOfMemoryError: {str(exc).splitlines()[0]} (lower batch_size or the model's size)"
+                )
+            except Exception as exc:  # a failed job must never take the worker down with it
+                log.error("experiment %d failed:\n%s", job.id, traceback.format_exc())
+                self._finish(job, Status.failed, f"{type(exc).__name__}: {exc}")
+            else:
+                reason = f" ({outcome.stop_reason})" if outcome.stop_reason else ""
+                log.info("experiment %d: succeeded%s", job.id, reason)
+                self._finish(job, Status.succeeded, stop_reason=outcome.stop_reason, test=outcome.test)
 
-    def _train(self, job: ClaimedJob) -> Outcome:
+    def _resume_point(self, job: ClaimedJob, device: torch.device) -> CheckpointContent | None:
+        """The newest checkpoint that verifies and loads. Epochs after it are forgotten and trained again, so
+        each epoch keeps exactly one metrics row."""
+        resume = None
+        for ref in self.store.list_checkpoints(job.id):
+            try:
+                resume = load_checkpoint(self.store.checkpoint_data(ref), map_location=device)
+                break
+            except (CorruptCheckpoint, UnreadableCheckpoint) as exc:
+                log.warning("experiment %d: skipping the checkpoint of epoch %d: %s", job.id, ref.epoch, exc)
+        epoch = resume.epoch if resume is not None else 0
+        recorded = self.store.get_experiment(job.id).current_epoch
+        if epoch < recorded:
+            log.warning("experiment %d: training epochs %d-%d again", job.id, epoch + 1, recorded)
+            self.store.rewind(job, epoch)
+        if resume is not None:
+            log.info("experiment %d: resuming after epoch %d", job.id, resume.epoch)
+        return resume
+
+    def _train(self, job: ClaimedJob, should_stop: Callable[[], bool]) -> Outcome:
         spec = job.spec
         device = resolve_device(spec.device)
         self.store.heartbeat(job, device=str(device), environment=runtime_environment(device))
-        resume = None
-        latest = self.store.latest_checkpoint(job.id)
-        if latest is not None:
-            resume = load_checkpoint(self.store.checkpoint_data(latest), map_location=device)
-            log.info("experiment %d: resuming after epoch %d", job.id, resume.epoch)
+        resume = self._resume_point(job, device)
         dataset = load_dataset(spec.dataset, self.settings.data_dir)
 
         def record(metrics: EpochMetrics, checkpoint: bytes) -> None:
@@ -87,7 +118,7 @@ class Worker:
                 metrics.val_accuracy, metrics.duration_s, metrics.samples_per_s,
             )  # fmt: skip
 
-        result = fit(spec, dataset, device, on_epoch=record, resume=resume, should_stop=self.stopping.is_set)
+        result = fit(spec, dataset, device, on_epoch=record, resume=resume, should_stop=should_stop)
         test = None
         if dataset.test is not None:
             best = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from service.specs import CNNSpec, MLPSpec
@@ -33,6 +34,13 @@ def model_kinds() -> list[str]:
 def create_model(spec: Any, input_shape: InputShape, num_classes: int) -> nn.Module:
     """Build the network a model spec describes, for inputs of `input_shape` and `num_classes` outputs."""
     return _BUILDERS[spec.kind](spec, input_shape, num_classes)
+
+
+def count_parameters(spec: Any, input_shape: InputShape, num_classes: int) -> int:
+    """Parameters of the model a spec describes, built on the meta device: no memory, no initialisation."""
+    with torch.device("meta"):
+        model = create_model(spec, input_shape, num_classes)
+    return sum(p.numel() for p in model.parameters())
 
 
 def uses_conv(model: nn.Module) -> bool:

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Path, Query, Response, UploadFile
 from pydantic import BaseModel
 
 from service.catalogue import check_spec, dataset_for
 from service.compare import Comparison, compare
-from service.deps import EvaluationsDep, PredictorsDep, SettingsDep, StoreDep
-from service.errors import Conflict, InvalidInput, PayloadTooLarge
+from service.deps import EvaluationsDep, IdempotencyKey, PredictorsDep, SettingsDep, StoreDep, idempotency
+from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge
 from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
 from service.images import decode_image
-from service.schemas import ClassProbability, ExperimentList, ExperimentPublic, Prediction, Status
+from service.schemas import AttemptPublic, ClassProbability, ExperimentList, ExperimentPublic, Prediction, Status
 from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec
-from service.store import CheckpointRef, Store
+from service.store import CheckpointRef, CorruptCheckpoint, Store
+from worker.checkpoints import UnreadableCheckpoint
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset, load_dataset
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.previews import augmentation_samples
 
-router = APIRouter(prefix="/experiments", tags=["experiments"])
+router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
 
 # Ids are 32-bit on every backend; a larger number can only be a miss, so refuse it as input.
 ExperimentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -42,10 +43,22 @@ class Confusion(BaseModel):
     accuracy: float
 
 
-@router.post("", status_code=201, response_model=ExperimentPublic)
-def submit_experiment(spec: ExperimentSpec, store: StoreDep, settings: SettingsDep, response: Response):
-    warnings = check_spec(spec, settings.data_dir)
-    experiment = store.create_experiment(spec, warnings=warnings)
+@router.post(
+    "",
+    status_code=201,
+    response_model=ExperimentPublic,
+    responses={200: {"model": ExperimentPublic, "description": "Replayed: the experiment this Idempotency-Key created"}},
+)
+def submit_experiment(
+    spec: ExperimentSpec, store: StoreDep, settings: SettingsDep, response: Response, key: IdempotencyKey = None
+):
+    """Queue an experiment. With an `Idempotency-Key` header, a retry of the same request returns the experiment
+    the first one created (200) instead of queueing another; the same key with a different body is a 422."""
+    warnings = check_spec(spec, settings)
+    experiment, created = store.create_experiment(spec, warnings=warnings, idempotency=idempotency(key, spec))
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return experiment
 
@@ -53,7 +66,7 @@ def submit_experiment(spec: ExperimentSpec, store: StoreDep, settings: SettingsD
 @router.post(":validate", response_model=Validation)
 def validate_experiment(spec: ExperimentSpec, settings: SettingsDep):
     """Dry run: the spec with every default filled in and what it would be warned about; nothing is queued."""
-    return Validation(spec=spec, warnings=check_spec(spec, settings.data_dir))
+    return Validation(spec=spec, warnings=check_spec(spec, settings))
 
 
 @router.post(":validate/augmentations.png", response_class=Response, responses=PNG_RESPONSE)
@@ -100,9 +113,22 @@ def get_experiment(experiment_id: ExperimentId, store: StoreDep):
 def rerun_experiment(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, response: Response):
     """Queue the identical spec again (same seed): on the same device kind it reproduces the same metrics."""
     spec = store.get_experiment(experiment_id).spec
-    experiment = store.create_experiment(spec, warnings=check_spec(spec, settings.data_dir), rerun_of=experiment_id)
+    experiment, _ = store.create_experiment(spec, warnings=check_spec(spec, settings), rerun_of=experiment_id)
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return experiment
+
+
+@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
+def cancel_experiment(experiment_id: ExperimentId, store: StoreDep):
+    """A queued experiment is cancelled at once; a running one stops at its next batch boundary (within about a
+    second), records nothing more and keeps its checkpoints for /predict. 409 once it has finished."""
+    return store.cancel(experiment_id)
+
+
+@router.get("/{experiment_id}/attempts", response_model=list[AttemptPublic])
+def list_attempts(experiment_id: ExperimentId, store: StoreDep):
+    """Each claim by a worker, oldest first: who ran it, when, and how that attempt ended."""
+    return store.list_attempts(experiment_id)
 
 
 @router.get("/{experiment_id}/metrics", response_model=list[EpochMetrics])
@@ -184,7 +210,13 @@ def _evaluate(
 
 
 def _predictor(ref: CheckpointRef, store: Store, predictors) -> Predictor:
-    return predictors.get(ref, lambda: Predictor(store.checkpoint_data(ref)))
+    def load() -> Predictor:
+        try:
+            return Predictor(store.checkpoint_data(ref))
+        except UnreadableCheckpoint as exc:
+            raise CorruptCheckpoint(f"the checkpoint of experiment {ref.experiment_id} epoch {ref.epoch} {exc}") from None
+
+    return predictors.get(ref, load)
 
 
 @router.post("/{experiment_id}/predict", response_model=Prediction)

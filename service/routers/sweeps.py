@@ -8,25 +8,39 @@ from fastapi import APIRouter, Path, Query, Response
 
 from service.catalogue import check_spec
 from service.compare import Metric
-from service.deps import SettingsDep, StoreDep
+from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency
+from service.errors import ERROR_RESPONSES
 from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.schemas import SweepSummary
 from service.store import Trial
 from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
 SweepId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-@router.post("", status_code=201, response_model=SweepPublic)
-def create_sweep(request: SweepCreate, store: StoreDep, settings: SettingsDep, response: Response):
-    """Expand the grid / random draws into trials and queue one experiment each (all or none)."""
+@router.post(
+    "",
+    status_code=201,
+    response_model=SweepPublic,
+    responses={200: {"model": SweepPublic, "description": "Replayed: the sweep this Idempotency-Key created"}},
+)
+def create_sweep(
+    request: SweepCreate, store: StoreDep, settings: SettingsDep, response: Response, key: IdempotencyKey = None
+):
+    """Expand the grid / random draws into trials and queue one experiment each (all or none).
+    `Idempotency-Key` works as for POST /experiments."""
     trials = [
-        Trial(spec=spec, params=params, warnings=check_spec(spec, settings.data_dir, loc=("body", "base")))
+        Trial(spec=spec, params=params, warnings=check_spec(spec, settings, loc=("body", "base")))
         for params, spec in expand(request)
     ]
-    sweep_id = store.create_sweep(request.name, request.model_dump(mode="json"), trials)
+    sweep_id, created = store.create_sweep(
+        request.name, request.model_dump(mode="json"), trials, idempotency(key, request)
+    )
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/sweeps/{sweep_id}"
     return sweep_public(sweep_id, *store.get_sweep(sweep_id))
 

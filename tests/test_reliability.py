@@ -1,0 +1,267 @@
+"""Jobs survive real kills: `kill -9`, a frozen worker, damaged checkpoints, cancels, and a crowd of workers that
+keep dying. On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from sqlalchemy import select, update
+
+from service.schemas import Status
+from service.specs import ExperimentSpec
+from service.store import CheckpointRow, Store
+from tests.conftest import deployment, tiny_spec, wait_for_status
+from worker.datasets import load_dataset
+from worker.engine import fit
+
+# Short leases so that a dead worker's job is taken over within seconds.
+FAST_LEASES = {"TRAINLAB_LEASE_S": "2", "TRAINLAB_HEARTBEAT_S": "0.3"}
+# About 1.5 s an epoch on 2 cores: long enough to kill a worker in the middle of one.
+KILL_SPEC = {
+    "name": "kill-me",
+    "dataset": {"name": "mnist-10k"},
+    "model": {"kind": "mlp", "hidden": [128]},
+    "batch_size": 8,
+    "epochs": 4,
+    "checkpoints": {"keep_last": 2},
+}
+COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> list[dict]:
+    """KILL_SPEC trained start to finish in this process: what every interrupted run must reproduce."""
+    spec = ExperimentSpec.model_validate(KILL_SPEC)
+    rows: list[dict] = []
+    fit(spec, load_dataset(spec.dataset, Path("unused")), torch.device("cpu"),
+        on_epoch=lambda m, _: rows.append(m.model_dump(include=set(COMPARED))))  # fmt: skip
+    return rows
+
+
+def metrics(client: httpx.Client, experiment_id: int) -> list[dict]:
+    return client.get(f"/experiments/{experiment_id}/metrics").json()
+
+
+def wait_until(condition, timeout: float = 120, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {condition}")
+
+
+def assert_history_is_sequential(client: httpx.Client, experiment_id: int) -> list[dict]:
+    """No two attempts overlap: each ended before the next was claimed. Every attempt but the last was lost."""
+    attempts = client.get(f"/experiments/{experiment_id}/attempts").json()
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert before["ended_at"] is not None and before["ended_at"] <= after["claimed_at"], attempts
+    return attempts
+
+
+@pytest.mark.parametrize("kill_after_epoch", [2, 0], ids=["after-epoch-2", "before-first-checkpoint"])
+def test_kill_9_resumes_on_another_worker_and_matches_an_uninterrupted_run(
+    tmp_path: Path, db_url: str, client_for, uninterrupted: list[dict], kill_after_epoch: int
+) -> None:
+    with deployment(tmp_path, db_url, **FAST_LEASES) as dep:
+        client = client_for(dep)
+        experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
+        first = dep.start_worker()
+        if kill_after_epoch:
+            wait_until(lambda: len(metrics(client, experiment_id)) >= kill_after_epoch)
+        else:  # training has started (the device is recorded first), no epoch finished yet
+            wait_until(lambda: client.get(f"/experiments/{experiment_id}").json()["device"])
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert len(metrics(client, experiment_id)) == kill_after_epoch
+        assert client.get(f"/experiments/{experiment_id}").json()["status"] == "running"  # its owner is dead
+
+        dep.start_worker()
+        done = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)
+        assert done["status"] == "succeeded" and done["attempt"] == 2, dep.logs("worker")
+        rows = metrics(client, experiment_id)
+        assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # each epoch exactly once
+        assert [{k: r[k] for k in COMPARED} for r in rows] == uninterrupted
+        if kill_after_epoch:
+            assert f"resuming after epoch {kill_after_epoch}" in dep.logs("worker")
+        attempts = assert_history_is_sequential(client, experiment_id)
+        assert [a["outcome"] for a in attempts] == ["lease expired", "succeeded"]
+
+
+def test_resume_skips_a_truncated_checkpoint_and_trains_that_epoch_again(
+    tmp_path: Path, db_url: str, client_for, uninterrupted: list[dict]
+) -> None:
+    with deployment(tmp_path, db_url, **FAST_LEASES) as dep:
+        client = client_for(dep)
+        experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
+        first = dep.start_worker()
+        wait_until(lambda: len(metrics(client, experiment_id)) >= 2)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        store = Store(dep.db_url)
+        with store.engine.begin() as conn:  # the newest checkpoint lost its second half (its recorded hash stays)
+            data = conn.scalar(select(CheckpointRow.data).where(CheckpointRow.epoch == 2))
+            conn.execute(update(CheckpointRow).where(CheckpointRow.epoch == 2).values(data=data[: len(data) // 2]))
+        store.close()
+
+        dep.start_worker()
+        assert wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
+        rows = metrics(client, experiment_id)
+        assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+        assert [{k: r[k] for k in COMPARED} for r in rows] == uninterrupted
+        logs = dep.logs("worker")
+        assert "skipping the checkpoint of epoch 2" in logs and "SHA-256" in logs
+        assert "resuming after epoch 1" in logs
+
+
+def test_a_frozen_worker_that_lost_its_lease_records_nothing_more(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, **FAST_LEASES) as dep:
+        client = client_for(dep)
+        experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
+        frozen = dep.start_worker()
+        frozen_log = dep.processes[-1][1]
+        wait_until(lambda: metrics(client, experiment_id))
+        frozen.send_signal(signal.SIGSTOP)  # a laptop lid, a long GC pause, a network partition
+        try:
+            dep.start_worker()
+            wait_until(lambda: client.get(f"/experiments/{experiment_id}").json()["attempt"] == 2, timeout=60)
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        done = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)
+        assert done["status"] == "succeeded", dep.logs("worker")
+        assert [r["epoch"] for r in metrics(client, experiment_id)] == [1, 2, 3, 4]
+        wait_until(lambda: "no longer ours" in frozen_log.read_text(), timeout=30)
+        assert frozen.poll() is None  # it dropped the job, not its loop
+        attempts = assert_history_is_sequential(client, experiment_id)
+        assert [a["outcome"] for a in attempts] == ["lease expired", "succeeded"]
+        assert attempts[0]["worker_id"] != attempts[1]["worker_id"] == done["worker_id"]
+
+
+def test_cancel_queued_and_running_experiments(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        running_id = client.post("/experiments", json={**KILL_SPEC, "epochs": 50}).json()["id"]
+        queued_id = client.post("/experiments", json=tiny_spec()).json()["id"]
+        cancelled = client.post(f"/experiments/{queued_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+        wait_until(lambda: metrics(client, running_id))
+        response = client.post(f"/experiments/{running_id}/cancel")
+        assert response.status_code == 200 and response.json()["status"] == "cancelled"
+        recorded = len(metrics(client, running_id))
+        wait_until(lambda: "no longer ours" in dep.logs("worker"), timeout=30)
+        time.sleep(2)  # longer than an epoch: nothing more is written
+        assert len(metrics(client, running_id)) == recorded
+        experiment = client.get(f"/experiments/{running_id}").json()
+        assert experiment["status"] == "cancelled" and "cancelled by request" in experiment["stop_reason"]
+        assert client.post(f"/experiments/{running_id}/cancel").status_code == 409
+        assert client.post("/experiments/999999/cancel").status_code == 404
+
+        # The checkpoints stay for /predict, and the worker goes on with the next job.
+        image = (Path(__file__).resolve().parent.parent / "examples" / "images" / "mnist-val-7.png").read_bytes()
+        predicted = client.post(f"/experiments/{running_id}/predict", files={"file": ("7.png", image, "image/png")})
+        assert predicted.status_code == 200
+        next_id = client.post("/experiments", json=tiny_spec()).json()["id"]
+        assert wait_for_status(client, next_id, {"succeeded", "failed"})["status"] == "succeeded"
+        assert [a["outcome"] for a in client.get(f"/experiments/{queued_id}/attempts").json()] == []
+
+
+def test_damaged_or_malicious_checkpoints_are_refused_by_predict(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        experiment_id = client.post("/experiments", json=tiny_spec(epochs=1)).json()["id"]
+        assert wait_for_status(client, experiment_id, {"succeeded", "failed"})["status"] == "succeeded"
+        store = Store(dep.db_url)
+        with store.engine.connect() as conn:
+            good = conn.scalar(select(CheckpointRow.data))
+
+        def replace(data: bytes, sha256: str | None = None) -> httpx.Response:
+            with store.engine.begin() as conn:
+                values = {"data": data} if sha256 is None else {"data": data, "sha256": sha256}
+                conn.execute(update(CheckpointRow).values(**values))
+            # Failed loads are not cached: each request reads the stored bytes again.
+            return client.post(f"/experiments/{experiment_id}/predict", files={"file": ("x.png", _png(), "image/png")})
+
+        flipped = bytearray(good)
+        flipped[len(flipped) // 2] ^= 0xFF
+        for damaged in (bytes(flipped), good[: len(good) // 2]):
+            response = replace(damaged)
+            assert response.status_code == 409 and "damaged" in response.json()["detail"], response.text
+
+        # Someone with write access to the database plants a pickle that would run code when loaded, with a
+        # matching hash: it is refused because checkpoints load as plain weights only.
+        sentinel = tmp_path / "pwned"
+
+        class Exploit:
+            def __reduce__(self):
+                return (Path.touch, (sentinel,))
+
+        buffer = io.BytesIO()
+        torch.save({"format": 1, "payload": Exploit()}, buffer)
+        planted = buffer.getvalue()
+        response = replace(planted, hashlib.sha256(planted).hexdigest())
+        assert response.status_code == 409 and "plain weights" in response.json()["detail"], response.text
+        assert not sentinel.exists()
+        store.close()
+
+
+def test_200_jobs_4_workers_random_kill_9(tmp_path: Path, db_url: str) -> None:
+    """Workers keep being killed mid-job and replaced; every job still succeeds, each epoch is recorded once, and
+    the claim history never shows a job under two workers at once."""
+    with deployment(tmp_path, db_url, api=False, TRAINLAB_MAX_ATTEMPTS="50", **FAST_LEASES) as dep:
+        store = Store(dep.db_url)
+        spec = ExperimentSpec.model_validate(tiny_spec(model={"kind": "mlp", "hidden": [16]}))
+        ids = [store.create_experiment(spec.model_copy(update={"name": f"race-{i}"}))[0].id for i in range(200)]
+        workers = {dep.start_worker().pid: None for _ in range(4)}
+        rng, kills = random.Random(0), 0
+        deadline = time.monotonic() + 420
+
+        def finished() -> int:
+            return sum(store.list_experiments(status=s, limit=1, offset=0)[1] for s in (Status.succeeded, Status.failed))
+
+        while finished() < len(ids) and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.5, 2.0))
+            if kills >= 12:
+                continue
+            # Kill a worker that holds a job right now, so that every kill interrupts a run.
+            running = store.list_experiments(status=Status.running, limit=50, offset=0)[0]
+            victims = [int(e.worker_id.split(":")[1]) for e in running if e.worker_id]
+            victims = [pid for pid in victims if pid in workers]
+            if victims:
+                victim = rng.choice(victims)
+                os.kill(victim, signal.SIGKILL)
+                del workers[victim]
+                workers[dep.start_worker().pid] = None
+                kills += 1
+        experiments = [store.get_experiment(i) for i in ids]
+        assert [e.status for e in experiments] == [Status.succeeded] * len(ids), dep.logs("worker")[-5000:]
+        resumed = 0
+        for experiment in experiments:
+            assert [m.epoch for m in store.list_metrics(experiment.id)] == [1, 2]
+            attempts = store.list_attempts(experiment.id)
+            for before, after in zip(attempts, attempts[1:], strict=False):
+                assert before.ended_at is not None and before.ended_at <= after.claimed_at
+                assert before.outcome == "lease expired"
+            assert attempts[-1].outcome == "succeeded" and attempts[-1].worker_id == experiment.worker_id
+            resumed += len(attempts) > 1
+        store.close()
+        assert kills >= 8 and resumed >= kills // 2, (kills, resumed)
+        print(f"race: {len(ids)} jobs, 4 workers, {kills} kill -9, {resumed} jobs taken over and finished")
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 0).save(buffer, format="PNG")
+    return buffer.getvalue()
+

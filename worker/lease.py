@@ -1,0 +1,52 @@
+"""Keeping a claimed job: a background thread renews its lease while it trains and notices when it is lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.store import ClaimedJob, LeaseLost, Store
+
+log = logging.getLogger("trainlab.worker")
+
+# How often the job's status is read between heartbeats, so that a cancel is seen within about a second.
+CHECK_S = 1.0
+
+
+class Lease:
+    """Renews `job`'s lease every `heartbeat_s` while the job trains, and sets `lost` as soon as the job is no
+    longer this worker's (cancelled, or taken over after a lease expired). Use as a context manager."""
+
+    def __init__(self, store: Store, job: ClaimedJob, *, heartbeat_s: float, lease_s: float) -> None:
+        self.store, self.job = store, job
+        self.heartbeat_s, self.lease_s = heartbeat_s, lease_s
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        last_beat = time.monotonic()
+        while not self._done.wait(min(CHECK_S, self.heartbeat_s)):
+            try:
+                if time.monotonic() - last_beat >= self.heartbeat_s:
+                    self.store.heartbeat(self.job, lease_s=self.lease_s)
+                    last_beat = time.monotonic()
+                elif not self.store.owns(self.job):
+                    raise LeaseLost(f"experiment {self.job.id} attempt {self.job.attempt} is no longer ours")
+            except LeaseLost as exc:
+                log.warning("experiment %d: %s; stopping it", self.job.id, exc)
+                self.lost.set()
+                return
+            except SQLAlchemyError as exc:  # the database is briefly unreachable: try again, the lease has slack
+                log.warning("experiment %d: heartbeat failed (%s); retrying", self.job.id, exc)
