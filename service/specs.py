@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Printable text: no NUL (PostgreSQL refuses it) or other control characters.
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class Strict(BaseModel):
@@ -21,7 +23,7 @@ class Strict(BaseModel):
 
 
 class DatasetSpec(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=100, examples=["mnist-10k"])]
+    name: Annotated[Name, Field(examples=["mnist-10k"])]
     val_fraction: Annotated[float, Field(gt=0.0, le=0.9)] = 0.2
     seed: Seed = 0
 
@@ -207,7 +209,7 @@ AugmentationSpec = Annotated[
 class ExperimentSpec(Strict):
     """One training run. Every field but `dataset` and `model` has a default; responses show them all filled in."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "experiment"
+    name: Name = "experiment"
     task: Literal["classification"] = "classification"
     dataset: DatasetSpec
     model: ModelSpec

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from service.errors import InvalidInput
 from service.schemas import ExperimentPublic
-from service.specs import ExperimentSpec, Seed, Strict
+from service.specs import ExperimentSpec, Name, Seed, Strict
 
 SpecPath = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[a-z_]+(\.[a-z_0-9]+)*$")]
 
@@ -36,7 +36,7 @@ class RandomRange(Strict):
 
 
 class SweepCreate(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=150)] = "sweep"
+    name: Name = "sweep"
     base: ExperimentSpec
     # Every combination of these values is tried ...
     grid: Annotated[dict[SpecPath, Annotated[list[Any], Field(min_length=1, max_length=100)]], Field(max_length=8)] = (

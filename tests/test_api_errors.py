@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -20,7 +22,7 @@ BAD_SPECS = [
     (tiny_spec(batch_size=0), ["body", "batch_size"], "greater_than_equal"),
     (tiny_spec(model={"kind": "transformer"}), ["body", "model"], "union_tag_invalid"),
     (tiny_spec(model={"kind": "cnn", "channels": []}), ["body", "model", "cnn", "channels"], "too_short"),
-    (tiny_spec(dataset={"name": "digits", "val_fraction": 1.0}), ["body", "dataset", "val_fraction"], "less_than"),
+    (tiny_spec(dataset={"name": "digits", "val_fraction": 0.95}), ["body", "dataset", "val_fraction"], "less_than_equal"),
     (tiny_spec(device="tpu"), ["body", "device"], "literal_error"),
     ({"model": {"kind": "mlp"}}, ["body", "dataset"], "missing"),
     (
@@ -46,7 +48,11 @@ def snapshot(client) -> list[dict]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, module_db_url: str) -> Iterator[Deployment]:
     """One API (no worker) holding three queued experiments, shared by the tests below."""
-    with deployment(tmp_path_factory.mktemp("errors"), module_db_url) as dep, httpx.Client(base_url=dep.url) as client:
+    root = tmp_path_factory.mktemp("errors")
+    with (
+        deployment(root, module_db_url, TRAINLAB_MAX_TRAIN_SAMPLES="1000000") as dep,
+        httpx.Client(base_url=dep.url) as client,
+    ):
         for i in range(3):
             assert client.post("/experiments", json=tiny_spec(name=f"kept-{i}")).status_code == 201
         yield dep
@@ -87,6 +93,43 @@ def test_malformed_bodies(seeded) -> None:
     assert too_big.status_code == 413 and "exceeds" in too_big.json()["detail"]
 
 
+def test_specs_over_the_servers_budgets_are_422(seeded) -> None:
+    _, client = seeded
+    wide = client.post("/experiments", json=tiny_spec(model={"kind": "mlp", "hidden": [8192] * 4}))
+    assert wide.status_code == 422, wide.text
+    [error] = wide.json()["detail"]
+    assert error["loc"] == ["body", "model"] and "parameters" in error["msg"]
+    # This server allows 1M training samples per experiment: 200 epochs of mnist-10k's 8,000 are 1.6M.
+    long = client.post("/experiments", json=tiny_spec(dataset={"name": "mnist-10k"}, epochs=200))
+    assert long.status_code == 422, long.text
+    [error] = long.json()["detail"]
+    assert error["loc"] == ["body", "epochs"] and "1,600,000 training samples" in error["msg"]
+
+
+def test_nul_bytes_and_control_characters_in_names_are_refused(seeded) -> None:
+    _, client = seeded
+    response = client.post("/experiments", json=tiny_spec(name="a\x00b"))
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "name"]
+
+
+def test_idempotency_key_replays_the_first_submission(api_only: Deployment, client_for) -> None:
+    client = client_for(api_only)
+    headers = {"Idempotency-Key": "7d1c7f0e-retry"}
+    first = client.post("/experiments", json=tiny_spec(name="once"), headers=headers)
+    assert first.status_code == 201
+    # The same body written differently (defaults spelled out) is the same request.
+    again = client.post("/experiments", json=tiny_spec(name="once", seed=0), headers=headers)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = client.post("/experiments", json=tiny_spec(name="twice"), headers=headers)
+    assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    sweep = {"name": "s", "base": tiny_spec(epochs=1), "grid": {"optimizer.lr": [0.1, 0.01]}}
+    made = client.post("/sweeps", json=sweep, headers={"Idempotency-Key": "sweep-1"})
+    remade = client.post("/sweeps", json=sweep, headers={"Idempotency-Key": "sweep-1"})
+    assert (made.status_code, remade.status_code) == (201, 200) and made.json() == remade.json()
+    assert client.get("/experiments").json()["total"] == 3  # one experiment, two sweep trials
+
+
 def test_unknown_ids_are_404(seeded) -> None:
     _, client = seeded
     for path in ("/experiments/999", "/experiments/999/metrics", "/experiments/999/curves.png"):
@@ -123,6 +166,7 @@ def test_predict_before_any_checkpoint_is_409(seeded) -> None:
 
 
 def test_bad_uploads(api_only: Deployment, client_for) -> None:
+    """Each answered 4xx, quickly and with bounded memory, while /healthz stays fast."""
     client = client_for(api_only)
     assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
     train_in_process(api_only)
@@ -145,9 +189,38 @@ def test_bad_uploads(api_only: Deployment, client_for) -> None:
     assert oversized.status_code == 413
     huge_canvas = predict(png_bytes((5000, 5000)))
     assert huge_canvas.status_code == 413 and "pixels" in huge_canvas.json()["detail"]
+    pdf = predict(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n", "scan.png")
+    assert pdf.status_code == 415 and "PNG or JPEG" in pdf.json()["detail"]
+    huge_field = client.post(
+        "/experiments/1/predict", files={"file": ("x.png", png_bytes(), "image/png")},
+        data={"comment": "x" * (11 * 1024 * 1024)},
+    )  # fmt: skip
+    assert huge_field.status_code == 413
     missing_field = client.post("/experiments/1/predict", files={"image": ("x.png", png_bytes(), "image/png")})
     assert missing_field.status_code == 422 and missing_field.json()["detail"][0]["loc"] == ["body", "file"]
     no_such_epoch = client.post("/experiments/1/predict", params={"epoch": 7}, files={"file": ("x.png", png_bytes())})
     assert no_such_epoch.status_code == 404 and "epoch 7" in no_such_epoch.json()["detail"]
     assert client.get("/healthz").status_code == 200
     assert snapshot(client) == before
+
+
+def test_healthz_stays_fast_while_bombs_arrive(api_only: Deployment, client_for) -> None:
+    client = client_for(api_only)
+    assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
+    train_in_process(api_only)
+    bomb = png_bytes((20000, 20000))  # a few hundred kB that would decode to 400M pixels
+    assert len(bomb) < 2_000_000
+
+    def send_bomb(_: int) -> int:
+        with httpx.Client(base_url=api_only.url, timeout=60) as c:
+            return c.post("/experiments/1/predict", files={"file": ("b.png", bomb, "image/png")}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        bombs = pool.map(send_bomb, range(32))
+        latencies = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            latencies.append(time.perf_counter() - started)
+        assert set(bombs) == {413}
+    assert sorted(latencies)[len(latencies) // 2] < 0.5, latencies

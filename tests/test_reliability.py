@@ -217,7 +217,9 @@ def test_damaged_or_malicious_checkpoints_are_refused_by_predict(tmp_path: Path,
 def test_200_jobs_4_workers_random_kill_9(tmp_path: Path, db_url: str) -> None:
     """Workers keep being killed mid-job and replaced; every job still succeeds, each epoch is recorded once, and
     the claim history never shows a job under two workers at once."""
-    with deployment(tmp_path, db_url, api=False, TRAINLAB_MAX_ATTEMPTS="50", **FAST_LEASES) as dep:
+    # One thread each: four workers with two torch threads apiece on two cores would mostly wait for each other.
+    env = {"TRAINLAB_MAX_ATTEMPTS": "50", "OMP_NUM_THREADS": "1", **FAST_LEASES}
+    with deployment(tmp_path, db_url, api=False, **env) as dep:
         store = Store(dep.db_url)
         spec = ExperimentSpec.model_validate(tiny_spec(model={"kind": "mlp", "hidden": [16]}))
         ids = [store.create_experiment(spec.model_copy(update={"name": f"race-{i}"}))[0].id for i in range(200)]
