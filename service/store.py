@@ -190,6 +190,19 @@ class CheckpointRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ResumePointRow(Base):
+    """The state of a job handed back in the middle of an epoch (graceful shutdown): the next worker finishes that
+    epoch from the same batch. At most one per experiment; dropped once that epoch is recorded."""
+
+    __tablename__ = "resume_points"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)  # the interrupted epoch
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 @dataclass(frozen=True)
 class ClaimedJob:
     id: int
@@ -622,6 +635,7 @@ class Store:
             later = MetricRow.experiment_id == job.id, MetricRow.epoch > epoch
             session.execute(delete(MetricRow).where(*later))
             session.execute(delete(CheckpointRow).where(CheckpointRow.experiment_id == job.id, CheckpointRow.epoch > epoch))
+            session.execute(delete(ResumePointRow).where(ResumePointRow.experiment_id == job.id))
             best = session.execute(
                 select(MetricRow.epoch, MetricRow.val_accuracy, MetricRow.val_loss)
                 .where(MetricRow.experiment_id == job.id)
@@ -661,6 +675,7 @@ class Store:
                     created_at=now,
                 )
             )
+            session.execute(delete(ResumePointRow).where(ResumePointRow.experiment_id == job.id))
             session.flush()
             _apply_retention(session, job)
 
@@ -673,9 +688,11 @@ class Store:
         *,
         stop_reason: str | None = None,
         test: tuple[float, float] | None = None,
+        resume_point: tuple[int, bytes] | None = None,
     ) -> None:
         """running -> succeeded | failed | cancelled, or back to queued (released, worker_id cleared).
-        `test` is (loss, accuracy) of the best checkpoint on the dataset's test split."""
+        `test` is (loss, accuracy) of the best checkpoint on the dataset's test split. `resume_point`, when a job
+        is handed back mid-epoch, is (that epoch, the checkpoint to finish it from), stored in the same transaction."""
         if status not in TRANSITIONS[Status.running]:
             raise ValueError(f"illegal transition running -> {status}")
         values: dict = {"status": status.value, "error": error, "stop_reason": stop_reason}
@@ -690,6 +707,25 @@ class Store:
         with self._write() as session:
             _update_owned(session, job, **values)
             _end_attempt(session, job.id, now, "released" if status is Status.queued else status.value)
+            session.execute(delete(ResumePointRow).where(ResumePointRow.experiment_id == job.id))
+            if resume_point is not None and status is Status.queued:
+                epoch, data = resume_point
+                session.add(
+                    ResumePointRow(
+                        experiment_id=job.id, epoch=epoch, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                        created_at=now,
+                    )
+                )  # fmt: skip
+
+    def resume_point(self, experiment_id: int) -> tuple[int, bytes] | None:
+        """(interrupted epoch, checkpoint) of a job handed back mid-epoch; CorruptCheckpoint if it is damaged."""
+        with self._read() as session:
+            row = session.get(ResumePointRow, experiment_id)
+            if row is None:
+                return None
+            if hashlib.sha256(row.data).hexdigest() != row.sha256:
+                raise CorruptCheckpoint(f"the mid-epoch checkpoint of experiment {experiment_id} is damaged")
+            return row.epoch, row.data
 
 
 def _update_owned(session: Session, job: ClaimedJob, **values) -> None:

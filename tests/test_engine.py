@@ -57,6 +57,22 @@ def test_stop_request_interrupts_at_a_batch_boundary() -> None:
     assert len(calls) == 4
 
 
+def test_an_epoch_interrupted_mid_way_finishes_as_if_it_never_stopped() -> None:
+    # Dropout, noise and a per-batch schedule all draw or step inside the epoch.
+    experiment = spec(
+        augment=[{"kind": "gaussian_noise", "std": 0.05}],
+        scheduler={"kind": "onecycle", "max_lr": 0.01},
+    )
+    whole = run(experiment)
+    batches_per_epoch = -(-len(load_dataset(experiment.dataset, Path("unused")).train) // experiment.batch_size)
+    calls = []
+    with pytest.raises(Interrupted) as stopped:  # 7 batches into epoch 2
+        run(experiment, should_stop=lambda: calls.append(1) or len(calls) > batches_per_epoch + 7)
+    assert (stopped.value.epoch, stopped.value.progress.batches) == (2, 7)
+    resumed = run(experiment, resume=load_checkpoint(stopped.value.checkpoint))
+    assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
+
+
 def test_seeded_runs_are_identical_and_seeds_matter() -> None:
     a, b = run(spec(epochs=1)), run(spec(epochs=1))
     assert timing_free(a[0][0]) == timing_free(b[0][0])

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -95,6 +96,28 @@ def test_kill_9_resumes_on_another_worker_and_matches_an_uninterrupted_run(
             assert f"resuming after epoch {kill_after_epoch}" in dep.logs("worker")
         attempts = assert_history_is_sequential(client, experiment_id)
         assert [a["outcome"] for a in attempts] == ["lease expired", "succeeded"]
+
+
+def test_sigterm_mid_epoch_hands_back_a_checkpoint_that_finishes_the_epoch_exactly(
+    tmp_path: Path, db_url: str, client_for, uninterrupted: list[dict]
+) -> None:
+    with deployment(tmp_path, db_url) as dep:
+        client = client_for(dep)
+        experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
+        first = dep.start_worker()
+        wait_until(lambda: metrics(client, experiment_id))
+        time.sleep(0.5)  # into epoch 2
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+        handed_back = client.get(f"/experiments/{experiment_id}").json()
+        assert handed_back["status"] == "queued" and handed_back["current_epoch"] == 1
+        dep.start_worker()
+        assert wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
+        rows = metrics(client, experiment_id)
+        assert [{k: r[k] for k in COMPARED} for r in rows] == uninterrupted
+        assert re.search(r"resuming epoch 2 at batch [1-9]\d*", dep.logs("worker")), dep.logs("worker")
+        attempts = assert_history_is_sequential(client, experiment_id)
+        assert [a["outcome"] for a in attempts] == ["released", "succeeded"]
 
 
 def test_resume_skips_a_truncated_checkpoint_and_trains_that_epoch_again(

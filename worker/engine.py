@@ -32,7 +32,26 @@ ShouldStop = Callable[[], bool]
 
 
 class Interrupted(Exception):
-    """Training stopped at a batch boundary because `should_stop()` said so."""
+    """Training stopped at a batch boundary because `should_stop()` said so. From `fit`, `checkpoint` holds the
+    state to finish the interrupted epoch from that batch exactly as an uninterrupted run would."""
+
+    def __init__(
+        self, progress: EpochProgress | None = None, checkpoint: bytes | None = None, epoch: int | None = None
+    ) -> None:
+        super().__init__("training interrupted at a batch boundary")
+        self.progress, self.checkpoint, self.epoch = progress, checkpoint, epoch
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """How far an epoch got: batches done and the running sums of its training metrics."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct}
 
 
 class TrainingDiverged(ArithmeticError):
@@ -192,18 +211,20 @@ def train_one_epoch(
     grad_clip_norm: float | None = None,
     schedule: Schedule | None = None,
     should_stop: ShouldStop = lambda: False,
+    done: EpochProgress = EpochProgress(),
 ) -> tuple[float, float]:
-    """One pass over `data` in a seeded random order. Returns (mean loss, accuracy)."""
+    """One pass over `data` in a seeded random order, skipping the batches already `done` (a resumed epoch).
+    Returns (mean loss, accuracy). Raises Interrupted, with the progress so far, when `should_stop()`."""
     model.train()
     n = len(data)
     device = data.labels.device
     # Drawn on the CPU so the order does not depend on the device.
     order = torch.randperm(n, generator=generator).to(device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, n, batch_size):
+    loss_sum = torch.tensor(done.loss_sum, device=device)
+    correct = torch.tensor(done.correct, dtype=torch.long, device=device)
+    for batch, start in enumerate(range(done.batches * batch_size, n, batch_size), start=done.batches):
         if should_stop():
-            raise Interrupted
+            raise Interrupted(EpochProgress(batch, loss_sum.item(), int(correct.item())))
         idx = order[start : start + batch_size]
         inputs, targets = to_unit(data.images[idx]), data.labels[idx]
         if augment is not None:
@@ -271,25 +292,55 @@ def fit(
             if stopper.reason is not None:  # the run had already stopped when that checkpoint was written
                 return FitResult(resume.epoch, stopper.reason)
         first_epoch = resume.epoch + 1
+    # A checkpoint written when training was interrupted inside `first_epoch`: finish that epoch from there.
+    interrupted = resume.trainer_state.get("interrupted") if resume is not None else None
+
+    def trainer_state() -> dict:
+        return {
+            "scheduler": schedule.scheduler.state_dict() if schedule is not None else None,
+            "early_stopping": stopper.state_dict() if stopper is not None else None,
+        }
+
+    def checkpoint(epoch: int, **extra: object) -> bytes:
+        return dump_checkpoint(
+            epoch=epoch,
+            spec=spec,
+            preprocess=info.preprocess,
+            class_names=info.class_names,
+            model=model,
+            optimizer=optimizer,
+            trainer_state={**trainer_state(), **extra},
+        )
 
     train, val = DeviceSplit.of(dataset.train, device), DeviceSplit.of(dataset.val, device)
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
-        torch.manual_seed(seed)
-        lr = optimizer.param_groups[0]["lr"]
+        done, lr = EpochProgress(), optimizer.param_groups[0]["lr"]
+        if interrupted is not None and epoch == first_epoch:
+            done = EpochProgress(**{k: interrupted[k] for k in ("batches", "loss_sum", "correct")})
+            lr = interrupted["lr"]  # the epoch's lr is the one it started with
+            _set_rng_state(interrupted["rng"], device)  # dropout and augmentation go on as they would have
+        else:
+            torch.manual_seed(seed)
         started = time.perf_counter()
-        train_loss, train_accuracy = train_one_epoch(
-            model,
-            optimizer,
-            train,
-            info.preprocess,
-            batch_size=spec.batch_size,
-            generator=torch.Generator().manual_seed(seed),
-            augment=augment,
-            grad_clip_norm=spec.grad_clip_norm,
-            schedule=schedule,
-            should_stop=should_stop,
-        )
+        try:
+            train_loss, train_accuracy = train_one_epoch(
+                model,
+                optimizer,
+                train,
+                info.preprocess,
+                batch_size=spec.batch_size,
+                generator=torch.Generator().manual_seed(seed),
+                augment=augment,
+                grad_clip_norm=spec.grad_clip_norm,
+                schedule=schedule,
+                should_stop=should_stop,
+                done=done,
+            )
+        except Interrupted as stop:
+            progress = stop.progress or done
+            state = {**progress.to_dict(), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
+            raise Interrupted(progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
         val_loss, val_accuracy = evaluate(model, val, info.preprocess)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -305,25 +356,27 @@ def fit(
             val_accuracy=val_accuracy,
             lr=lr,
             duration_s=time.perf_counter() - started,
-            samples_per_s=len(train) / train_seconds,
+            samples_per_s=(len(train) - done.batches * spec.batch_size) / train_seconds,
         )
         if schedule is not None:
             schedule.after_epoch(metrics)
         stop_reason = stopper.update(metrics) if stopper is not None else None
-        trainer_state = {
-            "scheduler": schedule.scheduler.state_dict() if schedule is not None else None,
-            "early_stopping": stopper.state_dict() if stopper is not None else None,
-        }
-        checkpoint = dump_checkpoint(
-            epoch=epoch,
-            spec=spec,
-            preprocess=info.preprocess,
-            class_names=info.class_names,
-            model=model,
-            optimizer=optimizer,
-            trainer_state=trainer_state,
-        )
-        on_epoch(metrics, checkpoint)
+        on_epoch(metrics, checkpoint(epoch))
         if stop_reason is not None:
             return FitResult(epoch, stop_reason)
     return FitResult(spec.epochs, None)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators training draws from (dropout, augmentation): torch's CPU one and the device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+

@@ -68,8 +68,12 @@ class Worker:
                 if lease.lost.is_set() or isinstance(exc, LeaseLost):
                     log.warning("experiment %d: no longer ours (cancelled or taken over); dropping it", job.id)
                 else:
+                    resume = None
+                    if isinstance(exc, Interrupted) and exc.checkpoint is not None:
+                        resume = (exc.epoch, exc.checkpoint)
+                        log.info("experiment %d: stopped in epoch %d at batch %d", job.id, exc.epoch, exc.progress.batches)
                     log.info("experiment %d: stopping on request; handing it back to the queue", job.id)
-                    self._finish(job, Status.queued)
+                    self._finish(job, Status.queued, resume_point=resume)
             except torch.OutOfMemoryError as exc:
                 log.error("experiment %d ran out of memory: %s", job.id, exc)
                 torch.cuda.empty_cache()
@@ -99,9 +103,24 @@ class Worker:
         if epoch < recorded:
             log.warning("experiment %d: training epochs %d-%d again", job.id, epoch + 1, recorded)
             self.store.rewind(job, epoch)
+        if (mid_epoch := self._mid_epoch_point(job, epoch + 1, device)) is not None:
+            state = mid_epoch.trainer_state["interrupted"]
+            log.info("experiment %d: resuming epoch %d at batch %d", job.id, state["epoch"], state["batches"])
+            return mid_epoch
         if resume is not None:
             log.info("experiment %d: resuming after epoch %d", job.id, resume.epoch)
         return resume
+
+    def _mid_epoch_point(self, job: ClaimedJob, epoch: int, device: torch.device) -> CheckpointContent | None:
+        """The checkpoint a graceful shutdown left inside `epoch`, if it is there and sound."""
+        try:
+            point = self.store.resume_point(job.id)
+            if point is None or point[0] != epoch:
+                return None
+            return load_checkpoint(point[1], map_location=device)
+        except (CorruptCheckpoint, UnreadableCheckpoint) as exc:
+            log.warning("experiment %d: ignoring the mid-epoch checkpoint: %s", job.id, exc)
+            return None
 
     def _train(self, job: ClaimedJob, should_stop: Callable[[], bool]) -> Outcome:
         spec = job.spec

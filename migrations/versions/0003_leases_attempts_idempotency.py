@@ -1,4 +1,4 @@
-"""leases and heartbeats, the claim history, idempotent submissions
+"""leases and heartbeats, the claim history, mid-epoch resume points, idempotent submissions
 
 Revision ID: 0003
 Revises: 0002
@@ -30,6 +30,15 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_attempts_experiment_id_experiments'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('experiment_id', 'attempt', name=op.f('pk_attempts'))
     )
+    op.create_table('resume_points',
+    sa.Column('experiment_id', sa.Integer(), nullable=False),
+    sa.Column('epoch', sa.Integer(), nullable=False),
+    sa.Column('data', sa.LargeBinary(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_resume_points_experiment_id_experiments'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('experiment_id', name=op.f('pk_resume_points'))
+    )
     with op.batch_alter_table('experiments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('lease_expires_at', sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column("lost_leases", sa.Integer(), nullable=False, server_default="0"))
@@ -57,4 +66,5 @@ def downgrade() -> None:
         batch_op.drop_column('lost_leases')
         batch_op.drop_column('lease_expires_at')
 
+    op.drop_table('resume_points')
     op.drop_table('attempts')
