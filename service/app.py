@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from service.cache import LRUCache
 from service.deps import StoreDep
 from service.errors import install_error_handler
 from service.limits import BodySizeLimit
-from service.cache import LRUCache
 from service.routers import experiments, sweeps
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import hashlib
+from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from pydantic import BaseModel

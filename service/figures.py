@@ -13,7 +13,6 @@ from matplotlib.ticker import MaxNLocator
 
 from service.specs import EpochMetrics
 
-
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 
 

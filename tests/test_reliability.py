@@ -110,7 +110,8 @@ def test_sigterm_mid_epoch_hands_back_a_checkpoint_that_finishes_the_epoch_exact
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 0
         handed_back = client.get(f"/experiments/{experiment_id}").json()
-        assert handed_back["status"] == "queued" and handed_back["current_epoch"] == 1
+        assert handed_back["status"] == "queued" and handed_back["worker_id"] is None
+        assert handed_back["current_epoch"] == 1
         dep.start_worker()
         assert wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)["status"] == "succeeded"
         rows = metrics(client, experiment_id)
@@ -235,6 +236,33 @@ def test_damaged_or_malicious_checkpoints_are_refused_by_predict(tmp_path: Path,
         assert response.status_code == 409 and "plain weights" in response.json()["detail"], response.text
         assert not sentinel.exists()
         store.close()
+
+
+# The worker, with its address space capped 3 GB above what it uses once torch is imported.
+CAPPED_WORKER = """
+import re, resource, runpy, sys, torch
+used = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read())[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + 3 * 2**30, resource.RLIM_INFINITY))
+sys.argv = ["worker"]
+runpy.run_module("worker", run_name="__main__")
+"""
+
+
+def test_out_of_memory_fails_the_job_with_advice_and_the_worker_goes_on(
+    tmp_path: Path, db_url: str, client_for
+) -> None:
+    with deployment(tmp_path, db_url) as dep:
+        dep.spawn("worker", "-c", CAPPED_WORKER)
+        client = client_for(dep)
+        # 8192 images x 1024 channels x 28 x 28 floats: a 26 GB activation in the first layer.
+        greedy = {"dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn", "channels": [1024], "hidden": 8},
+                  "batch_size": 8192, "epochs": 1}  # fmt: skip
+        greedy_id = client.post("/experiments", json=greedy).json()["id"]
+        failed = wait_for_status(client, greedy_id, {"succeeded", "failed"})
+        assert failed["status"] == "failed", failed
+        assert failed["error"].startswith("out of memory") and "lower batch_size" in failed["error"]
+        next_id = client.post("/experiments", json=tiny_spec()).json()["id"]
+        assert wait_for_status(client, next_id, {"succeeded", "failed"})["status"] == "succeeded"
 
 
 def test_200_jobs_4_workers_random_kill_9(tmp_path: Path, db_url: str) -> None:

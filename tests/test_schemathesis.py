@@ -24,7 +24,7 @@ def test_fuzzing_the_api_finds_no_server_error(tmp_path: Path, db_url: str) -> N
         result = subprocess.run(
             [
                 sys.executable, "-m", "schemathesis.cli", "run", f"{dep.url}/openapi.json", "--checks", CHECKS,
-                "--phases", "examples,fuzzing", "--max-examples", "40", "--seed", "0", "--workers", "2",
+                "--phases", "examples,fuzzing", "--max-examples", "25", "--seed", "0", "--workers", "2",
                 "--generation-database", "none", "--no-color",
             ],
             cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -32,5 +32,6 @@ def test_fuzzing_the_api_finds_no_server_error(tmp_path: Path, db_url: str) -> N
         summary = result.stdout[-3000:]
         assert result.returncode == 0, summary + dep.logs("api")[-3000:]
         generated = re.search(r"(\d+) generated, (\d+) passed", summary)
-        assert generated and generated[1] == generated[2] and int(generated[1]) >= 500, summary
+        assert generated and generated[1] == generated[2] and int(generated[1]) >= 300, summary
         assert "Server error" not in result.stdout and "Traceback" not in dep.logs("api")
+        print(f"schemathesis: {generated[0]}")

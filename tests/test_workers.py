@@ -31,34 +31,6 @@ def test_two_workers_run_every_job_exactly_once(tmp_path: Path, db_url: str, cli
         }
 
 
-def test_sigterm_hands_the_running_job_back_and_a_new_worker_resumes_it(tmp_path: Path, db_url: str, client_for) -> None:
-    with deployment(tmp_path, db_url, workers=1) as dep:
-        client = client_for(dep)
-        spec = {"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 40, "batch_size": 16}
-        experiment_id = client.post("/experiments", json=spec).json()["id"]
-        worker, _ = dep.processes[-1]
-        deadline = time.monotonic() + 120
-        while not client.get(f"/experiments/{experiment_id}/metrics").json() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-        handed_back = client.get(f"/experiments/{experiment_id}").json()
-        assert handed_back["status"] == "queued" and handed_back["worker_id"] is None
-        done_epochs = handed_back["current_epoch"]
-        assert done_epochs >= 1
-        # A new worker continues from the last checkpoint: no epoch repeated, none skipped.
-        dep.start_worker()
-        deadline = time.monotonic() + 120
-        rows: list[dict] = []
-        while len(rows) <= done_epochs and time.monotonic() < deadline:
-            rows = client.get(f"/experiments/{experiment_id}/metrics").json()
-            time.sleep(0.2)
-        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) > done_epochs
-        assert client.get(f"/experiments/{experiment_id}").json()["attempt"] == 2
-        # It goes on inside the epoch the first one was in, from the batch where it stopped.
-        assert re.search(rf"resuming epoch {done_epochs + 1} at batch [1-9]\d*", dep.logs("worker")), dep.logs("worker")
-
-
 def test_launcher_starts_api_and_worker_and_stops_both_on_ctrl_c(tmp_path: Path) -> None:
     env = make_env(tmp_path, f"sqlite:///{tmp_path / 'run.db'}")
     subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO, env=env, check=True)

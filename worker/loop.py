@@ -37,6 +37,11 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    # CUDA raises OutOfMemoryError; the CPU allocator a plain RuntimeError.
+    return isinstance(exc, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(exc)
+
+
 class Worker:
     def __init__(self, store: Store, settings: Settings, worker_id: str | None = None) -> None:
         self.store = store
@@ -74,15 +79,13 @@ class Worker:
                         log.info("experiment %d: stopped in epoch %d at batch %d", job.id, exc.epoch, exc.progress.batches)
                     log.info("experiment %d: stopping on request; handing it back to the queue", job.id)
                     self._finish(job, Status.queued, resume_point=resume)
-            except torch.OutOfMemoryError as exc:
-                log.error("experiment %d ran out of memory: %s", job.id, exc)
-                torch.cuda.empty_cache()
-                self._finish(
-                    job, Status.failed, f"OutOfMemoryError: {str(exc).splitlines()[0]} (lower batch_size or the model's size)"
-                )
             except Exception as exc:  # a failed job must never take the worker down with it
                 log.error("experiment %d failed:\n%s", job.id, traceback.format_exc())
-                self._finish(job, Status.failed, f"{type(exc).__name__}: {exc}")
+                error = f"{type(exc).__name__}: {exc}"
+                if _out_of_memory(exc):
+                    torch.cuda.empty_cache()
+                    error = f"out of memory: {str(exc).splitlines()[0][:300]} (lower batch_size or the model's size)"
+                self._finish(job, Status.failed, error)
             else:
                 reason = f" ({outcome.stop_reason})" if outcome.stop_reason else ""
                 log.info("experiment %d: succeeded%s", job.id, reason)
