@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
 
 from service.cache import LRUCache
@@ -38,6 +38,17 @@ EvaluationsDep = Annotated[LRUCache[Evaluation], Depends(_evaluations)]
 
 # A client-chosen key that makes a POST safe to retry (Stripe's convention).
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+def replayed(model: type[BaseModel]) -> dict[int | str, dict]:
+    """The extra documented response of an idempotent POST."""
+    return {200: {"model": model, "description": "Replayed: what the first request with this Idempotency-Key made"}}
+
+
+def mark_replayed(response: Response, created: bool) -> None:
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 def idempotency(key: str | None, body: BaseModel) -> Idempotency | None:

@@ -7,6 +7,7 @@ skipped, and says so.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -185,6 +186,19 @@ def wait_for_status(client: httpx.Client, experiment_id: int, statuses: set[str]
             return experiment
         time.sleep(0.3)
     raise AssertionError(f"experiment {experiment_id} still {experiment['status']} after {timeout}s")
+
+
+def malicious_checkpoint(sentinel: Path) -> bytes:
+    """A torch.save file whose unpickling would create `sentinel`: what a full-pickle load would run."""
+    import torch
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (sentinel,))
+
+    buffer = io.BytesIO()
+    torch.save({"format": 1, "payload": Exploit()}, buffer)
+    return buffer.getvalue()
 
 
 def tiny_spec(**overrides) -> dict:

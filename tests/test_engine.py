@@ -3,7 +3,6 @@ preprocessing is the training preprocessing."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from PIL import Image
 
 from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
+from tests.conftest import malicious_checkpoint
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import Interrupted, fit
@@ -125,18 +125,12 @@ def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> N
 
 def test_checkpoints_load_only_as_weights(tmp_path: Path) -> None:
     sentinel = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (Path.touch, (sentinel,))
-
-    buffer = io.BytesIO()
-    torch.save({"format": 1, "payload": Exploit()}, buffer)
+    planted = malicious_checkpoint(sentinel)
     with pytest.raises(UnreadableCheckpoint, match="UnpicklingError"):
-        load_checkpoint(buffer.getvalue())
+        load_checkpoint(planted)
     assert not sentinel.exists()
     with pytest.raises(UnreadableCheckpoint):  # truncated
-        load_checkpoint(buffer.getvalue()[:100])
+        load_checkpoint(planted[:100])
 
 
 def test_registries_list_the_bundled_datasets() -> None:

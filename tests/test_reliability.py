@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from service.schemas import Status
 from service.specs import ExperimentSpec
 from service.store import CheckpointRow, Store
-from tests.conftest import deployment, tiny_spec, wait_for_status
+from tests.conftest import deployment, malicious_checkpoint, tiny_spec, wait_for_status
 from worker.datasets import load_dataset
 from worker.engine import fit
 
@@ -224,14 +224,7 @@ def test_damaged_or_malicious_checkpoints_are_refused_by_predict(tmp_path: Path,
         # Someone with write access to the database plants a pickle that would run code when loaded, with a
         # matching hash: it is refused because checkpoints load as plain weights only.
         sentinel = tmp_path / "pwned"
-
-        class Exploit:
-            def __reduce__(self):
-                return (Path.touch, (sentinel,))
-
-        buffer = io.BytesIO()
-        torch.save({"format": 1, "payload": Exploit()}, buffer)
-        planted = buffer.getvalue()
+        planted = malicious_checkpoint(sentinel)
         response = replace(planted, hashlib.sha256(planted).hexdigest())
         assert response.status_code == 409 and "plain weights" in response.json()["detail"], response.text
         assert not sentinel.exists()

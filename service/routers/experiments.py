@@ -9,7 +9,16 @@ from pydantic import BaseModel
 
 from service.catalogue import check_spec, dataset_for
 from service.compare import Comparison, compare
-from service.deps import EvaluationsDep, IdempotencyKey, PredictorsDep, SettingsDep, StoreDep, idempotency
+from service.deps import (
+    EvaluationsDep,
+    IdempotencyKey,
+    PredictorsDep,
+    SettingsDep,
+    StoreDep,
+    idempotency,
+    mark_replayed,
+    replayed,
+)
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge
 from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
 from service.images import decode_image
@@ -43,12 +52,7 @@ class Confusion(BaseModel):
     accuracy: float
 
 
-@router.post(
-    "",
-    status_code=201,
-    response_model=ExperimentPublic,
-    responses={200: {"model": ExperimentPublic, "description": "Replayed: the experiment this Idempotency-Key created"}},
-)
+@router.post("", status_code=201, response_model=ExperimentPublic, responses=replayed(ExperimentPublic))
 def submit_experiment(
     spec: ExperimentSpec, store: StoreDep, settings: SettingsDep, response: Response, key: IdempotencyKey = None
 ):
@@ -56,9 +60,7 @@ def submit_experiment(
     the first one created (200) instead of queueing another; the same key with a different body is a 422."""
     warnings = check_spec(spec, settings)
     experiment, created = store.create_experiment(spec, warnings=warnings, idempotency=idempotency(key, spec))
-    if not created:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replayed(response, created)
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return experiment
 

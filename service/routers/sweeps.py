@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from service.catalogue import check_spec
 from service.compare import Metric
-from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency
+from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency, mark_replayed, replayed
 from service.errors import ERROR_RESPONSES
 from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.schemas import SweepSummary
@@ -20,12 +20,7 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 SweepId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
-@router.post(
-    "",
-    status_code=201,
-    response_model=SweepPublic,
-    responses={200: {"model": SweepPublic, "description": "Replayed: the sweep this Idempotency-Key created"}},
-)
+@router.post("", status_code=201, response_model=SweepPublic, responses=replayed(SweepPublic))
 def create_sweep(
     request: SweepCreate, store: StoreDep, settings: SettingsDep, response: Response, key: IdempotencyKey = None
 ):
@@ -38,9 +33,7 @@ def create_sweep(
     sweep_id, created = store.create_sweep(
         request.name, request.model_dump(mode="json"), trials, idempotency(key, request)
     )
-    if not created:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
+    mark_replayed(response, created)
     response.headers["Location"] = f"/sweeps/{sweep_id}"
     return sweep_public(sweep_id, *store.get_sweep(sweep_id))
 
