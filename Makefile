@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install migrate run test clean
+.PHONY: install migrate run test bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ run: migrate
 
 test: install
 	$(PY) -m pytest
+
+# Speed and memory figures, printed side by side (docs/PERFORMANCE.md). About 10 minutes on 2 CPU cores.
+bench: install
+	$(PY) -m bench.train_throughput
+	$(PY) -m bench.time_to_accuracy
+	$(PY) -m bench.service_overhead
+	$(PY) -m bench.predict_latency
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -226,6 +226,9 @@ class ExperimentSpec(Strict):
     # Deterministic kernels: the same spec and seed give the same metrics on the same device.
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Training arithmetic. "auto": bf16 autocast where the device computes bf16 natively (Ampere+ GPUs, CPUs with
+    # AVX-512 BF16 or AMX), else fp32. Evaluation and /predict are always fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class EpochMetrics(BaseModel):

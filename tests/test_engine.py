@@ -135,3 +135,23 @@ def test_checkpoints_load_only_as_weights(tmp_path: Path) -> None:
 
 def test_registries_list_the_bundled_datasets() -> None:
     assert {"mnist-10k", "digits"} <= set(dataset_names())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_every_precision_trains_and_serves_fp32_weights(precision: str) -> None:
+    experiment = spec(
+        model={"kind": "cnn", "channels": [8], "hidden": 32}, optimizer={"kind": "adam", "lr": 0.01}, epochs=2,
+        precision=precision,
+    )  # fmt: skip
+    rows = run(experiment)
+    assert rows[-1][0].val_accuracy > 0.85  # the 8x8 digits are easy; broken arithmetic is not
+    content = load_checkpoint(rows[-1][1])
+    assert all(t.dtype == torch.float32 for t in content.model_state.values() if t.is_floating_point())
+    assert ("scaler" in content.trainer_state and content.trainer_state["scaler"] is not None) == (precision == "fp16")
+
+
+def test_auto_precision_is_bf16_exactly_where_the_device_has_it() -> None:
+    from worker.numerics import native_bf16, resolve_precision
+
+    assert resolve_precision("auto", CPU) == ("bf16" if native_bf16(CPU) else "fp32")
+    assert resolve_precision("fp16", CPU) == "fp16"

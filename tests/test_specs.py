@@ -21,7 +21,7 @@ def test_minimal_spec_gets_every_default() -> None:
         "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
         "scheduler": None, "grad_clip_norm": None, "augment": [],
         "batch_size": 64, "epochs": 5, "early_stopping": None, "checkpoints": {"keep_best": 1, "keep_last": 1},
-        "seed": 0, "deterministic": True, "device": "auto",
+        "seed": 0, "deterministic": True, "device": "auto", "precision": "auto",
     }  # fmt: skip
 
 
@@ -41,6 +41,7 @@ def test_minimal_spec_gets_every_default() -> None:
         {"batch_size": 8193},
         {"seed": -1},
         {"name": ""},
+        {"precision": "fp8"},
         {"task": "regression"},
         {"dataset": {"name": "digits", "extra": 1}},
         {"model": {"kind": "mlp", "channels": [3]}},

@@ -1,11 +1,14 @@
 """Dataset registry: name -> how to load it as uint8 tensors, plus what it is (classes, input shape).
 
-Every dataset is decoded once per process into memory; training slices batches out of those tensors.
+Every dataset is decoded once per machine into a uint8 tensor cache on disk, which each process memory-maps;
+training slices batches out of those tensors.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +21,8 @@ from service.specs import DatasetSpec
 from worker.preprocess import Preprocess
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+
+log = logging.getLogger("trainlab.worker")
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,34 @@ def load_dataset(spec: DatasetSpec, data_dir: Path) -> Dataset:
     return Dataset(info, train, Split(pool.images[val_idx], pool.labels[val_idx]), pool.test)
 
 
+# Bump when a loader's output changes: the tensor caches of the old version are then ignored.
+CACHE_VERSION = 1
+
+
 @lru_cache(maxsize=4)
 def _load_pool(name: str, data_dir: Path) -> Pool:
-    return _REGISTRY[name][1](data_dir)
+    """Decoded once per machine: later processes memory-map the uint8 tensors cached under `data_dir/cache`."""
+    path = data_dir / "cache" / f"{name}-v{CACHE_VERSION}.pt"
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        test = Split(raw["test_images"], raw["test_labels"]) if "test_images" in raw else None
+        return Pool(raw["images"], raw["labels"], test)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        log.warning("ignoring the dataset cache %s: %s", path, exc)
+    pool = _REGISTRY[name][1](data_dir)
+    raw = {"images": pool.images, "labels": pool.labels}
+    if pool.test is not None:
+        raw.update(test_images=pool.test.images, test_labels=pool.test.labels)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(raw, partial)
+        os.replace(partial, path)  # whole or absent, also with several workers writing it at once
+    except OSError as exc:
+        log.warning("cannot cache dataset %s at %s: %s", name, path, exc)
+    return pool
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

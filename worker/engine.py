@@ -1,6 +1,8 @@
 """The training engine: plain train/evaluate loops over in-memory uint8 tensors, one checkpoint per epoch.
 
-Batches are index slices of tensors that live on the training device (no DataLoader, no per-sample decode).
+Batches are index slices of tensors that live on the training device (no DataLoader, no per-sample decode);
+the forward pass runs under the spec's precision (bf16 autocast where the device has it) and conv nets in
+channels-last layout; metrics accumulate on the device and are read once per epoch.
 Each epoch reseeds from (spec.seed, epoch), so a run resumed from epoch k's checkpoint replays the same
 shuffles and dropout masks as one that was never interrupted.
 """
@@ -23,6 +25,7 @@ from worker.augment import Augmentation, build_augmentation
 from worker.checkpoints import CheckpointContent, dump_checkpoint
 from worker.datasets import Dataset, Split
 from worker.models import create_model
+from worker.numerics import Numerics, resolve_numerics
 from worker.preprocess import Preprocess, normalize, standardize, to_unit
 
 EVAL_BATCH_SIZE = 1024
@@ -212,12 +215,16 @@ def train_one_epoch(
     schedule: Schedule | None = None,
     should_stop: ShouldStop = lambda: False,
     done: EpochProgress = EpochProgress(),
+    numerics: Numerics | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One pass over `data` in a seeded random order, skipping the batches already `done` (a resumed epoch).
     Returns (mean loss, accuracy). Raises Interrupted, with the progress so far, when `should_stop()`."""
     model.train()
     n = len(data)
     device = data.labels.device
+    numerics = numerics or Numerics(device.type, None, channels_last=False)
+    scaler = scaler or numerics.scaler()
     # Drawn on the CPU so the order does not depend on the device.
     order = torch.randperm(n, generator=generator).to(device)
     loss_sum = torch.tensor(done.loss_sum, device=device)
@@ -229,13 +236,16 @@ def train_one_epoch(
         inputs, targets = to_unit(data.images[idx]), data.labels[idx]
         if augment is not None:
             inputs = augment(inputs)
-        logits = model(standardize(inputs, preprocess))
-        loss = F.cross_entropy(logits, targets)
+        with numerics.autocast():
+            logits = model(numerics.layout(standardize(inputs, preprocess)))
+            loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         if schedule is not None:
             schedule.after_batch()
         # Accumulated on the device; read once at the end of the epoch.
@@ -245,13 +255,17 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: DeviceSplit, preprocess: Preprocess) -> tuple[float, float]:
-    """Mean loss and accuracy over `data`, in eval mode."""
+def evaluate(
+    model: nn.Module, data: DeviceSplit, preprocess: Preprocess, numerics: Numerics | None = None
+) -> tuple[float, float]:
+    """Mean loss and accuracy over `data`, in eval mode. Always fp32, as /predict is: the recorded validation
+    accuracy is the one the served model has, whatever precision trained it."""
     model.eval()
+    layout = numerics.layout if numerics is not None else (lambda x: x)
     loss_sum = torch.zeros((), device=data.labels.device)
     correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
-        inputs = normalize(data.images[start : start + EVAL_BATCH_SIZE], preprocess)
+        inputs = layout(normalize(data.images[start : start + EVAL_BATCH_SIZE], preprocess))
         targets = data.labels[start : start + EVAL_BATCH_SIZE]
         logits = model(inputs)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum")
@@ -275,7 +289,10 @@ def fit(
     torch.use_deterministic_algorithms(spec.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not spec.deterministic
     torch.manual_seed(spec.seed)
-    model = create_model(spec.model, info.preprocess.input_shape, info.num_classes).to(device)
+    model = create_model(spec.model, info.preprocess.input_shape, info.num_classes)
+    numerics = resolve_numerics(spec.precision, device, model)
+    model = model.to(device, memory_format=torch.channels_last if numerics.channels_last else torch.preserve_format)
+    scaler = numerics.scaler()
     optimizer = build_optimizer(spec.optimizer, model.parameters())
     steps_per_epoch = -(-len(dataset.train) // spec.batch_size)
     schedule = build_schedule(spec.scheduler, optimizer, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
@@ -287,6 +304,8 @@ def fit(
         optimizer.load_state_dict(resume.optimizer_state)
         if schedule is not None:
             schedule.scheduler.load_state_dict(resume.trainer_state["scheduler"])
+        if resume.trainer_state.get("scaler"):
+            scaler.load_state_dict(resume.trainer_state["scaler"])
         if stopper is not None:
             stopper.load_state_dict(resume.trainer_state["early_stopping"])
             if stopper.reason is not None:  # the run had already stopped when that checkpoint was written
@@ -299,6 +318,7 @@ def fit(
         return {
             "scheduler": schedule.scheduler.state_dict() if schedule is not None else None,
             "early_stopping": stopper.state_dict() if stopper is not None else None,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
 
     def checkpoint(epoch: int, **extra: object) -> bytes:
@@ -336,13 +356,15 @@ def fit(
                 schedule=schedule,
                 should_stop=should_stop,
                 done=done,
+                numerics=numerics,
+                scaler=scaler,
             )
         except Interrupted as stop:
             progress = stop.progress or done
             state = {**progress.to_dict(), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
             raise Interrupted(progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy = evaluate(model, val, info.preprocess)
+        val_loss, val_accuracy = evaluate(model, val, info.preprocess, numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "

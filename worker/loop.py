@@ -23,6 +23,7 @@ from worker.engine import Interrupted, fit, resolve_device, runtime_environment
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.lease import Lease
+from worker.numerics import resolve_precision
 
 log = logging.getLogger("trainlab.worker")
 
@@ -128,7 +129,8 @@ class Worker:
     def _train(self, job: ClaimedJob, should_stop: Callable[[], bool]) -> Outcome:
         spec = job.spec
         device = resolve_device(spec.device)
-        self.store.heartbeat(job, device=str(device), environment=runtime_environment(device))
+        environment = {**runtime_environment(device), "precision": resolve_precision(spec.precision, device)}
+        self.store.heartbeat(job, device=str(device), environment=environment)
         resume = self._resume_point(job, device)
         dataset = load_dataset(spec.dataset, self.settings.data_dir)
 

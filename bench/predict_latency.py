@@ -1,0 +1,113 @@
+"""POST /experiments/{id}/predict over loopback vs the same work in-process (decode + preprocess + forward).
+
+    python -m bench.predict_latency [--requests 400]
+
+The model is examples/mnist-cnn.json trained for one epoch by a real worker; the images are 200 real 28x28 PNGs
+from mnist-10k's validation split. Concurrency 1 (one httpx client, sequential) and 16 (16 asyncio tasks sharing
+an httpx.AsyncClient), each after a warm-up. Prints p50 / p99 latency and requests/s, the bare in-process p50, and
+the API's peak RSS with the model cached. The client runs on the same cores as the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from PIL import Image
+
+from bench.common import REPO, header, median, peak_rss_mb, percentile
+from bench.service import running_service
+from service.images import decode_image
+from service.specs import ExperimentSpec
+from worker.datasets import load_dataset
+from worker.inference import Predictor
+
+
+def real_pngs(spec: ExperimentSpec, count: int) -> list[bytes]:
+    images = load_dataset(spec.dataset, Path("var/data")).val.images[:count]
+    out = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[0].numpy(), mode="L").save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def sequential(url: str, path: str, pngs: list[bytes], n: int) -> tuple[list[float], float]:
+    latencies = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        started = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
+            client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
+            latencies.append(time.perf_counter() - t)
+    return latencies, n / (time.perf_counter() - started)
+
+
+async def concurrent(url: str, path: str, pngs: list[bytes], n: int, clients: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def one_client(k: int) -> None:
+            for i in range(k, n, clients):
+                t = time.perf_counter()
+                response = await client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")})
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - t)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(k) for k in range(clients)))
+    return latencies, n / (time.perf_counter() - started)
+
+
+def row(label: str, latencies: list[float], rate: float) -> None:
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    print(f"{label:<22} {p50:>8.2f} {p99:>8.2f} {p99 / p50:>8.2f} {rate:>9.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+    header(torch.device("cpu"), "predict_latency: POST /predict over loopback vs in-process")
+    recipe = json.loads((REPO / "examples" / "mnist-cnn.json").read_text())
+    spec = ExperimentSpec.model_validate({**recipe, "epochs": 1, "device": "cpu"})
+    pngs = real_pngs(spec, 200)
+    with tempfile.TemporaryDirectory() as root, running_service(Path(root), workers=1) as (url, store, processes):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            experiment_id = client.post("/experiments", json=spec.model_dump(mode="json")).json()["id"]
+            while client.get(f"/experiments/{experiment_id}").json()["status"] in ("queued", "running"):
+                time.sleep(0.2)
+        processes[1].terminate()  # the worker is done; leave the cores to the API and the client
+        processes[1].wait()
+        path = f"/experiments/{experiment_id}/predict"
+
+        predictor = Predictor(store.checkpoint_data(store.find_checkpoint(experiment_id)))
+        bare = []
+        for i in range(args.requests):
+            t = time.perf_counter()
+            predictor.predict(decode_image(pngs[i % len(pngs)], max_pixels=4096 * 4096), top_k=5)
+            bare.append(time.perf_counter() - t)
+
+        sequential(url, path, pngs, 50)  # warm-up: the API loads and caches the model
+        one = sequential(url, path, pngs, args.requests)
+        asyncio.run(concurrent(url, path, pngs, 64, 16))
+        sixteen = asyncio.run(concurrent(url, path, pngs, args.requests, 16))
+        print(f"{'':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'req/s':>9}")
+        row("in-process (bare)", bare, len(bare) / sum(bare))
+        row("HTTP, 1 client", *one)
+        row("HTTP, 16 clients", *sixteen)
+        print(f"# p50 over bare at 1 client: +{(percentile(one[0], 50) - median(bare)) * 1000:.2f} ms")
+        print(f"# API peak RSS with the model cached: {peak_rss_mb(processes[0].pid):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

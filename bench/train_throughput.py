@@ -1,0 +1,132 @@
+"""The classic tutorial loop vs the worker's engine: same model, batch size, epochs and seed.
+
+Classic: a Dataset that turns each uint8 image into a PIL image and back (`ToTensor` + `Normalize`), exactly as
+torchvision's MNIST does per item, a `DataLoader` (batch 64, shuffle, num_workers=0), `.to(device)` per batch, fp32
+eager. Engine: `worker.engine.fit`, as the worker runs it, in fp32 and with `precision: auto`.
+
+    python -m bench.train_throughput [--device auto|cpu|cuda] [--epochs 3] [--rounds 3] [--full]
+
+The three variants run alternately, `--rounds` times; samples/s is the median over every epoch of every round
+(training only, evaluation excluded, for all three), accuracy the median final validation accuracy.
+`--full` adds the full Fashion-MNIST (54k training images) when its files are present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from bench.common import header, median
+from service.specs import ExperimentSpec
+from worker.datasets import Dataset, DatasetUnavailable, Split, load_dataset
+from worker.engine import fit, resolve_device
+from worker.models import create_model
+
+MODELS = {"mlp": {"kind": "mlp"}, "cnn": {"kind": "cnn"}}
+
+
+class ClassicImages(torch.utils.data.Dataset):
+    """torchvision.datasets.MNIST's __getitem__: a PIL image per item, then the transform."""
+
+    def __init__(self, split: Split, transform) -> None:
+        self.images, self.labels, self.transform = split.images.numpy(), split.labels.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i, 0], mode="L")), self.labels[i]
+
+
+def classic(spec: ExperimentSpec, dataset: Dataset, device: torch.device) -> tuple[list[float], float]:
+    """Samples/s of each epoch and the final validation accuracy of the textbook loop."""
+    p = dataset.info.preprocess
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(p.mean, p.std)])
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.model, p.input_shape, dataset.info.num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.optimizer.lr)
+    train = DataLoader(
+        ClassicImages(dataset.train, transform), batch_size=spec.batch_size, shuffle=True, num_workers=0,
+        generator=torch.Generator().manual_seed(spec.seed),
+    )  # fmt: skip
+    rates = []
+    for _ in range(spec.epochs):
+        model.train()
+        started = time.perf_counter()
+        for x, y in train:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(dataset.train) / (time.perf_counter() - started))
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in DataLoader(ClassicImages(dataset.val, transform), batch_size=1000):
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    return rates, correct / len(dataset.val)
+
+
+def engine(spec: ExperimentSpec, dataset: Dataset, device: torch.device) -> tuple[list[float], float]:
+    rows = []
+    fit(spec, dataset, device, on_epoch=lambda m, _: rows.append(m))
+    return [m.samples_per_s for m in rows], rows[-1].val_accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="also the full Fashion-MNIST, when present")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    header(device, "train_throughput: classic DataLoader loop vs the worker's engine")
+    datasets = ["mnist-10k"] + (["fashion-mnist"] if args.full else [])
+    print(f"# batch 64, {args.epochs} epochs, {args.rounds} alternating rounds, Adam 1e-3, seed 0")
+    print(
+        f"{'dataset':<14} {'model':<5} {'classic/s':>10} {'engine fp32/s':>14} {'engine auto/s':>14} "
+        f"{'auto/classic':>13} {'fp32/classic':>13} {'acc classic':>12} {'acc fp32':>9} {'acc auto':>9}"
+    )
+    for dataset_name in datasets:
+        try:
+            dataset = load_dataset(ExperimentSpec.model_validate(
+                {"dataset": {"name": dataset_name}, "model": {"kind": "mlp"}}).dataset, Path("var/data"))  # fmt: skip
+        except DatasetUnavailable as exc:
+            print(f"# {dataset_name}: skipped ({exc})")
+            continue
+        for model_name, model in MODELS.items():
+            base = {"dataset": {"name": dataset_name}, "model": model, "epochs": args.epochs, "device": args.device}
+            variants = {
+                "classic": (classic, ExperimentSpec.model_validate({**base, "precision": "fp32"})),
+                "fp32": (engine, ExperimentSpec.model_validate({**base, "precision": "fp32"})),
+                "auto": (engine, ExperimentSpec.model_validate({**base, "precision": "auto"})),
+            }
+            rates: dict[str, list[float]] = {k: [] for k in variants}
+            accuracy: dict[str, list[float]] = {k: [] for k in variants}
+            for _ in range(args.rounds):
+                for key, (run, spec) in variants.items():
+                    r, a = run(spec, dataset, device)
+                    rates[key] += r
+                    accuracy[key].append(a)
+            m = {k: median(v) for k, v in rates.items()}
+            acc = {k: median(v) for k, v in accuracy.items()}
+            print(
+                f"{dataset_name:<14} {model_name:<5} {m['classic']:>10.0f} {m['fp32']:>14.0f} {m['auto']:>14.0f} "
+                f"{m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
+                f"{acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
