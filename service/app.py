@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except UnsafeEnvironment as exc:
             log.error("refusing to start: %s", exc)
             raise
+        # Requests run on many threads at once; intra-op parallelism on top would oversubscribe the cores.
+        torch.set_num_threads(settings.inference_threads)
         store = Store(settings.database_url)
         try:
             store.check_schema()

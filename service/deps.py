@@ -1,4 +1,5 @@
-"""FastAPI dependencies, as `Annotated` aliases. Everything hangs off `app.state`, set up by `create_app`."""
+"""FastAPI dependencies, as `Annotated` aliases. Everything hangs off `app.state`, set up by `create_app`.
+They are `async` because they only read attributes: a sync dependency costs a thread-pool round trip each."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from worker.evaluation import Evaluation
 from worker.inference import Predictor
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _predictors(request: Request) -> LRUCache[Predictor]:
+async def _predictors(request: Request) -> LRUCache[Predictor]:
     return request.app.state.predictors
 
 
-def _evaluations(request: Request) -> LRUCache[Evaluation]:
+async def _evaluations(request: Request) -> LRUCache[Evaluation]:
     return request.app.state.evaluations
 
 

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
     # Trained models kept in memory by the API for /predict.
     predictor_cache_size: Annotated[int, Field(ge=1)] = 8
+    # Torch threads of the API process: one per request is fastest for small models under concurrent requests.
+    inference_threads: Annotated[int, Field(ge=1)] = 1
     # How often an idle worker looks for a queued job.
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
     # Leases: a running job's worker renews its lease every `heartbeat_s`; a job whose lease is older than

@@ -47,5 +47,8 @@ def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
                 # The sweep's point: lr 0.3 with momentum 0.9 is too high, and the run says so.
                 assert "optimizer.lr=0.3" in experiment["name"], experiment["error"]
                 assert experiment["error"].startswith("TrainingDiverged: the loss became nan")
+            elif "optimizer.lr=0.3, batch_size=32" in experiment["name"]:
+                # In bf16 its loss stays finite, but it learns nothing either.
+                assert experiment["best"]["val_accuracy"] < 0.5, experiment
             else:
                 assert experiment["best"]["val_accuracy"] > 0.5, experiment["name"]

@@ -9,6 +9,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,35 @@ class Outcome:
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class InOrderRecorder:
+    """Writes each epoch (metrics + checkpoint, one transaction) on a background thread while the next epoch
+    trains: the write is off the critical path, still in epoch order, and a failed write (e.g. LeaseLost) is
+    raised at the next epoch's end or when the block exits. Leaving the block waits for the last write."""
+
+    def __init__(self, write: Callable[[EpochMetrics, bytes], None]) -> None:
+        self.write = write
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="record")
+        self._pending: Future | None = None
+
+    def submit(self, metrics: EpochMetrics, checkpoint: bytes) -> None:
+        self._wait()
+        self._pending = self._executor.submit(self.write, metrics, checkpoint)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> InOrderRecorder:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        try:
+            self._wait()
+        finally:
+            self._executor.shutdown()
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -142,7 +172,8 @@ class Worker:
                 metrics.val_accuracy, metrics.duration_s, metrics.samples_per_s,
             )  # fmt: skip
 
-        result = fit(spec, dataset, device, on_epoch=record, resume=resume, should_stop=should_stop)
+        with InOrderRecorder(record) as recorder:
+            result = fit(spec, dataset, device, on_epoch=recorder.submit, resume=resume, should_stop=should_stop)
         test = None
         if dataset.test is not None:
             best = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)
