@@ -13,7 +13,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +53,6 @@ class EpochProgress:
     loss_sum: float = 0.0
     correct: int = 0
 
-    def to_dict(self) -> dict:
-        return {"batches": self.batches, "loss_sum": self.loss_sum, "correct": self.correct}
 
 
 class TrainingDiverged(ArithmeticError):
@@ -199,7 +197,7 @@ class DeviceSplit:
     images: torch.Tensor
     labels: torch.Tensor
     # The images as the model sees them, computed once when no augmentation comes between (saves a few
-    # small kernels per batch, which is what bounds small models on a GPU).
+    # small kernels per batch, which is what bounds small models on a GPU, and redoing it every evaluation).
     standardized: torch.Tensor | None = None
 
     @classmethod
@@ -279,7 +277,9 @@ def evaluate(
     loss_sum = torch.zeros((), device=data.labels.device)
     correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
-        inputs = layout(normalize(data.images[start : start + EVAL_BATCH_SIZE], preprocess))
+        batch = slice(start, start + EVAL_BATCH_SIZE)
+        standardized = data.standardized
+        inputs = layout(standardized[batch] if standardized is not None else normalize(data.images[batch], preprocess))
         targets = data.labels[start : start + EVAL_BATCH_SIZE]
         logits = model(inputs)
         loss_sum += F.cross_entropy(logits, targets, reduction="sum")
@@ -347,12 +347,12 @@ def fit(
         )
 
     train = DeviceSplit.of(dataset.train, device, info.preprocess if augment is None else None)
-    val = DeviceSplit.of(dataset.val, device)
+    val = DeviceSplit.of(dataset.val, device, info.preprocess)
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
         done, lr = EpochProgress(), optimizer.param_groups[0]["lr"]
         if interrupted is not None and epoch == first_epoch:
-            done = EpochProgress(**{k: interrupted[k] for k in ("batches", "loss_sum", "correct")})
+            done = EpochProgress(**interrupted["progress"])
             lr = interrupted["lr"]  # the epoch's lr is the one it started with
             _set_rng_state(interrupted["rng"], device)  # dropout and augmentation go on as they would have
         else:
@@ -375,9 +375,8 @@ def fit(
                 scaler=scaler,
             )
         except Interrupted as stop:
-            progress = stop.progress or done
-            state = {**progress.to_dict(), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
-            raise Interrupted(progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
+            state = {"progress": asdict(stop.progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
+            raise Interrupted(stop.progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
         val_loss, val_accuracy = evaluate(model, val, info.preprocess, numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):

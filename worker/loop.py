@@ -103,13 +103,12 @@ class Worker:
             except (Interrupted, LeaseLost) as exc:
                 if lease.lost.is_set() or isinstance(exc, LeaseLost):
                     log.warning("experiment %d: no longer ours (cancelled or taken over); dropping it", job.id)
-                else:
-                    resume = None
-                    if isinstance(exc, Interrupted) and exc.checkpoint is not None:
-                        resume = (exc.epoch, exc.checkpoint)
-                        log.info("experiment %d: stopped in epoch %d at batch %d", job.id, exc.epoch, exc.progress.batches)
-                    log.info("experiment %d: stopping on request; handing it back to the queue", job.id)
-                    self._finish(job, Status.queued, resume_point=resume)
+                else:  # a shutdown: fit's Interrupted carries the checkpoint to finish this epoch from
+                    log.info(
+                        "experiment %d: stopped in epoch %d at batch %d; handing it back to the queue",
+                        job.id, exc.epoch, exc.progress.batches,
+                    )  # fmt: skip
+                    self._finish(job, Status.queued, resume_point=(exc.epoch, exc.checkpoint))
             except Exception as exc:  # a failed job must never take the worker down with it
                 log.error("experiment %d failed:\n%s", job.id, traceback.format_exc())
                 error = f"{type(exc).__name__}: {exc}"
@@ -139,7 +138,8 @@ class Worker:
             self.store.rewind(job, epoch)
         if (mid_epoch := self._mid_epoch_point(job, epoch + 1, device)) is not None:
             state = mid_epoch.trainer_state["interrupted"]
-            log.info("experiment %d: resuming epoch %d at batch %d", job.id, state["epoch"], state["batches"])
+            batch = state["progress"]["batches"]
+            log.info("experiment %d: resuming epoch %d at batch %d", job.id, state["epoch"], batch)
             return mid_epoch
         if resume is not None:
             log.info("experiment %d: resuming after epoch %d", job.id, resume.epoch)
