@@ -58,7 +58,10 @@ def main() -> None:
     header(torch.device("cpu"), "service_overhead: whole service vs bare engine, per-epoch wall time")
     recipe = json.loads((REPO / "examples" / "mnist-cnn.json").read_text())
     spec = ExperimentSpec.model_validate({**recipe, "epochs": args.epochs, "device": "cpu"})
-    print(f"# {spec.model.kind} on {spec.dataset.name}, {args.epochs} epochs, batch {spec.batch_size}, {args.rounds} rounds")
+    print(
+        f"# {spec.model.kind} on {spec.dataset.name}, {args.epochs} epochs, batch {spec.batch_size}, "
+        f"{args.rounds} rounds"
+    )
     bare_s, service_s, rss = [], [], []
     for _ in range(args.rounds):
         bare_s += bare(spec)

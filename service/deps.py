@@ -38,7 +38,9 @@ PredictorsDep = Annotated[LRUCache[Predictor], Depends(_predictors)]
 EvaluationsDep = Annotated[LRUCache[Evaluation], Depends(_evaluations)]
 
 # A client-chosen key that makes a POST safe to retry (Stripe's convention).
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")
+]
 
 
 def replayed(model: type[BaseModel]) -> dict[int | str, dict]:

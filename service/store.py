@@ -344,7 +344,8 @@ class Store:
         rerun_of: int | None = None,
         idempotency: Idempotency | None = None,
     ) -> tuple[ExperimentPublic, bool]:
-        """Queue an experiment; (it, True). With an idempotency key already used for the same body: (that one, False)."""
+        """Queue an experiment: (it, True). With an idempotency key already used for the same body: (that one,
+        False)."""
 
         def insert(session: Session) -> int:
             row = _new_experiment(spec, warnings, rerun_of=rerun_of)
@@ -443,9 +444,7 @@ class Store:
         with self._read() as session:
             return _public(self._row(session, experiment_id))
 
-    def list_experiments(
-        self, *, status: Status | None, limit: int, offset: int
-    ) -> tuple[list[ExperimentPublic], int]:
+    def list_experiments(self, *, status: Status | None, limit: int, offset: int) -> tuple[list[ExperimentPublic], int]:
         query = select(ExperimentRow)
         if status is not None:
             query = query.where(ExperimentRow.status == status.value)
@@ -599,7 +598,9 @@ class Store:
             if claimed is None:
                 return None
             _end_attempt(session, claimed.id, now, "lease expired")  # the attempt this one takes over, if any
-            session.add(AttemptRow(experiment_id=claimed.id, attempt=claimed.attempt, worker_id=worker_id, claimed_at=now))
+            session.add(
+                AttemptRow(experiment_id=claimed.id, attempt=claimed.attempt, worker_id=worker_id, claimed_at=now)
+            )
         return ClaimedJob(claimed.id, claimed.attempt, ExperimentSpec.model_validate(claimed.spec))
 
     @staticmethod
@@ -641,10 +642,14 @@ class Store:
         """Forget every epoch after `epoch` (their checkpoints could not be used), so that resuming from `epoch`
         records each later epoch exactly once."""
         with self._write() as session:
-            _update_owned(session, job, current_epoch=epoch, best_epoch=None, best_val_accuracy=None, best_val_loss=None)
+            _update_owned(
+                session, job, current_epoch=epoch, best_epoch=None, best_val_accuracy=None, best_val_loss=None
+            )
             later = MetricRow.experiment_id == job.id, MetricRow.epoch > epoch
             session.execute(delete(MetricRow).where(*later))
-            session.execute(delete(CheckpointRow).where(CheckpointRow.experiment_id == job.id, CheckpointRow.epoch > epoch))
+            session.execute(
+                delete(CheckpointRow).where(CheckpointRow.experiment_id == job.id, CheckpointRow.epoch > epoch)
+            )
             session.execute(delete(ResumePointRow).where(ResumePointRow.experiment_id == job.id))
             best = session.execute(
                 select(MetricRow.epoch, MetricRow.val_accuracy, MetricRow.val_loss)
@@ -654,7 +659,11 @@ class Store:
             ).first()
             if best is not None:
                 _update_owned(
-                    session, job, best_epoch=best.epoch, best_val_accuracy=best.val_accuracy, best_val_loss=best.val_loss
+                    session,
+                    job,
+                    best_epoch=best.epoch,
+                    best_val_accuracy=best.val_accuracy,
+                    best_val_loss=best.val_loss,
                 )
 
     def record_epoch(self, job: ClaimedJob, metrics: EpochMetrics, checkpoint: bytes) -> None:
@@ -688,7 +697,6 @@ class Store:
             session.execute(delete(ResumePointRow).where(ResumePointRow.experiment_id == job.id))
             session.flush()
             _apply_retention(session, job)
-
 
     def finish(
         self,

@@ -272,7 +272,8 @@ def test_200_jobs_4_workers_random_kill_9(tmp_path: Path, db_url: str) -> None:
         deadline = time.monotonic() + 420
 
         def finished() -> int:
-            return sum(store.list_experiments(status=s, limit=1, offset=0)[1] for s in (Status.succeeded, Status.failed))
+            done = (Status.succeeded, Status.failed)
+            return sum(store.list_experiments(status=s, limit=1, offset=0)[1] for s in done)
 
         while finished() < len(ids) and time.monotonic() < deadline:
             time.sleep(rng.uniform(0.5, 2.0))

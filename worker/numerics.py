@@ -18,7 +18,9 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(
+        getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Numerics:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" made concrete for this device."""
+    """The concrete precision `auto` means on this device."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision

@@ -134,9 +134,7 @@ def list_attempts(experiment_id: ExperimentId, store: StoreDep):
 
 
 @router.get("/{experiment_id}/metrics", response_model=list[EpochMetrics])
-def get_metrics(
-    experiment_id: ExperimentId, store: StoreDep, since_epoch: Annotated[int, Query(ge=0, le=1000)] = 0
-):
+def get_metrics(experiment_id: ExperimentId, store: StoreDep, since_epoch: Annotated[int, Query(ge=0, le=1000)] = 0):
     """One row per finished epoch; `since_epoch=N` returns only epochs after N (for polling)."""
     return store.list_metrics(experiment_id, since_epoch=since_epoch)
 
@@ -216,7 +214,9 @@ def _predictor(ref: CheckpointRef, store: Store, predictors) -> Predictor:
         try:
             return Predictor(store.checkpoint_data(ref))
         except UnreadableCheckpoint as exc:
-            raise CorruptCheckpoint(f"the checkpoint of experiment {ref.experiment_id} epoch {ref.epoch} {exc}") from None
+            raise CorruptCheckpoint(
+                f"the checkpoint of experiment {ref.experiment_id} epoch {ref.epoch} {exc}"
+            ) from None
 
     return predictors.get(ref, load)
 
@@ -242,6 +242,8 @@ def predict(
     return Prediction(
         label=scores[0].label,
         class_name=scores[0].class_name,
-        probabilities=[ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in scores],
+        probabilities=[
+            ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in scores
+        ],
         epoch=predictor.epoch,
     )
