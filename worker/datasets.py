@@ -7,8 +7,10 @@ training slices batches out of those tensors.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,16 +36,25 @@ class DatasetInfo:
     size: int  # examples split into train and val (a test split comes on top)
     # Mirrored or strongly rotated examples are other classes (digits): flips and big rotations hurt.
     orientation_matters: bool = False
+    # Regression datasets have one "class": the target's name, and float labels.
+    task: str = "classification"
+    # How to fetch the files where downloads are allowed (standard datasets only).
+    download: Callable[[Path], None] | None = None
 
     @property
     def num_classes(self) -> int:
+        """The model's outputs: one per class, or the one target of a regression."""
         return len(self.class_names)
+
+    @property
+    def tabular(self) -> bool:
+        return self.preprocess.height == self.preprocess.width == 1
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
+    images: torch.Tensor  # uint8 (N, C, H, W); float32 (N, F, 1, 1) for tabular rows
+    labels: torch.Tensor  # int64 (N,) class indices; float32 (N,) regression targets
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -114,9 +125,20 @@ def check_available(name: str, data_dir: Path) -> DatasetInfo:
     return info
 
 
-def load_dataset(spec: DatasetSpec, data_dir: Path) -> Dataset:
-    info = check_available(spec.name, data_dir)
-    pool = _load_pool(spec.name, data_dir)
+def load_dataset(spec: DatasetSpec, data_dir: Path, allow_download: bool = False) -> Dataset:
+    try:
+        info = check_available(spec.name, data_dir)
+    except DatasetUnavailable:
+        info = dataset_info(spec.name)
+        if not (spec.download and allow_download and info.download is not None):
+            raise
+        log.info("downloading dataset %s into %s", spec.name, data_dir)
+        info.download(data_dir)
+        check_available(spec.name, data_dir)
+    return split_pool(info, _load_pool(spec.name, data_dir), spec)
+
+
+def split_pool(info: DatasetInfo, pool: Pool, spec: DatasetSpec) -> Dataset:
     train_idx, val_idx = stratified_split(pool.labels, spec.val_fraction, spec.seed)
     train = Split(pool.images[train_idx], pool.labels[train_idx])
     return Dataset(info, train, Split(pool.images[val_idx], pool.labels[val_idx]), pool.test)
@@ -153,11 +175,13 @@ def _load_pool(name: str, data_dir: Path) -> Pool:
 
 
 def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class, a seeded shuffle and the first `val_fraction` of it to validation; indices sorted."""
+    """Per class, a seeded shuffle and the first `val_fraction` of it to validation; indices sorted. Regression
+    targets (floats) are split as one group."""
     generator = torch.Generator().manual_seed(seed)
     train, val = [], []
-    for cls in torch.unique(labels):
-        idx = torch.nonzero(labels == cls).flatten()
+    groups = [labels] if labels.is_floating_point() else [labels == cls for cls in torch.unique(labels)]
+    for group in groups:
+        idx = torch.arange(len(labels)) if group is labels else torch.nonzero(group).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
         # At least one example of each class on each side, when the class has two.
         n_val = min(max(1, round(len(idx) * val_fraction)), len(idx) - 1)
@@ -222,43 +246,174 @@ def _fashion_mnist_10k(_: Path) -> Pool:
     return _bundled_test_split("fashion-mnist")
 
 
-FASHION_FILES = (
+IDX_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 )  # fmt: skip
 # Where Debian's dataset-fashion-mnist package puts the four files.
 SYSTEM_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _fashion_files(data_dir: Path) -> dict[str, Path]:
-    for folder in (data_dir / "fashion-mnist", SYSTEM_FASHION_DIR):
-        found = {}
-        for stem in FASHION_FILES:
-            candidates = [folder / f"{stem}.gz", folder / stem]
-            found[stem] = next((c for c in candidates if c.is_file()), None)
-        if all(found.values()):
-            return found
-    raise DatasetUnavailable(
-        f"dataset 'fashion-mnist' needs the files {', '.join(f + '[.gz]' for f in FASHION_FILES)} in "
-        f"{data_dir / 'fashion-mnist'} (TRAINLAB_DATA_DIR) or {SYSTEM_FASHION_DIR} "
-        "(Debian: apt-get install dataset-fashion-mnist); the bundled 'fashion-mnist-10k' needs nothing"
-    )
+def _idx_locator(
+    name: str, torchvision_class: str, system: Callable[[], Path] | None = None, hint: str = ""
+) -> Locator:
+    """The four IDX files (each gzipped or plain) in `data_dir/<name>/`, in torchvision's download layout
+    `data_dir/<Class>/raw/`, or in a system folder (looked up at each call)."""
+
+    def locate(data_dir: Path) -> dict[str, Path]:
+        system_dir = system() if system else None
+        folders = [data_dir / name, data_dir / torchvision_class / "raw", *([system_dir] if system_dir else [])]
+        for folder in folders:
+            found = {stem: next((f for f in (folder / f"{stem}.gz", folder / stem) if f.is_file()), None)
+                     for stem in IDX_FILES}  # fmt: skip
+            if all(found.values()):
+                return found  # type: ignore[return-value]
+        where = f"{data_dir / name} (TRAINLAB_DATA_DIR)" + (f" or {system_dir}{hint}" if system_dir else "")
+        raise DatasetUnavailable(
+            f"dataset {name!r} needs the files {', '.join(f + '[.gz]' for f in IDX_FILES)} in {where}, "
+            'or "download": true where the server allows downloads'
+        )
+
+    return locate
 
 
-@register_dataset(
+def _idx_loader(locate: Locator) -> Loader:
+    def load(data_dir: Path) -> Pool:
+        files = locate(data_dir)
+        train = _idx_split(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"])
+        test = _idx_split(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
+        return Pool(train.images, train.labels, test=test)
+
+    return load
+
+
+def _torchvision_download(dataset_class: str) -> Callable[[Path], None]:
+    def download(data_dir: Path) -> None:
+        import torchvision.datasets  # only where a download is asked for
+
+        getattr(torchvision.datasets, dataset_class)(str(data_dir), download=True)
+
+    return download
+
+
+_mnist_files = _idx_locator("mnist", "MNIST")
+register_dataset(
+    DatasetInfo(
+        name="mnist",
+        description="MNIST (LeCun, Cortes, Burges; CC BY-SA 3.0): 60k training digits split into train/val, "
+        "plus the 10k test split",
+        class_names=DIGIT_NAMES,
+        preprocess=MNIST_PREPROCESS,
+        size=60_000,
+        orientation_matters=True,
+        download=_torchvision_download("MNIST"),
+    ),
+    locate=_mnist_files,
+)(_idx_loader(_mnist_files))
+
+_fashion_files = _idx_locator(
+    "fashion-mnist", "FashionMNIST", lambda: SYSTEM_FASHION_DIR, " (Debian: apt-get install dataset-fashion-mnist)"
+)
+register_dataset(
     DatasetInfo(
         name="fashion-mnist",
         description="Fashion-MNIST (Zalando, MIT): 60k training images split into train/val, plus the 10k test split",
         class_names=FASHION_NAMES,
         preprocess=FASHION_PREPROCESS,
         size=60_000,
+        download=_torchvision_download("FashionMNIST"),
     ),
     locate=_fashion_files,
+)(_idx_loader(_fashion_files))
+
+CIFAR_BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _cifar_dir(data_dir: Path) -> Path:
+    for folder in (data_dir / "cifar10" / "cifar-10-batches-py", data_dir / "cifar-10-batches-py"):
+        if all((folder / batch).is_file() for batch in CIFAR_BATCHES):
+            return folder
+    raise DatasetUnavailable(
+        f"dataset 'cifar10' needs CIFAR-10's python batches ({', '.join(CIFAR_BATCHES)}) in "
+        f"{data_dir / 'cifar10' / 'cifar-10-batches-py'} (TRAINLAB_DATA_DIR; the folder inside "
+        'cifar-10-python.tar.gz), or "download": true where the server allows downloads'
+    )
+
+
+def read_cifar_batch(path: Path) -> Split:
+    """One of CIFAR-10's python batches: a pickled dict of uint8 rows (3x32x32, channel-major) and labels.
+    Unpickled with a loader that builds only the plain types and numpy arrays such a batch holds."""
+    with path.open("rb") as f:
+        batch = _BatchUnpickler(f, encoding="bytes").load()
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return Split(torch.from_numpy(images.copy()), torch.tensor(batch[b"labels"], dtype=torch.int64))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"a CIFAR-10 batch holds no {module}.{name}")
+        return super().find_class(module, name)
+
+
+@register_dataset(
+    DatasetInfo(
+        name="cifar10",
+        description="CIFAR-10 (Krizhevsky 2009): 50k 32x32 colour training images split into train/val, plus the "
+        "10k test split",
+        class_names=CIFAR_NAMES,
+        preprocess=Preprocess(
+            channels=3, height=32, width=32, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)
+        ),
+        size=50_000,
+        download=_torchvision_download("CIFAR10"),
+    ),
+    locate=_cifar_dir,
 )
-def _fashion_mnist(data_dir: Path) -> Pool:
-    files = _fashion_files(data_dir)
-    train = _idx_split(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"])
-    test = _idx_split(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
-    return Pool(train.images, train.labels, test=test)
+def _cifar10(data_dir: Path) -> Pool:
+    folder = _cifar_dir(data_dir)
+    train = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    test = read_cifar_batch(folder / "test_batch")
+    return Pool(torch.cat([b.images for b in train]), torch.cat([b.labels for b in train]), test=test)
+
+
+DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
+
+
+def _diabetes_table() -> tuple[np.ndarray, np.ndarray]:
+    directory = BUNDLED_DIR / "diabetes"
+    return np.loadtxt(directory / "diabetes_data_raw.csv.gz"), np.loadtxt(directory / "diabetes_target.csv.gz")
+
+
+def tabular_preprocess(features: np.ndarray, targets: np.ndarray | None = None) -> Preprocess:
+    """Per-feature (and target) standardisation for a table of float rows, seen as (F, 1, 1) inputs."""
+    std = np.where(features.std(0) > 0, features.std(0), 1.0)
+    target = {} if targets is None else {"target_mean": float(targets.mean()), "target_std": float(targets.std() or 1)}
+    return Preprocess(features.shape[1], 1, 1, tuple(features.mean(0).tolist()), tuple(std.tolist()), **target)
+
+
+def tabular_pool(features: np.ndarray, targets: np.ndarray) -> Pool:
+    rows = torch.from_numpy(features.astype(np.float32)).view(len(features), -1, 1, 1)
+    dtype = np.int64 if np.issubdtype(targets.dtype, np.integer) else np.float32
+    return Pool(rows, torch.from_numpy(targets.astype(dtype)))
+
+
+@register_dataset(
+    DatasetInfo(
+        name="diabetes",
+        description="Diabetes (Efron et al. 2004, via scikit-learn): 442 patients, 10 baseline variables; "
+        "regression target: disease progression after one year (25-346)",
+        class_names=("progression",),
+        preprocess=tabular_preprocess(*_diabetes_table()),
+        size=442,
+        task="regression",
+    )
+)
+def _diabetes(_: Path) -> Pool:
+    return tabular_pool(*_diabetes_table())
 
 
 @register_dataset(
@@ -276,3 +431,24 @@ def _digits(_: Path) -> Pool:
     # Pixels are 0..16; stored as 0..255 like every other dataset.
     images = np.round(rows[:, :64] * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
     return Pool(torch.from_numpy(images), torch.from_numpy(rows[:, 64].astype(np.int64)))
+
+
+def uploaded_info(name: str, meta: dict) -> DatasetInfo:
+    """An uploaded dataset's description, as `service.uploads` stored it."""
+    return DatasetInfo(
+        name=name,
+        description=meta["description"],
+        class_names=tuple(meta["class_names"]),
+        preprocess=Preprocess.from_dict(meta["preprocess"]),
+        size=int(meta["size"]),
+        task=meta["task"],
+    )
+
+
+def load_uploaded(info: DatasetInfo, payload: bytes, spec: DatasetSpec) -> Dataset:
+    """An uploaded dataset's tensors. Its own `val/` split, when it came with one, is the validation split
+    (`val_fraction` then does not apply)."""
+    raw = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    if "val_images" in raw:
+        return Dataset(info, Split(raw["images"], raw["labels"]), Split(raw["val_images"], raw["val_labels"]), None)
+    return split_pool(info, Pool(raw["images"], raw["labels"]), spec)
