@@ -26,6 +26,15 @@ class DatasetSpec(Strict):
     name: Annotated[Name, Field(examples=["mnist-10k"])]
     val_fraction: Annotated[float, Field(gt=0.0, le=0.9)] = 0.2
     seed: Seed = 0
+    # Fetch a standard dataset's files (mnist, fashion-mnist, cifar10) when they are missing, where the server
+    # allows downloads (TRAINLAB_ALLOW_DOWNLOADS) and has internet.
+    download: bool = False
+
+
+class LinearSpec(Strict):
+    """One linear layer on the flattened input: logistic regression for classes, linear regression for a target."""
+
+    kind: Literal["linear"] = "linear"
 
 
 class MLPSpec(Strict):
@@ -35,17 +44,127 @@ class MLPSpec(Strict):
 
 
 class CNNSpec(Strict):
-    """Conv blocks (conv -> relu -> pool) with the given channels, then one hidden fully connected layer."""
+    """Conv blocks (conv -> [batchnorm] -> relu -> pool) with the given channels, then one hidden fully connected
+    layer. `padding` null keeps the map's size at stride 1 ("same"); pooling stops once the map is 1 pixel."""
 
     kind: Literal["cnn"] = "cnn"
     channels: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(min_length=1, max_length=6)] = [32, 64]
     kernel_size: Annotated[int, Field(ge=1, le=11)] = 3
+    stride: Annotated[int, Field(ge=1, le=4)] = 1
+    padding: Annotated[int, Field(ge=0, le=8)] | None = None
     pool: Literal["max", "avg", "none"] = "max"
+    batchnorm: bool = False
     hidden: Annotated[int, Field(ge=1, le=8192)] = 128
     dropout: Probability = 0.0
 
 
-ModelSpec = Annotated[MLPSpec | CNNSpec, Field(discriminator="kind")]
+# Layers of a `sequential` model, with torch.nn's argument names. `in_channels`, `in_features` and
+# `num_features` may be left out: they are inferred from the previous layer's output shape.
+Size = Annotated[int, Field(ge=1, le=4096)]
+Kernel = Annotated[int, Field(ge=1, le=15)]
+
+
+class Conv2dLayer(Strict):
+    kind: Literal["conv2d"] = "conv2d"
+    out_channels: Size
+    kernel_size: Kernel = 3
+    stride: Annotated[int, Field(ge=1, le=8)] = 1
+    padding: Annotated[int, Field(ge=0, le=16)] = 0
+    in_channels: Size | None = None
+    bias: bool = True
+
+
+class BatchNorm2dLayer(Strict):
+    kind: Literal["batchnorm2d"] = "batchnorm2d"
+    num_features: Size | None = None
+
+
+class ReLULayer(Strict):
+    kind: Literal["relu"] = "relu"
+
+
+class GELULayer(Strict):
+    kind: Literal["gelu"] = "gelu"
+
+
+class MaxPool2dLayer(Strict):
+    kind: Literal["maxpool2d"] = "maxpool2d"
+    kernel_size: Kernel = 2
+    stride: Annotated[int, Field(ge=1, le=15)] | None = None  # torch's default: the kernel size
+    padding: Annotated[int, Field(ge=0, le=7)] = 0
+
+
+class AvgPool2dLayer(Strict):
+    kind: Literal["avgpool2d"] = "avgpool2d"
+    kernel_size: Kernel = 2
+    stride: Annotated[int, Field(ge=1, le=15)] | None = None
+    padding: Annotated[int, Field(ge=0, le=7)] = 0
+
+
+class AdaptiveAvgPool2dLayer(Strict):
+    kind: Literal["adaptiveavgpool2d"] = "adaptiveavgpool2d"
+    output_size: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class DropoutLayer(Strict):
+    kind: Literal["dropout"] = "dropout"
+    p: Probability = 0.5
+
+
+class FlattenLayer(Strict):
+    kind: Literal["flatten"] = "flatten"
+
+
+class LinearLayer(Strict):
+    kind: Literal["linear"] = "linear"
+    # Left out: as many outputs as the task has (the dataset's classes, or 1 for regression).
+    out_features: Annotated[int, Field(ge=1, le=16384)] | None = None
+    in_features: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    bias: bool = True
+
+
+LayerSpec = Annotated[
+    Conv2dLayer
+    | BatchNorm2dLayer
+    | ReLULayer
+    | GELULayer
+    | MaxPool2dLayer
+    | AvgPool2dLayer
+    | AdaptiveAvgPool2dLayer
+    | DropoutLayer
+    | FlattenLayer
+    | LinearLayer,
+    Field(discriminator="kind"),
+]
+
+
+class SequentialSpec(Strict):
+    """A free list of layers, applied in order; `POST /experiments:validate` shows each one's output shape."""
+
+    kind: Literal["sequential"] = "sequential"
+    layers: Annotated[list[LayerSpec], Field(min_length=1, max_length=64)]
+
+
+class FromExperiment(Strict):
+    """Start from the best checkpoint of an earlier experiment with the same model kind."""
+
+    experiment: Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+class PretrainedSpec(Strict):
+    """A torchvision classifier for transfer learning. Its head is replaced by one sized to the dataset's
+    classes; inputs are resized to `image_size` (grey images repeated to three channels) and, with ImageNet
+    weights, standardised with ImageNet's statistics as those weights expect."""
+
+    kind: Literal["resnet18", "mobilenet_v2"]
+    pretrained: Literal["imagenet", "none"] | FromExperiment = "imagenet"
+    # "backbone": train only the new head (the backbone's batchnorm statistics stay as loaded, too).
+    freeze: Literal["backbone", "none"] = "none"
+    image_size: Annotated[int, Field(ge=32, le=512)] = 224
+    dropout: Probability = 0.0
+
+
+ModelSpec = Annotated[LinearSpec | MLPSpec | CNNSpec | SequentialSpec | PretrainedSpec, Field(discriminator="kind")]
 
 LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
 WeightDecay = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -89,7 +208,12 @@ class RMSpropSpec(Strict):
 
 OptimizerSpec = Annotated[SGDSpec | AdamSpec | AdamWSpec | RMSpropSpec, Field(discriminator="kind")]
 
-Monitor = Literal["val_loss", "val_accuracy"]
+Monitor = Literal["val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2"]
+# The metrics each task records (and may monitor); the others stay null.
+TASK_METRICS = {
+    "classification": ("val_loss", "val_accuracy"),
+    "regression": ("val_loss", "val_mae", "val_rmse", "val_r2"),
+}
 EpochCount = Annotated[int, Field(ge=1, le=1000)]
 
 
@@ -206,13 +330,44 @@ AugmentationSpec = Annotated[
 ]
 
 
+class CrossEntropyLoss(Strict):
+    kind: Literal["cross_entropy"] = "cross_entropy"
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)] = 0.0
+
+
+class NLLLoss(Strict):
+    """Negative log-likelihood of log-softmax outputs: cross-entropy spelled as two steps, as in the tutorials."""
+
+    kind: Literal["nll"] = "nll"
+
+
+class MSELoss(Strict):
+    kind: Literal["mse"] = "mse"
+
+
+class L1Loss(Strict):
+    kind: Literal["l1"] = "l1"
+
+
+class HuberLoss(Strict):
+    kind: Literal["huber"] = "huber"
+    delta: Annotated[float, Field(gt=0.0, le=1e3)] = 1.0
+
+
+LossSpec = Annotated[CrossEntropyLoss | NLLLoss | MSELoss | L1Loss | HuberLoss, Field(discriminator="kind")]
+TASK_LOSSES = {"classification": ("cross_entropy", "nll"), "regression": ("mse", "l1", "huber")}
+
+
 class ExperimentSpec(Strict):
     """One training run. Every field but `dataset` and `model` has a default; responses show them all filled in."""
 
     name: Name = "experiment"
-    task: Literal["classification"] = "classification"
+    # Must match the dataset's task; regression learns the dataset's standardised target.
+    task: Literal["classification", "regression"] = "classification"
     dataset: DatasetSpec
     model: ModelSpec
+    # Defaults by task: cross_entropy for classification, mse for regression.
+    loss: LossSpec | None = None
     optimizer: OptimizerSpec = AdamSpec()
     scheduler: SchedulerSpec | None = None
     grad_clip_norm: Annotated[float, Field(gt=0.0, le=1e4)] | None = None
@@ -230,6 +385,24 @@ class ExperimentSpec(Strict):
     # AVX-512 BF16 or AMX), else fp32. Evaluation and /predict are always fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> ExperimentSpec:
+        if self.loss is None:
+            object.__setattr__(self, "loss", CrossEntropyLoss() if self.task == "classification" else MSELoss())
+        elif self.loss.kind not in TASK_LOSSES[self.task]:
+            raise ValueError(
+                f"loss {self.loss.kind!r} is not a {self.task} loss; use one of {', '.join(TASK_LOSSES[self.task])}"
+            )
+        monitors = [("early_stopping", self.early_stopping), ("scheduler", self.scheduler)]
+        for field, part in monitors:
+            monitor = getattr(part, "monitor", None)
+            if monitor is not None and monitor not in TASK_METRICS[self.task]:
+                raise ValueError(
+                    f"{field}.monitor {monitor!r} is not recorded for {self.task}; "
+                    f"use one of {', '.join(TASK_METRICS[self.task])}"
+                )
+        return self
+
 
 class EpochMetrics(BaseModel):
     """What the worker records after each finished epoch: one row per (experiment, epoch)."""
@@ -238,9 +411,15 @@ class EpochMetrics(BaseModel):
 
     epoch: int
     train_loss: float
-    train_accuracy: float
     val_loss: float
-    val_accuracy: float
+    # Classification.
+    train_accuracy: float | None = None
+    val_accuracy: float | None = None
+    # Regression, in the target's units (the loss is in standardised units).
+    train_mae: float | None = None
+    val_mae: float | None = None
+    val_rmse: float | None = None
+    val_r2: float | None = None
     lr: float
     duration_s: float
     samples_per_s: float

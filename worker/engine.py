@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -24,9 +23,11 @@ from service.specs import EarlyStoppingSpec, EpochMetrics, ExperimentSpec
 from worker.augment import Augmentation, build_augmentation
 from worker.checkpoints import CheckpointContent, dump_checkpoint
 from worker.datasets import Dataset, Split
-from worker.models import create_model
+from worker.models import create_model, input_preprocess
 from worker.numerics import Numerics, resolve_numerics
+from worker.objectives import Objective
 from worker.preprocess import Preprocess, normalize, standardize, to_unit
+from worker.pretrained import load_matching
 
 EVAL_BATCH_SIZE = 1024
 
@@ -47,12 +48,16 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class EpochProgress:
-    """How far an epoch got: batches done and the running sums of its training metrics."""
+    """How far an epoch got: batches done and the running sums of its training loss and metrics."""
 
     batches: int = 0
     loss_sum: float = 0.0
-    correct: int = 0
+    sums: tuple[float, ...] = ()
 
+    @classmethod
+    def from_dict(cls, data: dict) -> EpochProgress:
+        sums = data.get("sums", (data["correct"],) if "correct" in data else ())  # checkpoints before regression
+        return cls(data["batches"], data["loss_sum"], tuple(sums))
 
 
 class TrainingDiverged(ArithmeticError):
@@ -77,14 +82,15 @@ _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 
 def build_optimizer(spec, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    return _OPTIMIZERS[spec.kind](spec, list(params))
+    """Over the parameters that train (a frozen backbone's do not)."""
+    return _OPTIMIZERS[spec.kind](spec, [p for p in params if p.requires_grad])
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """"min" or "max": losses should fall, accuracies rise."""
+    """ "min" or "max": losses and errors should fall, accuracy and R² rise."""
     if mode != "auto":
         return mode
-    return "min" if monitor.endswith("loss") else "max"
+    return "max" if monitor.endswith(("accuracy", "r2")) else "min"
 
 
 class Schedule:
@@ -214,6 +220,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     data: DeviceSplit,
     preprocess: Preprocess,
+    objective: Objective,
     *,
     batch_size: int,
     generator: torch.Generator,
@@ -224,9 +231,10 @@ def train_one_epoch(
     done: EpochProgress = EpochProgress(),
     numerics: Numerics | None = None,
     scaler: torch.amp.GradScaler | None = None,
-) -> tuple[float, float]:
+) -> tuple[float, dict[str, float]]:
     """One pass over `data` in a seeded random order, skipping the batches already `done` (a resumed epoch).
-    Returns (mean loss, accuracy). Raises Interrupted, with the progress so far, when `should_stop()`."""
+    Returns (mean loss, the task's train metrics). Raises Interrupted, with the progress so far, when
+    `should_stop()`."""
     model.train()
     n = len(data)
     device = data.labels.device
@@ -235,10 +243,10 @@ def train_one_epoch(
     # Drawn on the CPU so the order does not depend on the device.
     order = torch.randperm(n, generator=generator).to(device)
     loss_sum = torch.tensor(done.loss_sum, device=device)
-    correct = torch.tensor(done.correct, dtype=torch.long, device=device)
+    sums = torch.tensor(done.sums or [0.0] * objective.size(), dtype=torch.float64, device=device)
     for batch, start in enumerate(range(done.batches * batch_size, n, batch_size), start=done.batches):
         if should_stop():
-            raise Interrupted(EpochProgress(batch, loss_sum.item(), int(correct.item())))
+            raise Interrupted(EpochProgress(batch, loss_sum.item(), tuple(sums.tolist())))
         idx = order[start : start + batch_size]
         targets = data.labels[idx]
         if augment is None and data.standardized is not None:
@@ -249,8 +257,8 @@ def train_one_epoch(
                 inputs = augment(inputs)
             inputs = standardize(inputs, preprocess)
         with numerics.autocast():
-            logits = model(numerics.layout(inputs))
-            loss = F.cross_entropy(logits, targets)
+            outputs = model(numerics.layout(inputs))
+            loss = objective.loss(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if grad_clip_norm is not None:
@@ -262,29 +270,33 @@ def train_one_epoch(
             schedule.after_batch()
         # Accumulated on the device; read once at the end of the epoch.
         loss_sum += loss.detach() * len(idx)
-        correct += (logits.argmax(dim=1) == targets).sum()
-    return loss_sum.item() / n, correct.item() / n
+        sums += objective.tally(outputs, targets)
+    return loss_sum.item() / n, objective.metrics(sums.tolist(), n, "train")
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, data: DeviceSplit, preprocess: Preprocess, numerics: Numerics | None = None
-) -> tuple[float, float]:
-    """Mean loss and accuracy over `data`, in eval mode. Always fp32, as /predict is: the recorded validation
-    accuracy is the one the served model has, whatever precision trained it."""
+    model: nn.Module,
+    data: DeviceSplit,
+    preprocess: Preprocess,
+    objective: Objective,
+    numerics: Numerics | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Mean loss and the task's validation metrics over `data`, in eval mode. Always fp32, as /predict is: the
+    recorded validation accuracy is the one the served model has, whatever precision trained it."""
     model.eval()
     layout = numerics.layout if numerics is not None else (lambda x: x)
     loss_sum = torch.zeros((), device=data.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=data.labels.device)
+    sums = torch.zeros(objective.size(), dtype=torch.float64, device=data.labels.device)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
         batch = slice(start, start + EVAL_BATCH_SIZE)
         standardized = data.standardized
         inputs = layout(standardized[batch] if standardized is not None else normalize(data.images[batch], preprocess))
         targets = data.labels[start : start + EVAL_BATCH_SIZE]
-        logits = model(inputs)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        correct += (logits.argmax(dim=1) == targets).sum()
-    return loss_sum.item() / len(data), correct.item() / len(data)
+        outputs = model(inputs)
+        loss_sum += objective.loss(outputs, targets, reduction="sum")
+        sums += objective.tally(outputs, targets)
+    return loss_sum.item() / len(data), objective.metrics(sums.tolist(), len(data), "val")
 
 
 def fit(
@@ -294,16 +306,22 @@ def fit(
     *,
     on_epoch: OnEpoch,
     resume: CheckpointContent | None = None,
+    initial_weights: dict[str, torch.Tensor] | None = None,
     should_stop: ShouldStop = lambda: False,
 ) -> FitResult:
     """Train epochs (resume.epoch + 1 or 1) .. spec.epochs; after each, evaluate and hand over metrics and a
-    checkpoint to `on_epoch`. Stops early when the spec's early stopping says so; raises Interrupted when
-    `should_stop()` turns true."""
+    checkpoint to `on_epoch`. A fresh run starts from `initial_weights` (pretrained; the tensors whose names and
+    shapes fit). Stops early when the spec's early stopping says so; raises Interrupted when `should_stop()`
+    turns true."""
     info = dataset.info
+    preprocess = input_preprocess(spec.model, info.preprocess)
+    objective = Objective.of(spec.task, spec.loss, preprocess)
     torch.use_deterministic_algorithms(spec.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not spec.deterministic
     torch.manual_seed(spec.seed)
-    model = create_model(spec.model, info.preprocess.input_shape, info.num_classes)
+    model = create_model(spec.model, preprocess.input_shape, info.num_classes)
+    if initial_weights is not None and resume is None:
+        load_matching(model, initial_weights)
     numerics = resolve_numerics(spec.precision, device, model)
     model = model.to(device, memory_format=torch.channels_last if numerics.channels_last else torch.preserve_format)
     scaler = numerics.scaler()
@@ -339,31 +357,32 @@ def fit(
         return dump_checkpoint(
             epoch=epoch,
             spec=spec,
-            preprocess=info.preprocess,
+            preprocess=preprocess,
             class_names=info.class_names,
             model=model,
             optimizer=optimizer,
             trainer_state={**trainer_state(), **extra},
         )
 
-    train = DeviceSplit.of(dataset.train, device, info.preprocess if augment is None else None)
-    val = DeviceSplit.of(dataset.val, device, info.preprocess)
+    train = DeviceSplit.of(dataset.train, device, preprocess if augment is None else None)
+    val = DeviceSplit.of(dataset.val, device, preprocess)
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
         done, lr = EpochProgress(), optimizer.param_groups[0]["lr"]
         if interrupted is not None and epoch == first_epoch:
-            done = EpochProgress(**interrupted["progress"])
+            done = EpochProgress.from_dict(interrupted["progress"])
             lr = interrupted["lr"]  # the epoch's lr is the one it started with
             _set_rng_state(interrupted["rng"], device)  # dropout and augmentation go on as they would have
         else:
             torch.manual_seed(seed)
         started = time.perf_counter()
         try:
-            train_loss, train_accuracy = train_one_epoch(
+            train_loss, train_metrics = train_one_epoch(
                 model,
                 optimizer,
                 train,
-                info.preprocess,
+                preprocess,
+                objective,
                 batch_size=spec.batch_size,
                 generator=torch.Generator().manual_seed(seed),
                 augment=augment,
@@ -378,7 +397,7 @@ def fit(
             state = {"progress": asdict(stop.progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
             raise Interrupted(stop.progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
-        val_loss, val_accuracy = evaluate(model, val, info.preprocess, numerics)
+        val_loss, val_metrics = evaluate(model, val, preprocess, objective, numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "
@@ -387,9 +406,9 @@ def fit(
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
-            train_accuracy=train_accuracy,
             val_loss=val_loss,
-            val_accuracy=val_accuracy,
+            **train_metrics,
+            **val_metrics,
             lr=lr,
             duration_s=time.perf_counter() - started,
             samples_per_s=(len(train) - done.batches * spec.batch_size) / train_seconds,
@@ -415,4 +434,3 @@ def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None
     torch.set_rng_state(state["cpu"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-

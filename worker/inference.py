@@ -1,4 +1,4 @@
-"""A trained classifier rebuilt from its checkpoint: for one uploaded image, or for a whole split."""
+"""A trained model rebuilt from its checkpoint: for one uploaded image, rows of a table, or a whole split."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ class Predictor:
         self.spec = content.spec
         self.class_names = content.class_names
         self.preprocess = content.preprocess
+        self.tabular = content.preprocess.height == content.preprocess.width == 1
         self.model = create_model(content.spec.model, content.preprocess.input_shape, len(content.class_names))
         self.model.load_state_dict(content.model_state)
         self.model.to(self.device).eval()
@@ -44,8 +45,22 @@ class Predictor:
         ]
 
     @torch.inference_mode()
+    def predict_rows(self, rows: torch.Tensor, top_k: int = 1) -> list[float] | list[list[ClassScore]]:
+        """For a model trained on a table: each row's predicted target (regression, in the target's units) or
+        classes by descending probability."""
+        outputs = self.logits(rows.float().view(len(rows), -1, 1, 1))
+        if self.spec.task == "regression":
+            return (outputs[:, 0] * self.preprocess.target_std + self.preprocess.target_mean).tolist()
+        probabilities = torch.softmax(outputs, dim=1)
+        values, labels = probabilities.topk(min(top_k, len(self.class_names)), dim=1)
+        return [
+            [ClassScore(int(k), self.class_names[k], float(v)) for v, k in zip(vs, ks, strict=True)]
+            for vs, ks in zip(values.tolist(), labels.tolist(), strict=True)
+        ]
+
+    @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw outputs for uint8 (N, C, H, W) images, computed in batches; on the CPU."""
+        """Raw outputs for uint8 (N, C, H, W) images (or float (N, F, 1, 1) rows), in batches; on the CPU."""
         outputs = [
             self.model(normalize(images[i : i + BATCH_SIZE].to(self.device), self.preprocess)).float().cpu()
             for i in range(0, len(images), BATCH_SIZE)

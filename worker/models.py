@@ -1,27 +1,38 @@
 """Model registry (timm-style): a spec's `kind` names the builder. Training and inference both call
-`create_model`, so a checkpoint always rebuilds the exact architecture it was trained with."""
+`create_model`, so a checkpoint always rebuilds the exact architecture it was trained with.
+
+Builders get the input shape ((C, H, W); tabular rows are (F, 1, 1)) and the number of outputs (the dataset's
+classes, or 1 for regression). Pretrained weights are not loaded here: see `worker.pretrained`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+import torchvision
 from torch import nn
 
-from service.specs import CNNSpec, MLPSpec
+from service.specs import CNNSpec, LinearSpec, MLPSpec, PretrainedSpec, SequentialSpec
+from worker.preprocess import Preprocess
 
 InputShape = tuple[int, int, int]  # (C, H, W)
+Shape = tuple[int, ...]  # one example's shape, without the batch dimension
 Builder = Callable[[Any, InputShape, int], nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
 
 
-def register_model(kind: str) -> Callable[[Builder], Builder]:
+def register_model(*kinds: str) -> Callable[[Builder], Builder]:
     def decorator(builder: Builder) -> Builder:
-        if kind in _BUILDERS:
-            raise ValueError(f"model {kind!r} registered twice")
-        _BUILDERS[kind] = builder
+        for kind in kinds:
+            if kind in _BUILDERS:
+                raise ValueError(f"model {kind!r} registered twice")
+            _BUILDERS[kind] = builder
         return builder
 
     return decorator
@@ -31,15 +42,16 @@ def model_kinds() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def create_model(spec: Any, input_shape: InputShape, num_classes: int) -> nn.Module:
-    """Build the network a model spec describes, for inputs of `input_shape` and `num_classes` outputs."""
-    return _BUILDERS[spec.kind](spec, input_shape, num_classes)
+def create_model(spec: Any, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    """Build the network a model spec describes, for inputs of `input_shape` and `num_outputs` outputs.
+    Raises ShapeError when the spec cannot work on that input."""
+    return _BUILDERS[spec.kind](spec, input_shape, num_outputs)
 
 
-def count_parameters(spec: Any, input_shape: InputShape, num_classes: int) -> int:
+def count_parameters(spec: Any, input_shape: InputShape, num_outputs: int) -> int:
     """Parameters of the model a spec describes, built on the meta device: no memory, no initialisation."""
     with torch.device("meta"):
-        model = create_model(spec, input_shape, num_classes)
+        model = create_model(spec, input_shape, num_outputs)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -47,8 +59,102 @@ def uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+class ShapeError(ValueError):
+    """A layer that cannot take the shape its predecessor gives it; `index` is the layer's position."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+    @classmethod
+    def at(cls, index: int, kind: str, input_shape: Shape, problem: str) -> ShapeError:
+        return cls(index, f"layer {index} ({kind}) gets input of shape {list(input_shape)}: {problem}")
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    index: int
+    kind: str
+    output_shape: Shape
+    parameters: int
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    layers: list[LayerReport]
+    parameters: int
+    trainable_parameters: int
+    estimated_memory_bytes: int
+
+
+# Adam/AdamW keep two fp32 moments per trained parameter; SGD with momentum one.
+_OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "rmsprop": 2, "sgd": 1}
+
+
+def describe_model(spec: Any, input_shape: InputShape, num_outputs: int) -> ModelReport:
+    """What `POST /experiments:validate` shows of an experiment spec's model, computed on the meta device."""
+    with torch.device("meta"):
+        model = create_model(spec.model, input_shape, num_outputs)
+    layers, activations = describe(model, input_shape)
+    parameters = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    activations *= spec.batch_size
+    states = _OPTIMIZER_STATES[spec.optimizer.kind]
+    memory = 4 * (parameters + trainable * (1 + states) + 2 * activations)
+    return ModelReport(layers, parameters, trainable, memory)
+
+
+def _numel(shape: Shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def describe(model: nn.Module, input_shape: InputShape) -> tuple[list[LayerReport], int]:
+    """Each top-level layer's output shape and parameters, and the values all leaf modules output for one
+    example (what the backward pass keeps), from a forward pass of a meta-device model."""
+    children = list(model.named_children())
+    shapes: dict[int, Shape] = {}
+    activations = [0]
+
+    def count(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        activations[0] += _numel(tuple(out.shape[1:]))
+
+    hooks = [
+        child.register_forward_hook(lambda _m, _i, out, i=i: shapes.__setitem__(i, tuple(out.shape[1:])))
+        for i, (_, child) in enumerate(children)
+    ]
+    hooks += [m.register_forward_hook(count) for m in model.modules() if not any(m.children())]
+    try:
+        model.eval()(torch.empty((1, *input_shape), device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = [
+        LayerReport(i, _kind(child), shapes[i], sum(p.numel() for p in child.parameters()))
+        for i, (_, child) in enumerate(children)
+        if i in shapes
+    ]
+    return layers, activations[0]
+
+
+def _kind(module: nn.Module) -> str:
+    return getattr(module, "kind", None) or type(module).__name__.lower()
+
+
+def _conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@register_model("linear")
+def _linear(spec: LinearSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_outputs))
+
+
 @register_model("mlp")
-def _mlp(spec: MLPSpec, input_shape: InputShape, num_classes: int) -> nn.Module:
+def _mlp(spec: MLPSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
     c, h, w = input_shape
     layers: list[nn.Module] = [nn.Flatten()]
     width = c * h * w
@@ -57,26 +163,168 @@ def _mlp(spec: MLPSpec, input_shape: InputShape, num_classes: int) -> nn.Module:
         if spec.dropout:
             layers.append(nn.Dropout(spec.dropout))
         width = hidden
-    layers.append(nn.Linear(width, num_classes))
+    layers.append(nn.Linear(width, num_outputs))
     return nn.Sequential(*layers)
 
 
 @register_model("cnn")
-def _cnn(spec: CNNSpec, input_shape: InputShape, num_classes: int) -> nn.Module:
-    """Blocks of conv (same padding) -> ReLU -> 2x2 pool; pooling stops once the feature map is 1 pixel."""
+def _cnn(spec: CNNSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    """Blocks of conv -> [batchnorm] -> ReLU -> 2x2 pool; pooling stops once the feature map is 1 pixel."""
     c, h, w = input_shape
     pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}[spec.pool]
+    padding = spec.kernel_size // 2 if spec.padding is None else spec.padding
     layers: list[nn.Module] = []
-    for channels in spec.channels:
-        layers += [nn.Conv2d(c, channels, spec.kernel_size, padding=spec.kernel_size // 2), nn.ReLU()]
-        c = channels
-        # Even kernels grow the map by one pixel per conv with this padding.
-        h, w = h + 1 - spec.kernel_size % 2, w + 1 - spec.kernel_size % 2
+    for index, channels in enumerate(spec.channels):
+        h2, w2 = (_conv_size(s, spec.kernel_size, spec.stride, padding) for s in (h, w))
+        if min(h2, w2) < 1:
+            problem = f"its conv would output [{channels}, {h2}, {w2}]: use fewer blocks, a smaller stride or padding"
+            raise ShapeError.at(index, "conv block", (c, h, w), problem)
+        layers.append(nn.Conv2d(c, channels, spec.kernel_size, spec.stride, padding, bias=not spec.batchnorm))
+        if spec.batchnorm:
+            layers.append(nn.BatchNorm2d(channels))
+        layers.append(nn.ReLU())
+        c, h, w = channels, h2, w2
         if pool is not None and min(h, w) >= 2:
             layers.append(pool(2))
             h, w = h // 2, w // 2
     layers += [nn.Flatten(), nn.Linear(c * h * w, spec.hidden), nn.ReLU()]
     if spec.dropout:
         layers.append(nn.Dropout(spec.dropout))
-    layers.append(nn.Linear(spec.hidden, num_classes))
+    layers.append(nn.Linear(spec.hidden, num_outputs))
     return nn.Sequential(*layers)
+
+
+def _sequential_layer(layer: Any, index: int, shape: Shape, num_outputs: int) -> tuple[nn.Module, Shape]:
+    """One layer of a `sequential` spec for an input of `shape`, and its output shape."""
+
+    def fail(problem: str) -> ShapeError:
+        return ShapeError.at(index, layer.kind, shape, problem)
+
+    def spatial(what: str) -> tuple[int, int, int]:
+        if len(shape) != 3:
+            raise fail(f"{what} needs a [channels, height, width] input; this layer comes after a flatten or linear")
+        return shape  # type: ignore[return-value]
+
+    def shrunk(c: int, h: int, w: int, kernel: int, stride: int, padding: int) -> Shape:
+        out = (c, _conv_size(h, kernel, stride, padding), _conv_size(w, kernel, stride, padding))
+        if min(out[1:]) < 1:
+            raise fail(f"the output would be {list(out)}: the map is smaller than the kernel")
+        return out
+
+    kind = layer.kind
+    if kind == "conv2d":
+        c, h, w = spatial("conv2d")
+        if layer.in_channels not in (None, c):
+            raise fail(f"in_channels is {layer.in_channels} but the input has {c} channels")
+        out = shrunk(layer.out_channels, h, w, layer.kernel_size, layer.stride, layer.padding)
+        module = nn.Conv2d(c, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, bias=layer.bias)
+        return module, out
+    if kind == "batchnorm2d":
+        c, _, _ = spatial("batchnorm2d")
+        if layer.num_features not in (None, c):
+            raise fail(f"num_features is {layer.num_features} but the input has {c} channels")
+        return nn.BatchNorm2d(c), shape
+    if kind in ("maxpool2d", "avgpool2d"):
+        c, h, w = spatial(kind)
+        if layer.padding * 2 > layer.kernel_size:
+            raise fail(f"padding {layer.padding} is more than half of kernel_size {layer.kernel_size}")
+        stride = layer.stride or layer.kernel_size
+        pool = nn.MaxPool2d if kind == "maxpool2d" else nn.AvgPool2d
+        return pool(layer.kernel_size, stride, layer.padding), shrunk(c, h, w, layer.kernel_size, stride, layer.padding)
+    if kind == "adaptiveavgpool2d":
+        c, _, _ = spatial(kind)
+        return nn.AdaptiveAvgPool2d(layer.output_size), (c, layer.output_size, layer.output_size)
+    if kind == "flatten":
+        return nn.Flatten(), (_numel(shape),)
+    if kind == "linear":
+        if len(shape) != 1:
+            raise fail("linear needs a flat [features] input: put a flatten before it")
+        if layer.in_features not in (None, shape[0]):
+            raise fail(f"in_features is {layer.in_features} but the input has {shape[0]} features")
+        out = layer.out_features or num_outputs
+        return nn.Linear(shape[0], out, bias=layer.bias), (out,)
+    activations = {"relu": nn.ReLU, "gelu": nn.GELU, "dropout": lambda: nn.Dropout(layer.p)}
+    return activations[kind](), shape
+
+
+@register_model("sequential")
+def _sequential(spec: SequentialSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    shape: Shape = input_shape
+    modules = []
+    for index, layer in enumerate(spec.layers):
+        module, shape = _sequential_layer(layer, index, shape, num_outputs)
+        module.kind = layer.kind  # named as in the spec in `describe`
+        modules.append(module)
+    if shape != (num_outputs,):
+        last = len(spec.layers) - 1
+        raise ShapeError(
+            last,
+            f"layer {last} ({spec.layers[last].kind}) outputs {list(shape)} but the model must output "
+            f"[{num_outputs}] (one per class, or 1 for regression): end with a flatten and a linear layer "
+            "(its out_features may be left out)",
+        )
+    return nn.Sequential(*modules)
+
+
+# ImageNet's channel statistics, which ImageNet-trained weights expect their inputs standardised with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TransferNet(nn.Module):
+    """A torchvision backbone with a new head. Inputs are resized to `image_size` and grey ones repeated to three
+    channels. With `frozen`, the backbone is neither trained nor does it update its batchnorm statistics."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, image_size: int, frozen: bool) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.image_size, self.frozen = image_size, frozen
+        if frozen:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TransferNet:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return self.head(self.backbone(x))
+
+
+def _head(features: int, num_outputs: int, dropout: float) -> nn.Module:
+    linear = nn.Linear(features, num_outputs)
+    return nn.Sequential(nn.Dropout(dropout), linear) if dropout else linear
+
+
+TORCHVISION_KINDS = ("resnet18", "mobilenet_v2")
+
+
+@register_model(*TORCHVISION_KINDS)
+def _torchvision(spec: PretrainedSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    if input_shape[0] not in (1, 3):
+        raise ShapeError.at(0, spec.kind, input_shape, f"{spec.kind} takes grey or RGB images")
+    if spec.kind == "resnet18":
+        backbone = torchvision.models.resnet18()
+        features = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+    else:
+        net = torchvision.models.mobilenet_v2()
+        features = net.last_channel
+        backbone = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return TransferNet(backbone, _head(features, num_outputs, spec.dropout), spec.image_size, spec.freeze == "backbone")
+
+
+def input_preprocess(spec: Any, preprocess: Preprocess) -> Preprocess:
+    """The standardisation a model's inputs get: the dataset's, but ImageNet's for torchvision classifiers, whose
+    weights (ImageNet's, or an earlier run's starting from them) expect it."""
+    if spec.kind not in TORCHVISION_KINDS:
+        return preprocess
+    channels = preprocess.channels
+    mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,)
+    std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,)
+    return dataclasses.replace(preprocess, mean=mean, std=std)

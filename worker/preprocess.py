@@ -1,8 +1,9 @@
 """The one image pipeline that training and /predict share: uint8 pixels in, normalised floats out.
 
 Datasets are kept as uint8 (N, C, H, W) tensors; an uploaded image becomes one such (C, H, W) tensor through
-`image_to_uint8`, and both go through `normalize`. The `Preprocess` record travels inside every checkpoint, so
-inference never depends on the training data still being around.
+`image_to_uint8`, and both go through `normalize`. Tabular rows are float32 (N, F, 1, 1): F features as channels,
+so that standardising per channel standardises each feature and one pipeline serves both. The `Preprocess` record
+travels inside every checkpoint, so inference never depends on the training data still being around.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class Preprocess:
     width: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Regression: the target's statistics; the model learns (target - mean) / std.
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -38,6 +42,8 @@ class Preprocess:
             width=int(data["width"]),
             mean=tuple(float(m) for m in data["mean"]),
             std=tuple(float(s) for s in data["std"]),
+            target_mean=float(data.get("target_mean", 0.0)),
+            target_std=float(data.get("target_std", 1.0)),
         )
 
 
@@ -51,8 +57,8 @@ def image_to_uint8(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 in [0, 1]: where augmentations work."""
-    return images.float().div_(255.0)
+    """uint8 (N, C, H, W) -> float32 in [0, 1]: where augmentations work. Tabular features stay as they are."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
 def standardize(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
