@@ -17,7 +17,7 @@ from service.cache import LRUCache
 from service.deps import StoreDep
 from service.errors import install_error_handler
 from service.limits import BodySizeLimit
-from service.routers import experiments, sweeps
+from service.routers import datasets, experiments, sweeps
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
 from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
@@ -60,10 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        per_path={"/datasets": settings.max_dataset_bytes + MULTIPART_OVERHEAD},
+    )
     install_error_handler(app)
     app.include_router(experiments.router)
     app.include_router(sweeps.router)
+    app.include_router(datasets.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz(store: StoreDep) -> dict[str, str]:

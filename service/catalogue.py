@@ -1,29 +1,74 @@
-"""What the API checks about a spec before anything is queued: the dataset exists here, the run fits the
-server's budgets, and what to warn about."""
+"""What the API checks about a spec before anything is queued: the dataset exists here and suits the task, the
+model fits the data (shapes), its pretrained weights are here, the run fits the server's budgets; and what to
+warn about. Also where a spec's dataset is opened, built-in or uploaded, for the worker and the API alike."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
 from service.errors import InvalidInput
 from service.settings import Settings
-from service.specs import ExperimentSpec
+from service.specs import DatasetSpec, ExperimentSpec, FromExperiment
+from service.store import Store
 from worker.augment import augmentation_warnings
-from worker.datasets import DatasetInfo, DatasetUnavailable, UnknownDataset, check_available
-from worker.models import count_parameters
+from worker.datasets import (
+    Dataset,
+    DatasetInfo,
+    DatasetUnavailable,
+    UnknownDataset,
+    check_available,
+    dataset_info,
+    dataset_names,
+    load_dataset,
+    load_uploaded,
+    uploaded_info,
+)
+from worker.models import TORCHVISION_KINDS, ShapeError, count_parameters
+from worker.pretrained import WeightsUnavailable, locate
+
+Loc = Sequence[str | int]
 
 
-def dataset_for(spec: ExperimentSpec, data_dir: Path, loc: tuple[str, ...] = ("body",)) -> DatasetInfo:
+def dataset_for(spec: ExperimentSpec, settings: Settings, store: Store, loc: Loc = ("body",)) -> DatasetInfo:
+    """The spec's dataset: built in (its files here, or to be downloaded) or uploaded; 422 otherwise."""
+    name = spec.dataset.name
     try:
-        return check_available(spec.dataset.name, data_dir)
-    except (UnknownDataset, DatasetUnavailable) as exc:
-        raise InvalidInput(str(exc), loc=[*loc, "dataset", "name"]) from None
+        return check_available(name, settings.data_dir)
+    except DatasetUnavailable as exc:
+        info = dataset_info(name)
+        if spec.dataset.download and info.download is not None and settings.allow_downloads:
+            return info
+        hint = "" if settings.allow_downloads else " (this server does not download: TRAINLAB_ALLOW_DOWNLOADS)"
+        raise InvalidInput(f"{exc}{hint if spec.dataset.download else ''}", loc=[*loc, "dataset", "name"]) from None
+    except UnknownDataset:
+        upload = store.find_dataset(name)
+        if upload is None:
+            known = ", ".join([*dataset_names(), *(d.name for d in store.list_datasets())])
+            raise InvalidInput(f"unknown dataset {name!r}; known datasets: {known}", loc=[*loc, "dataset", "name"])
+        return uploaded_info(upload.name, upload.meta)
 
 
-def check_spec(spec: ExperimentSpec, settings: Settings, loc: tuple[str, ...] = ("body",)) -> list[str]:
+def open_dataset(spec: DatasetSpec, settings: Settings, store: Store) -> Dataset:
+    """The tensors of a spec's dataset (raises UnknownDataset / DatasetUnavailable / NotFound)."""
+    try:
+        return load_dataset(spec, settings.data_dir, allow_download=settings.allow_downloads)
+    except UnknownDataset:
+        upload = store.find_dataset(spec.name)
+        if upload is None:
+            raise
+        return load_uploaded(uploaded_info(upload.name, upload.meta), store.dataset_data(spec.name), spec)
+
+
+def check_spec(spec: ExperimentSpec, settings: Settings, store: Store, loc: Loc = ("body",)) -> list[str]:
     """Refuse a spec that cannot run here (422 naming the field); return the warnings it deserves."""
-    info = dataset_for(spec, settings.data_dir, loc)
-    parameters = count_parameters(spec.model, info.preprocess.input_shape, info.num_classes)
+    info = dataset_for(spec, settings, store, loc)
+    if spec.task != info.task:
+        raise InvalidInput(
+            f"dataset {info.name!r} is a {info.task} dataset; set task to {info.task!r}", loc=[*loc, "task"]
+        )
+    if info.tabular and spec.augment:
+        raise InvalidInput(f"dataset {info.name!r} is a table: image augmentations do not apply", loc=[*loc, "augment"])
+    parameters = _check_model(spec, info, settings, store, loc)
     if parameters > settings.max_parameters:
         raise InvalidInput(
             f"the model has {parameters:,} parameters; this server allows at most {settings.max_parameters:,} "
@@ -43,3 +88,33 @@ def check_spec(spec: ExperimentSpec, settings: Settings, loc: tuple[str, ...] = 
         channels=info.preprocess.channels,
         orientation_matters=info.orientation_matters,
     )
+
+
+def _check_model(spec: ExperimentSpec, info: DatasetInfo, settings: Settings, store: Store, loc: Loc) -> int:
+    """The model's parameter count, once it is known to fit the data and to have its weights here."""
+    model = spec.model
+    try:
+        parameters = count_parameters(model, info.preprocess.input_shape, info.num_classes)
+    except ShapeError as exc:
+        where = [*loc, "model", "layers", exc.index] if model.kind == "sequential" else [*loc, "model"]
+        raise InvalidInput(str(exc), loc=where) from None
+    if model.kind not in TORCHVISION_KINDS:
+        return parameters
+    pretrained_loc = [*loc, "model", "pretrained"]
+    if model.pretrained == "imagenet":
+        try:
+            locate(model.kind, settings.allow_downloads)
+        except WeightsUnavailable as exc:
+            raise InvalidInput(str(exc), loc=pretrained_loc) from None
+    elif isinstance(model.pretrained, FromExperiment):
+        source = store.find_experiment(model.pretrained.experiment)
+        if source is None or source.best is None:
+            raise InvalidInput(
+                f"experiment {model.pretrained.experiment} does not exist or has no trained checkpoint yet",
+                loc=pretrained_loc,
+            )
+        if source.spec.model.kind != model.kind:
+            raise InvalidInput(
+                f"experiment {source.id} trained a {source.spec.model.kind}, not a {model.kind}", loc=pretrained_loc
+            )
+    return parameters

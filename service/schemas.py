@@ -20,8 +20,10 @@ class Status(StrEnum):
 
 
 class BestEpoch(BaseModel):
+    """Highest validation accuracy (classification) or lowest validation loss (regression)."""
+
     epoch: int
-    val_accuracy: float
+    val_accuracy: float | None
     val_loss: float
 
 

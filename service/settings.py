@@ -15,7 +15,14 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/trainlab.db"
     # Where user-provided datasets and caches live; the bundled datasets ship inside the package.
     data_dir: Path = Path("var/data")
+    # Whether the server may fetch datasets ("download": true) and ImageNet weights from the internet.
+    allow_downloads: bool = False
     max_upload_bytes: Annotated[int, Field(ge=1)] = 10 * 1024 * 1024
+    # Uploaded datasets (POST /datasets): the archive itself, and what it may unpack to.
+    max_dataset_bytes: Annotated[int, Field(ge=1)] = 100 * 1024 * 1024
+    max_dataset_unpacked_bytes: Annotated[int, Field(ge=1)] = 500 * 1024 * 1024
+    max_dataset_files: Annotated[int, Field(ge=1)] = 100_000
+    max_compression_ratio: Annotated[float, Field(gt=1)] = 100.0
     # Decoded pixels per uploaded image; far below Pillow's own bomb limit (~89M).
     max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
     # Trained models kept in memory by the API for /predict.

@@ -168,13 +168,23 @@ class MetricRow(Base):
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     train_loss: Mapped[float] = mapped_column(Float)
-    train_accuracy: Mapped[float] = mapped_column(Float)
     val_loss: Mapped[float] = mapped_column(Float)
-    val_accuracy: Mapped[float] = mapped_column(Float)
+    # The task's metrics (see EpochMetrics); the other task's stay null.
+    train_accuracy: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    train_mae: Mapped[float | None] = mapped_column(Float)
+    val_mae: Mapped[float | None] = mapped_column(Float)
+    val_rmse: Mapped[float | None] = mapped_column(Float)
+    val_r2: Mapped[float | None] = mapped_column(Float)
     lr: Mapped[float] = mapped_column(Float)
     duration_s: Mapped[float] = mapped_column(Float)
     samples_per_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# The experiment's best epoch: highest val_accuracy (classification), lowest val_loss (regression, whose accuracy
+# is null); the earliest on ties, as `record_epoch` keeps it.
+BEST_FIRST = (func.coalesce(-MetricRow.val_accuracy, MetricRow.val_loss), MetricRow.epoch)
 
 
 class CheckpointRow(Base):
@@ -190,6 +200,20 @@ class CheckpointRow(Base):
     # Last: SQLite reads a row's columns in order, and would otherwise walk the blob's overflow pages to reach
     # the hash (milliseconds on every /predict).
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DatasetRow(Base):
+    """An uploaded dataset, decoded once at upload: its description, and its tensors as one blob (no shared
+    filesystem between API and workers)."""
+
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    meta: Mapped[dict] = mapped_column(JSON)  # task, class names, counts, preprocess, ... (DatasetMeta)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # last, as in `checkpoints`
 
 
 class ResumePointRow(Base):
@@ -232,6 +256,15 @@ class Idempotency:
 
     key: str
     request_hash: str
+
+
+@dataclass(frozen=True)
+class DatasetUpload:
+    name: str
+    meta: dict
+    sha256: str
+    size_bytes: int
+    created_at: datetime
 
 
 class SchemaOutOfDate(RuntimeError):
@@ -440,6 +473,12 @@ class Store:
         with self._read() as session:
             return [SweepSummary.model_validate(row, from_attributes=True) for row in session.execute(query)]
 
+    def find_experiment(self, experiment_id: int) -> ExperimentPublic | None:
+        try:
+            return self.get_experiment(experiment_id)
+        except NotFound:
+            return None
+
     def get_experiment(self, experiment_id: int) -> ExperimentPublic:
         with self._read() as session:
             return _public(self._row(session, experiment_id))
@@ -552,6 +591,53 @@ class Store:
             ).all()
             return [CheckpointRef(experiment_id, row.epoch, row.sha256) for row in rows]
 
+    def create_dataset(self, name: str, meta: dict, data: bytes) -> DatasetUpload:
+        """Store an uploaded dataset; 409 if the name is taken."""
+        upload = DatasetUpload(name, meta, hashlib.sha256(data).hexdigest(), len(data), utcnow())
+        try:
+            with self._write() as session:
+                session.add(DatasetRow(**vars(upload), data=data))
+        except IntegrityError:
+            raise Conflict(f"a dataset named {name!r} exists already; DELETE it first or pick another name") from None
+        return upload
+
+    def list_datasets(self) -> list[DatasetUpload]:
+        with self._read() as session:
+            columns = DatasetRow.name, DatasetRow.meta, DatasetRow.sha256, DatasetRow.size_bytes, DatasetRow.created_at
+            rows = session.execute(select(*columns).order_by(DatasetRow.name)).all()
+            return [DatasetUpload(*row) for row in rows]
+
+    def find_dataset(self, name: str) -> DatasetUpload | None:
+        return next((d for d in self.list_datasets() if d.name == name), None)
+
+    def dataset_data(self, name: str) -> bytes:
+        """The blob, checked against its SHA-256."""
+        with self._read() as session:
+            row = session.execute(select(DatasetRow.data, DatasetRow.sha256).where(DatasetRow.name == name)).first()
+        if row is None:
+            raise NotFound(f"no uploaded dataset named {name!r}")
+        if hashlib.sha256(row.data).hexdigest() != row.sha256:
+            raise Conflict(f"the stored data of dataset {name!r} is damaged (checksum mismatch)")
+        return row.data
+
+    def delete_dataset(self, name: str) -> None:
+        """409 while a queued or running experiment trains on it."""
+        active = [Status.queued.value, Status.running.value]
+        with self._write() as session:
+            if session.get(DatasetRow, name) is None:
+                raise NotFound(f"no uploaded dataset named {name!r}")
+            running = session.execute(
+                select(ExperimentRow.id, ExperimentRow.spec).where(ExperimentRow.status.in_(active))
+                .order_by(ExperimentRow.id)
+            ).all()  # fmt: skip
+            using = [i for i, spec in running if spec["dataset"]["name"] == name]
+            if using:
+                raise Conflict(
+                    f"dataset {name!r} is used by queued or running experiments {', '.join(map(str, using))}: "
+                    "cancel them or wait for them to finish"
+                )
+            session.execute(delete(DatasetRow).where(DatasetRow.name == name))
+
     @staticmethod
     def _row(session: Session, experiment_id: int) -> ExperimentRow:
         row = session.get(ExperimentRow, experiment_id)
@@ -654,7 +740,7 @@ class Store:
             best = session.execute(
                 select(MetricRow.epoch, MetricRow.val_accuracy, MetricRow.val_loss)
                 .where(MetricRow.experiment_id == job.id)
-                .order_by(MetricRow.val_accuracy.desc(), MetricRow.epoch)
+                .order_by(*BEST_FIRST)
                 .limit(1)
             ).first()
             if best is not None:
@@ -669,9 +755,11 @@ class Store:
     def record_epoch(self, job: ClaimedJob, metrics: EpochMetrics, checkpoint: bytes) -> None:
         """One transaction: the epoch's metrics row, its checkpoint, and the experiment's progress."""
         now = utcnow()
-        improved = or_(
-            ExperimentRow.best_val_accuracy.is_(None), ExperimentRow.best_val_accuracy < metrics.val_accuracy
-        )
+        if metrics.val_accuracy is not None:
+            better = ExperimentRow.best_val_accuracy < metrics.val_accuracy
+        else:  # regression: the lowest validation loss
+            better = ExperimentRow.best_val_loss > metrics.val_loss
+        improved = or_(ExperimentRow.best_epoch.is_(None), better)
         with self._write() as session:
             # The fenced update goes first: it takes the write lock and proves the job is still ours.
             _update_owned(
@@ -775,11 +863,7 @@ def _apply_retention(session: Session, job: ClaimedJob) -> None:
     policy = job.spec.checkpoints
     of_job = MetricRow.experiment_id == job.id
     last = select(MetricRow.epoch).where(of_job).order_by(MetricRow.epoch.desc()).limit(policy.keep_last)
-    # Same order as the experiment's `best`: highest val_accuracy, earliest epoch on ties.
-    best = (
-        select(MetricRow.epoch).where(of_job)
-        .order_by(MetricRow.val_accuracy.desc(), MetricRow.epoch).limit(policy.keep_best)
-    )  # fmt: skip
+    best = select(MetricRow.epoch).where(of_job).order_by(*BEST_FIRST).limit(policy.keep_best)
     session.execute(
         delete(CheckpointRow).where(
             CheckpointRow.experiment_id == job.id,

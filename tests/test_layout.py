@@ -13,7 +13,8 @@ import yaml
 from tests.conftest import REPO
 
 ENGINE_MODULES = [
-    "engine", "datasets", "models", "preprocess", "checkpoints", "inference", "augment", "evaluation", "previews"
+    "engine", "datasets", "models", "preprocess", "checkpoints", "inference", "augment", "evaluation", "previews",
+    "objectives", "pretrained",
 ]
 
 

@@ -14,19 +14,21 @@ from dataclasses import dataclass
 
 import torch
 
+from service.catalogue import open_dataset
 from service.schemas import Status
 from service.settings import Settings
-from service.specs import EpochMetrics
+from service.specs import EpochMetrics, ExperimentSpec, FromExperiment
 from service.store import ClaimedJob, CorruptCheckpoint, LeaseLost, Store
 from worker.checkpoints import CheckpointContent, UnreadableCheckpoint, load_checkpoint
-from worker.datasets import load_dataset
 from worker.engine import Interrupted, fit, resolve_device, runtime_environment
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.lease import Lease
 from worker.numerics import resolve_precision
+from worker.pretrained import imagenet_state
 
 log = logging.getLogger("trainlab.worker")
+VAL_METRICS = {"val_accuracy", "val_mae", "val_rmse", "val_r2"}
 
 
 @dataclass(frozen=True)
@@ -162,25 +164,40 @@ class Worker:
         environment = {**runtime_environment(device), "precision": resolve_precision(spec.precision, device)}
         self.store.heartbeat(job, device=str(device), environment=environment)
         resume = self._resume_point(job, device)
-        dataset = load_dataset(spec.dataset, self.settings.data_dir)
+        dataset = open_dataset(spec.dataset, self.settings, self.store)
+        initial_weights = self._initial_weights(spec) if resume is None else None
 
         def record(metrics: EpochMetrics, checkpoint: bytes) -> None:
             self.store.record_epoch(job, metrics, checkpoint)
             log.info(
-                "experiment %d epoch %d/%d: train_loss=%.4f val_loss=%.4f val_accuracy=%.4f (%.1fs, %.0f samples/s)",
+                "experiment %d epoch %d/%d: train_loss=%.4f val_loss=%.4f %s (%.1fs, %.0f samples/s)",
                 job.id, metrics.epoch, spec.epochs, metrics.train_loss, metrics.val_loss,
-                metrics.val_accuracy, metrics.duration_s, metrics.samples_per_s,
+                " ".join(f"{k}={v:.4f}" for k, v in metrics.model_dump(include=VAL_METRICS).items() if v is not None),
+                metrics.duration_s, metrics.samples_per_s,
             )  # fmt: skip
 
         with InOrderRecorder(record) as recorder:
-            result = fit(spec, dataset, device, on_epoch=recorder.submit, resume=resume, should_stop=should_stop)
+            result = fit(
+                spec, dataset, device, on_epoch=recorder.submit, resume=resume, initial_weights=initial_weights,
+                should_stop=should_stop,
+            )  # fmt: skip
         test = None
-        if dataset.test is not None:
+        if dataset.test is not None and spec.task == "classification":
             best = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)
             evaluation = Evaluation.of(best, dataset.test)
             test = (evaluation.loss, evaluation.accuracy)
             log.info("experiment %d: epoch %d on the test split: accuracy %.4f", job.id, best.epoch, test[1])
         return Outcome(result.stop_reason, test)
+
+    def _initial_weights(self, spec: ExperimentSpec) -> dict[str, torch.Tensor] | None:
+        """Pretrained weights a torchvision classifier starts from: ImageNet's, or an earlier experiment's best."""
+        pretrained = getattr(spec.model, "pretrained", "none")
+        if pretrained == "imagenet":
+            return imagenet_state(spec.model.kind, self.settings.allow_downloads)
+        if isinstance(pretrained, FromExperiment):
+            ref = self.store.find_checkpoint(pretrained.experiment)
+            return load_checkpoint(self.store.checkpoint_data(ref)).model_state
+        return None
 
     def _finish(self, job: ClaimedJob, status: Status, error: str | None = None, **outcome) -> None:
         try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 from fastapi import APIRouter, File, Path, Query, Response, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.catalogue import check_spec, dataset_for
+from service.catalogue import check_spec, dataset_for, open_dataset
 from service.compare import Comparison, compare
 from service.deps import (
     EvaluationsDep,
@@ -27,9 +28,10 @@ from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec
 from service.store import CheckpointRef, CorruptCheckpoint, Store
 from worker.checkpoints import UnreadableCheckpoint
-from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset, load_dataset
+from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
+from worker.models import describe_model
 from worker.previews import augmentation_samples
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
@@ -39,9 +41,23 @@ ExperimentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 Epoch = Annotated[int, Query(ge=1, le=1000, description="an epoch whose checkpoint was kept; default: the best")]
 
 
+class LayerShape(BaseModel):
+    index: int
+    kind: str
+    output_shape: list[int]  # one example's, without the batch dimension
+    parameters: int
+
+
 class Validation(BaseModel):
     spec: ExperimentSpec
     warnings: list[str]
+    input_shape: list[int]
+    layers: list[LayerShape]
+    parameters: int
+    trainable_parameters: int
+    # Weights, gradients, optimizer state and one batch's activations (kept for the backward pass), in fp32:
+    # an order of magnitude, not a promise.
+    estimated_memory_bytes: int
 
 
 class Confusion(BaseModel):
@@ -58,7 +74,7 @@ def submit_experiment(
 ):
     """Queue an experiment. With an `Idempotency-Key` header, a retry of the same request returns the experiment
     the first one created (200) instead of queueing another; the same key with a different body is a 422."""
-    warnings = check_spec(spec, settings)
+    warnings = check_spec(spec, settings, store)
     experiment, created = store.create_experiment(spec, warnings=warnings, idempotency=idempotency(key, spec))
     mark_replayed(response, created)
     response.headers["Location"] = f"/experiments/{experiment.id}"
@@ -66,16 +82,32 @@ def submit_experiment(
 
 
 @router.post(":validate", response_model=Validation)
-def validate_experiment(spec: ExperimentSpec, settings: SettingsDep):
-    """Dry run: the spec with every default filled in and what it would be warned about; nothing is queued."""
-    return Validation(spec=spec, warnings=check_spec(spec, settings))
+def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: StoreDep):
+    """Dry run, nothing queued: the spec with every default filled in, each layer's output shape and parameters,
+    an estimate of the training memory, and the warnings it would get. The same checks as POST /experiments:
+    a layer that cannot take its input is a 422 naming the layer's index and shapes."""
+    warnings = check_spec(spec, settings, store)
+    info = dataset_for(spec, settings, store)
+    report = describe_model(spec, info.preprocess.input_shape, info.num_classes)
+    return Validation(
+        spec=spec,
+        warnings=warnings,
+        input_shape=list(info.preprocess.input_shape),
+        layers=[
+            LayerShape(index=r.index, kind=r.kind, output_shape=list(r.output_shape), parameters=r.parameters)
+            for r in report.layers
+        ],  # fmt: skip
+        parameters=report.parameters,
+        trainable_parameters=report.trainable_parameters,
+        estimated_memory_bytes=report.estimated_memory_bytes,
+    )
 
 
 @router.post(":validate/augmentations.png", response_class=Response, responses=PNG_RESPONSE)
-def preview_augmentations(spec: ExperimentSpec, settings: SettingsDep):
+def preview_augmentations(spec: ExperimentSpec, settings: SettingsDep, store: StoreDep):
     """Real training images of the spec's dataset after its augmentations, before submitting it."""
-    dataset_for(spec, settings.data_dir)
-    return png_response(_augmentation_grid(spec, settings, "preview"))
+    dataset_for(spec, settings, store)
+    return png_response(_augmentation_grid(spec, settings, store, "preview"))
 
 
 @router.get("", response_model=ExperimentList)
@@ -115,7 +147,7 @@ def get_experiment(experiment_id: ExperimentId, store: StoreDep):
 def rerun_experiment(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, response: Response):
     """Queue the identical spec again (same seed): on the same device kind it reproduces the same metrics."""
     spec = store.get_experiment(experiment_id).spec
-    experiment, _ = store.create_experiment(spec, warnings=check_spec(spec, settings), rerun_of=experiment_id)
+    experiment, _ = store.create_experiment(spec, warnings=check_spec(spec, settings, store), rerun_of=experiment_id)
     response.headers["Location"] = f"/experiments/{experiment.id}"
     return experiment
 
@@ -150,19 +182,21 @@ def get_curves(experiment_id: ExperimentId, store: StoreDep):
 def get_augmentations(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep):
     """Real training images after this experiment's augmentations: each row one random draw."""
     experiment = store.get_experiment(experiment_id)
-    return png_response(_augmentation_grid(experiment.spec, settings, f"#{experiment.id}"))
+    return png_response(_augmentation_grid(experiment.spec, settings, store, f"#{experiment.id}"))
 
 
-def _dataset(spec: ExperimentSpec, settings: Settings) -> Dataset:
-    """The stored experiment's dataset; 409 if this server no longer has its files."""
+def _dataset(spec: ExperimentSpec, settings: Settings, store: Store) -> Dataset:
+    """The stored experiment's dataset; 409 if this server no longer has it."""
     try:
-        return load_dataset(spec.dataset, settings.data_dir)
+        return open_dataset(spec.dataset, settings, store)
     except (UnknownDataset, DatasetUnavailable) as exc:
         raise Conflict(f"this server cannot load the experiment's dataset: {exc}") from None
 
 
-def _augmentation_grid(spec: ExperimentSpec, settings: Settings, label: str) -> bytes:
-    dataset = _dataset(spec, settings)
+def _augmentation_grid(spec: ExperimentSpec, settings: Settings, store: Store, label: str) -> bytes:
+    if spec.augment and dataset_for(spec, settings, store).tabular:
+        raise Conflict("the dataset is a table: there are no images to augment")
+    dataset = _dataset(spec, settings, store)
     kinds = ", ".join(a.kind for a in spec.augment) or "no augmentation"
     return render_image_rows(augmentation_samples(spec, dataset), f"{label} {spec.dataset.name}: {kinds}")
 
@@ -200,10 +234,13 @@ def get_misclassified(
 def _evaluate(
     experiment_id: int, epoch: int | None, store: Store, settings: Settings, evaluations, predictors
 ) -> Evaluation:
+    spec = store.get_experiment(experiment_id).spec
+    if spec.task != "classification":
+        raise Conflict(f"experiment {experiment_id} is a {spec.task}: confusion matrices are for classifiers")
     ref = store.find_checkpoint(experiment_id, epoch)
 
     def build() -> Evaluation:
-        val = _dataset(store.get_experiment(experiment_id).spec, settings).val
+        val = _dataset(spec, settings, store).val
         return Evaluation.of(_predictor(ref, store, predictors), val)
 
     return evaluations.get(ref, build)
@@ -236,8 +273,10 @@ def predict(
         raise PayloadTooLarge(f"upload is {file.size} bytes; the limit is {settings.max_upload_bytes}")
     # Resolve the checkpoint first: an unknown id or an untrained model is answered before any decoding.
     ref = store.find_checkpoint(experiment_id, epoch)
-    image = decode_image(file.file.read(settings.max_upload_bytes + 1), max_pixels=settings.max_image_pixels)
     predictor = _predictor(ref, store, predictors)
+    if predictor.tabular:
+        raise Conflict(f"experiment {experiment_id} learned from a table: POST its rows to .../predict/rows")
+    image = decode_image(file.file.read(settings.max_upload_bytes + 1), max_pixels=settings.max_image_pixels)
     scores = predictor.predict(image, top_k=top_k)
     return Prediction(
         label=scores[0].label,
@@ -247,3 +286,45 @@ def predict(
         ],
         epoch=predictor.epoch,
     )
+
+
+class Rows(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    rows: Annotated[
+        list[Annotated[list[float], Field(min_length=1, max_length=10_000)]], Field(min_length=1, max_length=10_000)
+    ]
+
+
+class RowPredictions(BaseModel):
+    epoch: int
+    # Regression: the predicted target of each row, in its own units.
+    values: list[float] | None = None
+    # Classification: each row's classes, most probable first.
+    classes: list[list[ClassProbability]] | None = None
+
+
+@router.post("/{experiment_id}/predict/rows", response_model=RowPredictions)
+def predict_rows(
+    experiment_id: ExperimentId,
+    body: Rows,
+    store: StoreDep,
+    predictors: PredictorsDep,
+    epoch: Epoch | None = None,
+    top_k: Annotated[int, Query(ge=1, le=1000)] = 1,
+):
+    """For a model trained on a table (a CSV upload, `diabetes`): predict each row of features, given in the
+    dataset's column order without the target."""
+    predictor = _predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
+    if not predictor.tabular:
+        raise Conflict(f"experiment {experiment_id} learned from images: POST an image to .../predict")
+    width = predictor.preprocess.channels
+    for i, row in enumerate(body.rows):
+        if len(row) != width:
+            raise InvalidInput(f"row {i} has {len(row)} values; the model takes {width}", loc=["body", "rows", i])
+    out = predictor.predict_rows(torch.tensor(body.rows), top_k=top_k)
+    if predictor.spec.task == "regression":
+        return RowPredictions(epoch=predictor.epoch, values=out)
+    classes = [[ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in row]
+               for row in out]  # fmt: skip
+    return RowPredictions(epoch=predictor.epoch, classes=classes)

@@ -27,7 +27,7 @@ def create_sweep(
     """Expand the grid / random draws into trials and queue one experiment each (all or none).
     `Idempotency-Key` works as for POST /experiments."""
     trials = [
-        Trial(spec=spec, params=params, warnings=check_spec(spec, settings, loc=("body", "base")))
+        Trial(spec=spec, params=params, warnings=check_spec(spec, settings, store, loc=("body", "base")))
         for params, spec in expand(request)
     ]
     sweep_id, created = store.create_sweep(

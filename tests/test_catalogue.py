@@ -1,0 +1,304 @@
+"""The catalogue through the HTTP API: standard, bundled and uploaded datasets; layer lists checked before anything
+is queued; regression; losses. Real data throughout (the shared ImageFolder sets, the bundled tables)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.specs import ExperimentSpec
+from tests.conftest import deployment, wait_for_status
+from tests.datafiles import CIFAR_MINI, SHARED, diabetes_csv, png_bytes, zip_entries, zip_folder
+from worker import datasets
+from worker.datasets import load_dataset, read_cifar_batch
+from worker.engine import fit
+
+BUILTIN = {"cifar10", "diabetes", "digits", "fashion-mnist", "fashion-mnist-10k", "mnist", "mnist-10k"}
+
+
+@pytest.fixture
+def api(tmp_path: Path, db_url: str, client_for):
+    # Small caps, so that the limits are reached by small test archives.
+    with deployment(tmp_path, db_url, TRAINLAB_MAX_DATASET_FILES="40", TRAINLAB_MAX_COMPRESSION_RATIO="50") as dep:
+        yield dep, client_for(dep)
+
+
+def _upload(client, name: str, data: bytes, filename: str = "data.zip", **form):
+    return client.post("/datasets", data={"name": name, **form}, files={"file": (filename, data)})
+
+
+def test_standard_datasets_name_their_missing_files(api) -> None:
+    dep, client = api
+    (dep.root / "data").mkdir(exist_ok=True)
+    # The shared MNIST folder has the test split and the training labels, but not the training images.
+    (dep.root / "data" / "mnist").symlink_to(SHARED / "mnist")
+    listed = {d["name"]: d for d in client.get("/datasets").json()}
+    assert set(listed) == BUILTIN
+    assert listed["mnist"]["available"] is False and listed["mnist-10k"]["available"] is True
+    assert listed["diabetes"]["task"] == "regression" and listed["diabetes"]["input_shape"] == [10, 1, 1]
+    assert listed["fashion-mnist"]["available"] == datasets.SYSTEM_FASHION_DIR.is_dir()
+
+    spec = {"dataset": {"name": "mnist"}, "model": {"kind": "mlp"}}
+    refused = client.post("/experiments", json=spec)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["detail"][0]
+    assert error["loc"] == ["body", "dataset", "name"]
+    assert "train-images-idx3-ubyte" in error["msg"] and str(dep.root / "data" / "mnist") in error["msg"]
+    cifar = client.post("/experiments", json={"dataset": {"name": "cifar10"}, "model": {"kind": "cnn"}})
+    assert cifar.status_code == 422 and "cifar-10-batches-py" in cifar.text and "data_batch_1" in cifar.text
+    # This server does not download: asking for it says so.
+    download = client.post("/experiments", json={**spec, "dataset": {"name": "mnist", "download": True}})
+    assert download.status_code == 422 and "TRAINLAB_ALLOW_DOWNLOADS" in download.text
+    assert client.get("/experiments").json()["total"] == 0
+
+
+def test_cifar_python_batches_load_and_refuse_foreign_pickles(tmp_path: Path) -> None:
+    from tests.datafiles import write_cifar_batches
+
+    folder = write_cifar_batches(tmp_path)
+    dataset = load_dataset(ExperimentSpec.model_validate(
+        {"dataset": {"name": "cifar10", "val_fraction": 0.1}, "model": {"kind": "cnn"}}
+    ).dataset, tmp_path)  # fmt: skip
+    assert dataset.train.images.shape[1:] == (3, 32, 32) and dataset.train.images.dtype == torch.uint8
+    assert len(dataset.train) + len(dataset.val) == 2000 and len(dataset.test) == 500
+    # Pixels as the JPEG decodes them, channel-major as in the real batches.
+    first = Image.open(sorted((CIFAR_MINI / "val" / "airplane").glob("*.jpg"))[0]).convert("RGB")
+    assert torch.equal(dataset.test.images[0].permute(1, 2, 0), torch.from_numpy(np.array(first)))
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    (folder / "evil").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": []}))
+    with pytest.raises(pickle.UnpicklingError, match="holds no"):
+        read_cifar_batch(folder / "evil")
+    assert not (tmp_path / "pwned").exists()
+
+
+BAD_ZIPS = {
+    "zip-slip": ({"train/a/../../evil.png": b"x"}, 422, "leave the archive"),
+    "absolute": ({"/train/a/x.png": b"x"}, 422, "absolute paths"),
+    "symlink": ({"train/a/x.png": b"/etc/passwd"}, 422, "symbolic links"),
+    "bomb": ({"train/a/zeros.png": bytes(4_000_000)}, 413, "unpacks"),
+    "too many files": ({f"train/a/{i}.png": b"x" for i in range(41)}, 413, "41 files"),
+    "one class": ({"train/a/1.png": "IMG0", "train/a/2.png": "IMG1"}, 422, "at least two class folders"),
+    "undecodable": ({"train/a/1.png": "IMG0", "train/b/2.png": b"not an image"}, 422, "train/b/2.png"),
+    "layout": ({"images/a/1.png": "IMG0"}, 422, "ImageFolder layout"),
+    "val class": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1", "val/c/3.png": "IMG2"}, 422, "val/ has classes"),
+    "not a zip": ({}, 422, "not a readable zip"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ZIPS)
+def test_bad_archives_are_refused_and_nothing_is_stored(api, case: str) -> None:
+    _, client = api
+    entries, status, message = BAD_ZIPS[case]
+    real = {f"IMG{i}": png_bytes(CIFAR_MINI, i) for i in range(3)}
+    entries = {name: real.get(data, data) if isinstance(data, str) else data for name, data in entries.items()}
+    data = b"PK\x03\x04 truncated" if case == "not a zip" else zip_entries(
+        entries, symlinks=("train/a/x.png",) if case == "symlink" else ()
+    )  # fmt: skip
+    response = _upload(client, "bad", data)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert client.get("/datasets/bad").status_code == 404
+    assert [d["name"] for d in client.get("/datasets").json()] == sorted(BUILTIN)
+
+
+def test_uploaded_image_folder_trains_and_cannot_be_deleted_while_used(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url) as dep:
+        client = client_for(dep)
+        # Zipped as a folder is (one top directory), with its val/ split.
+        response = _upload(client, "cifar-mini", zip_folder(CIFAR_MINI, top="cifar10-mini"))
+        assert response.status_code == 201, response.text
+        created = response.json()
+        assert created["source"] == "uploaded" and created["input_shape"] == [3, 32, 32]
+        assert created["class_names"][:3] == ["airplane", "automobile", "bird"]
+        assert created["counts"]["train"]["cat"] == 200 and created["counts"]["val"]["truck"] == 50
+        assert _upload(client, "cifar-mini", zip_folder(CIFAR_MINI)).status_code == 409
+        assert _upload(client, "mnist", zip_folder(CIFAR_MINI)).status_code == 409  # a built-in name
+        samples = client.get("/datasets/cifar-mini/samples.png")
+        assert samples.status_code == 200 and Image.open(io.BytesIO(samples.content)).format == "PNG"
+
+        spec = {
+            "name": "cnn on an upload", "dataset": {"name": "cifar-mini"}, "epochs": 3,
+            "model": {"kind": "cnn", "channels": [32, 64], "batchnorm": True}, "precision": "fp32",
+        }  # fmt: skip
+        experiment = client.post("/experiments", json=spec).json()
+        # Queued on it: the dataset stays.
+        refused = client.delete("/datasets/cifar-mini")
+        assert refused.status_code == 409 and str(experiment["id"]) in refused.text
+        dep.start_worker()
+        done = wait_for_status(client, experiment["id"], {"succeeded", "failed"})
+        assert done["status"] == "succeeded", done["error"]
+        # Its own val/ split is the validation set: 500 images, 10 classes (chance 0.10).
+        assert done["best"]["val_accuracy"] > 0.3, done
+        prediction = client.post(
+            f"/experiments/{experiment['id']}/predict", files={"file": ("x.png", png_bytes(CIFAR_MINI / "val"))}
+        )
+        assert prediction.status_code == 200 and prediction.json()["class_name"] in created["class_names"]
+
+        assert client.delete("/datasets/cifar-mini").status_code == 204
+        assert client.get("/datasets/cifar-mini").status_code == 404
+        # The trained model does not need the dataset to answer.
+        again = client.post(
+            f"/experiments/{experiment['id']}/predict", files={"file": ("x.png", png_bytes(CIFAR_MINI / "val"))}
+        )
+        assert again.status_code == 200
+
+
+def test_photos_of_different_sizes_need_an_image_size(api) -> None:
+    _, client = api
+    from tests.datafiles import HYMENOPTERA_MINI
+
+    photos = {f"train/{c}/{p.name}": p.read_bytes() for c in ("ants", "bees")
+              for p in sorted((HYMENOPTERA_MINI / "train" / c).glob("*.jpg"))[:4]}  # fmt: skip
+    refused = _upload(client, "hymenoptera", zip_entries(photos))
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "image_size"]
+    accepted = _upload(client, "hymenoptera", zip_entries(photos), image_size="64")
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["input_shape"] == [3, 64, 64] and accepted.json()["counts"]["train"] == {
+        "ants": 4,
+        "bees": 4,
+    }
+
+
+TWO_ORDERS = {
+    # The same layers; batchnorm and the pool on either side of the activation.
+    "conv-bn-relu-pool": ["conv2d", "batchnorm2d", "relu", "maxpool2d"],
+    "conv-relu-pool-bn": ["conv2d", "relu", "maxpool2d", "batchnorm2d"],
+}
+
+
+def _layers(order: list[str]) -> list[dict]:
+    block = {"conv2d": {"kind": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}}
+    layers = [block.get(kind, {"kind": kind}) for kind in order] * 2
+    return [*layers, {"kind": "flatten"}, {"kind": "dropout", "p": 0.2}, {"kind": "linear"}]
+
+
+def test_layer_lists_are_shape_checked_before_anything_is_queued(api) -> None:
+    _, client = api
+    reports = {}
+    for name, order in TWO_ORDERS.items():
+        spec = {"dataset": {"name": "mnist-10k"}, "model": {"kind": "sequential", "layers": _layers(order)}}
+        response = client.post("/experiments:validate", json=spec)
+        assert response.status_code == 200, response.text
+        reports[name] = response.json()
+    a, b = reports.values()
+    assert a["input_shape"] == [1, 28, 28]
+    assert [layer["output_shape"] for layer in a["layers"]][:4] == [
+        [16, 28, 28],
+        [16, 28, 28],
+        [16, 28, 28],
+        [16, 14, 14],
+    ]
+    assert a["layers"][-1] == {"index": 10, "kind": "linear", "output_shape": [10], "parameters": 16 * 7 * 7 * 10 + 10}
+    # Same parameters, a different order; batchnorm after the pool sees a map 4x smaller.
+    assert a["parameters"] == b["parameters"] == a["trainable_parameters"] > 0
+    assert a["estimated_memory_bytes"] > b["estimated_memory_bytes"] > 4 * a["parameters"]
+    assert a["spec"]["model"]["layers"][0]["in_channels"] is None  # inferred, as written
+
+    wrong = [({"kind": "linear", "out_features": 32}, {"kind": "flatten"}, {"kind": "linear"}), 0, "[1, 28, 28]"]
+    shrinking = [
+        ({"kind": "conv2d", "out_channels": 8, "kernel_size": 5}, {"kind": "maxpool2d", "kernel_size": 4},
+         {"kind": "conv2d", "out_channels": 8, "kernel_size": 7}, {"kind": "flatten"}, {"kind": "linear"}),
+        2, "[8, 6, 6]",
+    ]  # fmt: skip
+    for layers, index, shape in (wrong, shrinking):
+        spec = {"dataset": {"name": "mnist-10k"}, "model": {"kind": "sequential", "layers": list(layers)}}
+        for endpoint in ("/experiments:validate", "/experiments"):
+            response = client.post(endpoint, json=spec)
+            assert response.status_code == 422, response.text
+            error = response.json()["detail"][0]
+            assert error["loc"] == ["body", "model", "layers", index]
+            assert f"layer {index}" in error["msg"] and shape in error["msg"]
+    assert "[8, 0, 0]" in client.post("/experiments", json={
+        "dataset": {"name": "mnist-10k"}, "model": {"kind": "sequential", "layers": list(shrinking[0])}
+    }).text  # fmt: skip
+    # A built-in model too big for the input; a regression spec on a classification dataset.
+    cnn = {
+        "dataset": {"name": "digits"},
+        "model": {"kind": "cnn", "channels": [8, 8, 8, 8], "pool": "none", "kernel_size": 5, "padding": 0},
+    }
+    assert client.post("/experiments", json=cnn).json()["detail"][0]["loc"] == ["body", "model"]
+    task = client.post(
+        "/experiments", json={"task": "regression", "dataset": {"name": "digits"}, "model": {"kind": "linear"}}
+    )
+    assert task.status_code == 422 and task.json()["detail"][0]["loc"] == ["body", "task"]
+    assert client.get("/experiments").json()["total"] == 0
+
+
+def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        upload = _upload(client, "diabetes-csv", diabetes_csv(), "diabetes.csv", target="progression")
+        assert upload.status_code == 201, upload.text
+        table = upload.json()
+        assert table["task"] == "regression" and table["input_shape"] == [10, 1, 1] and table["counts"] == {"rows": 442}
+        assert table["feature_names"][:3] == ["age", "sex", "bmi"]
+        assert _upload(client, "t2", diabetes_csv(), "d.csv", target="nope").json()["detail"][0]["loc"] == [
+            "body",
+            "target",
+        ]
+
+        base = {"task": "regression", "model": {"kind": "linear"}, "epochs": 30, "batch_size": 32,
+                "optimizer": {"kind": "sgd", "lr": 0.01, "momentum": 0.9}}  # fmt: skip
+        ids = [
+            client.post("/experiments", json={**base, "dataset": {"name": name}}).json()["id"]
+            for name in ("diabetes", "diabetes-csv")
+        ]
+        ids.append(client.post("/experiments", json={
+            **base, "dataset": {"name": "diabetes"}, "loss": {"kind": "huber", "delta": 1.0},
+            "model": {"kind": "mlp", "hidden": [32]}, "optimizer": {"kind": "adam", "lr": 0.003},
+            "early_stopping": {"monitor": "val_r2", "patience": 5},
+        }).json()["id"])  # fmt: skip
+        runs = [wait_for_status(client, i, {"succeeded", "failed"}) for i in ids]
+        assert [r["status"] for r in runs] == ["succeeded"] * 3, [r["error"] for r in runs]
+        builtin, uploaded = (client.get(f"/experiments/{i}/metrics").json() for i in ids[:2])
+        # The same table from the package and from a CSV: the same numbers.
+        assert [round(r["val_r2"], 6) for r in builtin] == [round(r["val_r2"], 6) for r in uploaded]
+        last = builtin[-1]
+        assert last["train_accuracy"] is None and last["val_accuracy"] is None
+        assert last["val_r2"] > 0.35 and 40 < last["val_mae"] < last["val_rmse"] < 70, last
+        best = min(builtin, key=lambda r: (r["val_loss"], r["epoch"]))
+        assert runs[0]["best"] == {"epoch": best["epoch"], "val_accuracy": None, "val_loss": best["val_loss"]}
+        assert client.get(f"/experiments/{ids[0]}/curves.png").status_code == 200
+        assert client.get(f"/experiments/{ids[0]}/confusion").status_code == 409
+
+        rows = [[59, 2, 32.1, 101, 157, 93.2, 38, 4, 4.8598, 87], [48, 1, 21.6, 87, 183, 103.2, 70, 3, 3.8918, 69]]
+        predicted = client.post(f"/experiments/{ids[0]}/predict/rows", json={"rows": rows})
+        assert predicted.status_code == 200, predicted.text
+        high, low = predicted.json()["values"]  # real targets 151 and 75
+        assert high > low and 25 < low < high < 346
+        short = client.post(f"/experiments/{ids[0]}/predict/rows", json={"rows": [[1, 2, 3]]})
+        assert short.status_code == 422 and short.json()["detail"][0]["loc"] == ["body", "rows", 0]
+        image = client.post(f"/experiments/{ids[0]}/predict", files={"file": ("x.png", png_bytes(CIFAR_MINI))})
+        assert image.status_code == 409 and "predict/rows" in image.text
+
+
+def _fit(spec: dict, data_dir: Path) -> list:
+    parsed = ExperimentSpec.model_validate(spec)
+    rows: list = []
+    fit(parsed, load_dataset(parsed.dataset, data_dir), torch.device("cpu"), on_epoch=lambda m, _: rows.append(m))
+    return rows
+
+
+def test_losses_by_task(tmp_path: Path) -> None:
+    base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2, "precision": "fp32"}
+    ce = _fit({**base, "loss": {"kind": "cross_entropy"}}, tmp_path)
+    nll = _fit({**base, "loss": {"kind": "nll"}}, tmp_path)
+    smoothed = _fit({**base, "loss": {"kind": "cross_entropy", "label_smoothing": 0.2}}, tmp_path)
+    # NLL of log-softmax is cross-entropy: the same run, step for step.
+    assert [r.val_loss for r in ce] == pytest.approx([r.val_loss for r in nll], rel=1e-5)
+    # Smoothed targets cap the confidence the loss rewards: a higher loss, still a classifier that learns.
+    assert smoothed[-1].train_loss > ce[-1].train_loss and smoothed[-1].val_accuracy > 0.8
+    regression = {"task": "regression", "dataset": {"name": "diabetes"}, "model": {"kind": "linear"}, "epochs": 10}
+    for kind in ("mse", "l1", "huber"):
+        rows = _fit({**regression, "loss": {"kind": kind}, "optimizer": {"kind": "adam", "lr": 0.01}}, tmp_path)
+        assert rows[-1].val_r2 > 0.2 and rows[-1].val_accuracy is None, (kind, rows[-1])
