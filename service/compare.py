@@ -9,7 +9,9 @@ from pydantic import BaseModel
 from service.schemas import ExperimentPublic
 from service.specs import EpochMetrics
 
-Metric = Literal["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+Metric = Literal[
+    "train_loss", "train_accuracy", "val_loss", "val_accuracy", "train_mae", "val_mae", "val_rmse", "val_r2", "lr"
+]
 COMPARED_METRICS: tuple[str, ...] = get_args(Metric)
 
 

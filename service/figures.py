@@ -39,14 +39,23 @@ def _epoch_axis(ax) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def render_curves(metrics: list[EpochMetrics], title: str) -> bytes:
-    """Two panels, loss and accuracy, train vs validation per epoch."""
-    figure = _figure(10, 4)
-    loss_ax, acc_ax = figure.subplots(1, 2)
+# Panels per task: (metric suffix, title); each shows train and/or validation, whichever the task records.
+_PANELS = {
+    "classification": (("loss", "Loss"), ("accuracy", "Accuracy")),
+    "regression": (("loss", "Loss (standardised target)"), ("mae", "MAE"), ("r2", "R²")),
+}
+
+
+def render_curves(metrics: list[EpochMetrics], title: str, task: str = "classification") -> bytes:
+    """Loss and the task's metrics, train vs validation per epoch."""
+    panels = _PANELS[task]
+    figure = _figure(5 * len(panels), 4)
     epochs = [m.epoch for m in metrics]
-    for ax, metric, label in ((loss_ax, "loss", "Loss"), (acc_ax, "accuracy", "Accuracy")):
-        ax.plot(epochs, [getattr(m, f"train_{metric}") for m in metrics], "o-", label="train")
-        ax.plot(epochs, [getattr(m, f"val_{metric}") for m in metrics], "s-", label="validation")
+    for ax, (metric, label) in zip(figure.subplots(1, len(panels)), panels, strict=True):
+        for split, marker in (("train", "o-"), ("val", "s-")):
+            values = [getattr(m, f"{split}_{metric}", None) for m in metrics]
+            if any(v is not None for v in values) or not metrics:
+                ax.plot(epochs, values, marker, label="train" if split == "train" else "validation")
         _epoch_axis(ax)
         ax.set_ylabel(label)
         ax.set_title(label)

@@ -83,3 +83,13 @@ def diabetes_csv() -> bytes:
     lines = ["age,sex,bmi,bp,s1,s2,s3,s4,s5,s6,progression"]
     lines += [",".join(f"{v:g}" for v in row) + f",{t:g}" for row, t in zip(x, y, strict=True)]
     return ("\n".join(lines) + "\n").encode()
+
+
+def upload_hymenoptera(client, image_size: int = 224) -> dict:
+    """POST /datasets the hymenoptera photos as dataset `hymenoptera`, resized for the torchvision models."""
+    response = client.post(
+        "/datasets", data={"name": "hymenoptera", "image_size": str(image_size)},
+        files={"file": ("hymenoptera.zip", zip_folder(HYMENOPTERA_MINI))},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    return response.json()

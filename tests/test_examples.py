@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 
 from tests.conftest import REPO, deployment, wait_for_status
+from tests.datafiles import upload_hymenoptera, write_cifar_batches
+from worker import pretrained
 
 EXAMPLES = REPO / "examples"
 MAX_EPOCHS = 2
@@ -17,9 +21,17 @@ def cut(spec: dict) -> dict:
     return {**spec, "epochs": min(spec.get("epochs", 5), MAX_EPOCHS)}
 
 
+CATALOGUE_EXAMPLES = [
+    "quickstart-mlp-fashion.json", "cifar10-cnn.json", "cnn-relu-then-pool.json", "cnn-pool-then-relu.json",
+    "diabetes-linear-regression.json", "resnet18-head-only.json", "resnet18-fine-tune.json",
+    "mobilenet-v2-head-only.json", "mobilenet-v2-fine-tune.json",
+]  # fmt: skip
+
+
 def test_every_example_file_is_covered() -> None:
     assert {p.name for p in EXAMPLES.glob("*.json")} == {
-        "mnist-cnn.json", "early-stopping.json", "sweep-lr-batch-size.json", "sweep-augmentation-fashion.json"
+        "mnist-cnn.json", "early-stopping.json", "sweep-lr-batch-size.json", "sweep-augmentation-fashion.json",
+        *CATALOGUE_EXAMPLES,
     }  # fmt: skip
 
 
@@ -52,3 +64,47 @@ def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
                 assert experiment["best"]["val_accuracy"] < 0.5, experiment
             else:
                 assert experiment["best"]["val_accuracy"] > 0.5, experiment["name"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_catalogue_examples_run(tmp_path: Path, db_url: str, client_for, monkeypatch) -> None:
+    """The learner's path, each example as written (epochs cut, but for the one-second regression), with the data
+    laid out as the examples README says: CIFAR-10's python batches, an uploaded ImageFolder zip."""
+    write_cifar_batches(tmp_path / "data")
+    # ResNet18's ImageNet file is not on this machine and cannot be downloaded: a stand-in with random weights
+    # sits where torchvision's cache keeps it, so the two ResNet18 examples run (no accuracy is claimed for them).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    weights = pretrained.cache_file("resnet18")
+    weights.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    names = list(CATALOGUE_EXAMPLES)
+    if pretrained.locate("mobilenet_v2", allow_download=False) is None:  # `make install` puts it there
+        names = [n for n in names if not n.startswith("mobilenet")]
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        upload_hymenoptera(client)
+        ids = {}
+        for name in names:
+            spec = json.loads((EXAMPLES / name).read_text())
+            response = client.post("/experiments", json=spec if spec.get("task") == "regression" else cut(spec))
+            assert response.status_code == 201, (name, response.text)
+            ids[name] = response.json()["id"]
+        runs = {name: wait_for_status(client, i, {"succeeded", "failed"}, timeout=600) for name, i in ids.items()}
+        assert {n: r["status"] for n, r in runs.items()} == dict.fromkeys(names, "succeeded"), runs
+        best = {name: run["best"]["val_accuracy"] for name, run in runs.items()}
+        assert best["quickstart-mlp-fashion.json"] > 0.75 and best["cifar10-cnn.json"] > 0.2, best
+        # ReLU and max-pooling commute: the two orders train the same network, step for step.
+        orders = [client.get(f"/experiments/{ids[n]}/metrics").json() for n in CATALOGUE_EXAMPLES[2:4]]
+        timing = {"duration_s", "samples_per_s"}
+        assert [{k: v for k, v in row.items() if k not in timing} for row in orders[0]] == [
+            {k: v for k, v in row.items() if k not in timing} for row in orders[1]
+        ]
+        regression = client.get(f"/experiments/{ids['diabetes-linear-regression.json']}/metrics").json()
+        assert regression[-1]["val_r2"] > 0.35, regression[-1]
+        if "mobilenet-v2-head-only.json" in best:
+            assert best["mobilenet-v2-head-only.json"] >= 0.75 and best["mobilenet-v2-fine-tune.json"] >= 0.7, best
+        for name, run in runs.items():
+            print(f"{name}: best {run['best']}, epoch times", [
+                round(r["duration_s"], 2) for r in client.get(f"/experiments/{ids[name]}/metrics").json()
+            ])  # fmt: skip

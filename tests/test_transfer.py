@@ -11,7 +11,7 @@ import torchvision
 
 from service.specs import ExperimentSpec
 from tests.conftest import deployment, wait_for_status
-from tests.datafiles import HYMENOPTERA_MINI, zip_folder
+from tests.datafiles import upload_hymenoptera
 from worker import pretrained
 from worker.checkpoints import load_checkpoint
 from worker.datasets import load_dataset
@@ -93,12 +93,8 @@ def test_imagenet_features_transfer_to_ants_and_bees(tmp_path: Path, db_url: str
         pytest.skip("no mobilenet_v2 ImageNet weights here")
     with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
-        upload = client.post(
-            "/datasets", data={"name": "hymenoptera", "image_size": "224"},
-            files={"file": ("hymenoptera.zip", zip_folder(HYMENOPTERA_MINI))},
-        )  # fmt: skip
-        assert upload.status_code == 201, upload.text
-        assert upload.json()["counts"] == {"train": {"ants": 40, "bees": 40}, "val": {"ants": 15, "bees": 15}}
+        uploaded = upload_hymenoptera(client)
+        assert uploaded["counts"] == {"train": {"ants": 40, "bees": 40}, "val": {"ants": 15, "bees": 15}}
         base = {"dataset": {"name": "hymenoptera"}, "epochs": 4, "batch_size": 16}
         model = {"kind": "mobilenet_v2", "freeze": "backbone"}
         ids = [
