@@ -17,7 +17,8 @@ from service.cache import LRUCache
 from service.deps import StoreDep
 from service.errors import install_error_handler
 from service.limits import BodySizeLimit
-from service.routers import datasets, experiments, sweeps
+from service.routers import datasets, experiments, monitoring, sweeps, watch
+from service.routers.monitoring import metrics_registry
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
 from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.close()
             raise
         app.state.store = store
+        app.state.metrics_registry, app.state.predict_latency = metrics_registry(store)
         app.state.predictors = LRUCache(settings.predictor_cache_size)
         app.state.evaluations = LRUCache(settings.predictor_cache_size)
         yield
@@ -66,9 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         per_path={"/datasets": settings.max_dataset_bytes + MULTIPART_OVERHEAD},
     )
     install_error_handler(app)
+    app.include_router(watch.router)  # first: its /experiments/compare.png is not an experiment id
     app.include_router(experiments.router)
     app.include_router(sweeps.router)
     app.include_router(datasets.router)
+    app.include_router(monitoring.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz(store: StoreDep) -> dict[str, str]:

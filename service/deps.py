@@ -7,6 +7,7 @@ import hashlib
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
+from prometheus_client import Histogram
 from pydantic import BaseModel
 
 from service.cache import LRUCache
@@ -32,7 +33,12 @@ async def _evaluations(request: Request) -> LRUCache[Evaluation]:
     return request.app.state.evaluations
 
 
+async def _predict_latency(request: Request) -> Histogram:
+    return request.app.state.predict_latency
+
+
 StoreDep = Annotated[Store, Depends(_store)]
+PredictLatencyDep = Annotated[Histogram, Depends(_predict_latency)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PredictorsDep = Annotated[LRUCache[Predictor], Depends(_predictors)]
 EvaluationsDep = Annotated[LRUCache[Evaluation], Depends(_evaluations)]

@@ -99,3 +99,21 @@ class SweepSummary(BaseModel):
     trials: int
     finished: int
     best_val_accuracy: float | None
+
+
+class EventPublic(BaseModel):
+    """One event of an experiment: `status` (a status change), `epoch` (a metrics row), `progress` (inside the
+    running epoch) or `log` (a worker's log line)."""
+
+    id: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class WorkerPublic(BaseModel):
+    worker_id: str
+    device: str
+    started_at: datetime
+    last_seen_at: datetime
+    experiment_id: int | None

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     predictor_cache_size: Annotated[int, Field(ge=1)] = 8
     # Torch threads of the API process: one per request is fastest for small models under concurrent requests.
     inference_threads: Annotated[int, Field(ge=1)] = 1
+    # How often a worker reports progress inside an epoch (an SSE `progress` event).
+    progress_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # How often an open event stream (GET /experiments/{id}/events) looks for new events.
+    events_poll_s: Annotated[float, Field(gt=0)] = 0.5
     # How often an idle worker looks for a queued job.
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
     # Leases: a running job's worker renews its lease every `heartbeat_s`; a job whose lease is older than

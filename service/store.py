@@ -43,7 +43,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from service.errors import Conflict, InvalidInput, NotFound
-from service.schemas import AttemptPublic, BestEpoch, ExperimentPublic, Status, SweepSummary, TestMetrics
+from service.schemas import (
+    AttemptPublic,
+    BestEpoch,
+    EventPublic,
+    ExperimentPublic,
+    Status,
+    SweepSummary,
+    TestMetrics,
+    WorkerPublic,
+)
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -177,6 +186,7 @@ class MetricRow(Base):
     val_rmse: Mapped[float | None] = mapped_column(Float)
     val_r2: Mapped[float | None] = mapped_column(Float)
     lr: Mapped[float] = mapped_column(Float)
+    train_samples: Mapped[int | None] = mapped_column(Integer)
     duration_s: Mapped[float] = mapped_column(Float)
     samples_per_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -214,6 +224,34 @@ class DatasetRow(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     data: Mapped[bytes] = mapped_column(LargeBinary)  # last, as in `checkpoints`
+
+
+class EventRow(Base):
+    """What happened to an experiment, in order: status changes, finished epochs, progress inside the running
+    epoch (only the newest kept) and the worker's log lines. `id` orders them and is the SSE event id."""
+
+    __tablename__ = "events"
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted progress event's id to the next event, which a client
+    # that saw that id (Last-Event-ID) would then never get.
+    __table_args__ = (Index("ix_events_experiment_id_id", "experiment_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # status | epoch | progress | log
+    data: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkerRow(Base):
+    """Each worker process, seen every few seconds while it lives: why a job waits, and /metrics."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    device: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    experiment_id: Mapped[int | None] = mapped_column(Integer)  # what it is training, if anything
 
 
 class ResumePointRow(Base):
@@ -386,6 +424,7 @@ class Store:
                 row.idempotency_key, row.request_hash = idempotency.key, idempotency.request_hash
             session.add(row)
             session.flush()
+            _event(session, row.id, "status", row.created_at, status=Status.queued.value)
             return row.id
 
         experiment_id, created = self._create_once(ExperimentRow, insert, idempotency)
@@ -406,6 +445,8 @@ class Store:
                 row = _new_experiment(trial.spec, trial.warnings)
                 row.sweep_id, row.sweep_params = sweep.id, trial.params
                 session.add(row)
+                session.flush()
+                _event(session, row.id, "status", row.created_at, status=Status.queued.value)
             return sweep.id
 
         return self._create_once(SweepRow, insert, idempotency)
@@ -525,6 +566,7 @@ class Store:
             row.status, row.finished_at, row.lease_expires_at = Status.cancelled.value, now, None
             row.stop_reason = f"cancelled by request after epoch {row.current_epoch}"
             _end_attempt(session, experiment_id, now, Status.cancelled.value)
+            _event(session, experiment_id, "status", now, status=Status.cancelled.value, stop_reason=row.stop_reason)
             session.flush()
             return _public(row)
 
@@ -687,10 +729,18 @@ class Store:
             session.add(
                 AttemptRow(experiment_id=claimed.id, attempt=claimed.attempt, worker_id=worker_id, claimed_at=now)
             )
+            _event(
+                session, claimed.id, "status", now, status=Status.running.value, attempt=claimed.attempt,
+                worker_id=worker_id,
+            )  # fmt: skip
         return ClaimedJob(claimed.id, claimed.attempt, ExperimentSpec.model_validate(claimed.spec))
 
     @staticmethod
     def _fail_exhausted(session: Session, now: datetime, stalled, max_attempts: int) -> None:
+        error = (
+            f"WorkerLost: the job's worker stopped renewing its lease {max_attempts} times (killed, crashed or cut off "
+            "from the database); not retried again (TRAINLAB_MAX_ATTEMPTS)"
+        )
         exhausted = session.scalars(
             update(ExperimentRow)
             .where(stalled, ExperimentRow.lost_leases + 1 >= max_attempts)
@@ -699,13 +749,13 @@ class Store:
                 finished_at=now,
                 lease_expires_at=None,
                 lost_leases=ExperimentRow.lost_leases + 1,
-                error=f"WorkerLost: the job's worker stopped renewing its lease {max_attempts} times (killed, crashed "
-                "or cut off from the database); not retried again (TRAINLAB_MAX_ATTEMPTS)",
+                error=error,
             )
             .returning(ExperimentRow.id)
         ).all()
         for experiment_id in exhausted:
             _end_attempt(session, experiment_id, now, "lease expired")
+            _event(session, experiment_id, "status", now, status=Status.failed.value, error=error)
 
     def owns(self, job: ClaimedJob) -> bool:
         """Whether the job is still running under this claim (not cancelled, finished or taken over)."""
@@ -772,6 +822,8 @@ class Store:
                 best_val_loss=case((improved, metrics.val_loss), else_=ExperimentRow.best_val_loss),
             )
             session.add(MetricRow(experiment_id=job.id, created_at=now, **metrics.model_dump()))
+            session.execute(delete(EventRow).where(EventRow.experiment_id == job.id, EventRow.kind == "progress"))
+            _event(session, job.id, "epoch", now, **metrics.model_dump())
             session.add(
                 CheckpointRow(
                     experiment_id=job.id,
@@ -813,6 +865,7 @@ class Store:
         with self._write() as session:
             _update_owned(session, job, **values)
             _end_attempt(session, job.id, now, "released" if status is Status.queued else status.value)
+            _event(session, job.id, "status", now, status=status.value, error=error, stop_reason=stop_reason)
             session.execute(delete(ResumePointRow).where(ResumePointRow.experiment_id == job.id))
             if resume_point is not None and status is Status.queued:
                 epoch, data = resume_point
@@ -822,6 +875,86 @@ class Store:
                         created_at=now,
                     )
                 )  # fmt: skip
+
+    def progress(self, job: ClaimedJob, **data: object) -> None:
+        """The running epoch's progress, as the experiment's one `progress` event (fenced, like every write)."""
+        now = utcnow()
+        with self._write() as session:
+            _update_owned(session, job, heartbeat_at=now)
+            session.execute(delete(EventRow).where(EventRow.experiment_id == job.id, EventRow.kind == "progress"))
+            _event(session, job.id, "progress", now, **data)
+
+    def log(self, experiment_id: int, level: str, message: str) -> None:
+        """One of the worker's log lines about an experiment (not fenced: a dropped worker's last words count)."""
+        with self._write() as session:
+            _event(session, experiment_id, "log", utcnow(), level=level, message=message)
+
+    def events(self, experiment_id: int, *, after: int = 0, kinds: Sequence[str] | None = None,
+               limit: int = 1000) -> list[EventPublic]:  # fmt: skip
+        """The experiment's events after id `after`, oldest first; 404 for an unknown experiment."""
+        with self._read() as session:
+            self._row(session, experiment_id)
+            query = select(EventRow).where(EventRow.experiment_id == experiment_id, EventRow.id > after)
+            if kinds is not None:
+                query = query.where(EventRow.kind.in_(kinds))
+            rows = session.scalars(query.order_by(EventRow.id).limit(limit)).all()
+            return [EventPublic(id=r.id, kind=r.kind, data=r.data, created_at=r.created_at) for r in rows]
+
+    def queue_position(self, experiment_id: int) -> int:
+        """1 for the next job a free worker will claim."""
+        with self._read() as session:
+            ahead = select(func.count()).where(
+                ExperimentRow.status == Status.queued.value, ExperimentRow.id < experiment_id
+            )
+            return session.scalar(ahead) + 1
+
+    def worker_seen(self, worker_id: str, device: str, experiment_id: int | None = None) -> None:
+        now = utcnow()
+        with self._write() as session:
+            row = session.get(WorkerRow, worker_id)
+            if row is None:
+                session.add(WorkerRow(worker_id=worker_id, device=device, started_at=now, last_seen_at=now,
+                                      experiment_id=experiment_id))  # fmt: skip
+            else:
+                row.device, row.last_seen_at, row.experiment_id = device, now, experiment_id
+
+    def worker_gone(self, worker_id: str) -> None:
+        with self._write() as session:
+            session.execute(delete(WorkerRow).where(WorkerRow.worker_id == worker_id))
+
+    def live_workers(self, within_s: float) -> list[WorkerPublic]:
+        """Workers seen in the last `within_s` seconds."""
+        since = utcnow() - timedelta(seconds=within_s)
+        with self._read() as session:
+            rows = session.scalars(
+                select(WorkerRow).where(WorkerRow.last_seen_at >= since).order_by(WorkerRow.worker_id)
+            ).all()
+            return [WorkerPublic.model_validate(r, from_attributes=True) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        with self._read() as session:
+            rows = session.execute(select(ExperimentRow.status, func.count()).group_by(ExperimentRow.status)).all()
+            return {status.value: 0 for status in Status} | dict(rows)
+
+    def training_totals(self) -> tuple[int, int]:
+        """(epochs recorded, training samples processed), over every experiment: for /metrics."""
+        with self._read() as session:
+            epochs, samples = session.execute(
+                select(func.count(), func.coalesce(func.sum(MetricRow.train_samples), 0))
+            ).one()
+            return int(epochs), int(samples)
+
+    def epoch_duration_histogram(self, buckets: Sequence[float]) -> tuple[list[int], int, float]:
+        """(epochs at most each bucket's seconds, all epochs, total seconds): a Prometheus histogram, in SQL."""
+        with self._read() as session:
+            row = session.execute(
+                select(
+                    *(func.coalesce(func.sum(case((MetricRow.duration_s <= b, 1), else_=0)), 0) for b in buckets),
+                    func.count(),
+                    func.coalesce(func.sum(MetricRow.duration_s), 0.0),
+                )
+            ).one()
+            return [int(n) for n in row[: len(buckets)]], int(row[-2]), float(row[-1])
 
     def resume_point(self, experiment_id: int) -> tuple[int, bytes] | None:
         """(interrupted epoch, checkpoint) of a job handed back mid-epoch; CorruptCheckpoint if it is damaged."""
@@ -917,3 +1050,7 @@ def _public(row: ExperimentRow) -> ExperimentPublic:
         sweep_params=row.sweep_params,
         warnings=row.warnings or [],
     )
+
+
+def _event(session: Session, experiment_id: int, kind: str, now: datetime, **data: object) -> None:
+    session.add(EventRow(experiment_id=experiment_id, kind=kind, data=data, created_at=now))

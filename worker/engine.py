@@ -33,6 +33,8 @@ EVAL_BATCH_SIZE = 1024
 
 OnEpoch = Callable[[EpochMetrics, bytes], None]
 ShouldStop = Callable[[], bool]
+# (batches done, batches in the epoch, running mean loss): called at most every `progress_every_s`.
+OnBatches = Callable[[int, int, float], None]
 
 
 class Interrupted(Exception):
@@ -231,6 +233,8 @@ def train_one_epoch(
     done: EpochProgress = EpochProgress(),
     numerics: Numerics | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    on_batches: OnBatches | None = None,
+    progress_every_s: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
     """One pass over `data` in a seeded random order, skipping the batches already `done` (a resumed epoch).
     Returns (mean loss, the task's train metrics). Raises Interrupted, with the progress so far, when
@@ -244,7 +248,13 @@ def train_one_epoch(
     order = torch.randperm(n, generator=generator).to(device)
     loss_sum = torch.tensor(done.loss_sum, device=device)
     sums = torch.tensor(done.sums or [0.0] * objective.size(), dtype=torch.float64, device=device)
+    batches = -(-n // batch_size)
+    report_at = time.monotonic() + progress_every_s
     for batch, start in enumerate(range(done.batches * batch_size, n, batch_size), start=done.batches):
+        if on_batches is not None and time.monotonic() >= report_at:
+            # One device sync per interval, for the running loss.
+            on_batches(batch, batches, loss_sum.item() / max(start, 1))
+            report_at = time.monotonic() + progress_every_s
         if should_stop():
             raise Interrupted(EpochProgress(batch, loss_sum.item(), tuple(sums.tolist())))
         idx = order[start : start + batch_size]
@@ -308,11 +318,14 @@ def fit(
     resume: CheckpointContent | None = None,
     initial_weights: dict[str, torch.Tensor] | None = None,
     should_stop: ShouldStop = lambda: False,
+    on_progress: Callable[[dict], None] | None = None,
+    progress_every_s: float = 1.0,
 ) -> FitResult:
     """Train epochs (resume.epoch + 1 or 1) .. spec.epochs; after each, evaluate and hand over metrics and a
     checkpoint to `on_epoch`. A fresh run starts from `initial_weights` (pretrained; the tensors whose names and
     shapes fit). Stops early when the spec's early stopping says so; raises Interrupted when `should_stop()`
-    turns true."""
+    turns true. `on_progress` gets, every `progress_every_s` inside an epoch, its batches done, running loss,
+    samples/s and the estimated seconds left of the epoch and of the run."""
     info = dataset.info
     preprocess = input_preprocess(spec.model, info.preprocess)
     objective = Objective.of(spec.task, spec.loss, preprocess)
@@ -376,6 +389,16 @@ def fit(
         else:
             torch.manual_seed(seed)
         started = time.perf_counter()
+
+        def batches_done(batch: int, batches: int, loss: float, epoch: int = epoch, first: int = done.batches) -> None:
+            per_s = (batch - first) / (time.perf_counter() - started)
+            eta_epoch = (batches - batch) / per_s if per_s else None
+            on_progress({
+                "epoch": epoch, "epochs": spec.epochs, "batch": batch, "batches": batches, "loss": loss,
+                "samples_per_s": per_s * spec.batch_size, "eta_epoch_s": eta_epoch,
+                "eta_run_s": None if eta_epoch is None else eta_epoch + (spec.epochs - epoch) * batches / per_s,
+            })  # fmt: skip
+
         try:
             train_loss, train_metrics = train_one_epoch(
                 model,
@@ -392,6 +415,8 @@ def fit(
                 done=done,
                 numerics=numerics,
                 scaler=scaler,
+                on_batches=batches_done if on_progress is not None else None,
+                progress_every_s=progress_every_s,
             )
         except Interrupted as stop:
             state = {"progress": asdict(stop.progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
@@ -412,6 +437,7 @@ def fit(
             lr=lr,
             duration_s=time.perf_counter() - started,
             samples_per_s=(len(train) - done.batches * spec.batch_size) / train_seconds,
+            train_samples=len(train) - done.batches * spec.batch_size,
         )
         if schedule is not None:
             schedule.after_epoch(metrics)

@@ -9,6 +9,7 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.store import ClaimedJob, LeaseLost, Store
+from worker.logs import job_log
 
 log = logging.getLogger("trainlab.worker")
 
@@ -45,7 +46,7 @@ class Lease:
                 elif not self.store.owns(self.job):
                     raise LeaseLost(f"experiment {self.job.id} attempt {self.job.attempt} is no longer ours")
             except LeaseLost as exc:
-                log.warning("experiment %d: %s; stopping it", self.job.id, exc)
+                job_log(self.job.id).warning("experiment %d: %s; stopping it", self.job.id, exc)
                 self.lost.set()
                 return
             except SQLAlchemyError as exc:  # the database is briefly unreachable: try again, the lease has slack

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -24,11 +25,14 @@ from worker.engine import Interrupted, fit, resolve_device, runtime_environment
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.lease import Lease
+from worker.logs import ExperimentLogHandler, job_log
 from worker.numerics import resolve_precision
 from worker.pretrained import imagenet_state
 
 log = logging.getLogger("trainlab.worker")
 VAL_METRICS = {"val_accuracy", "val_mae", "val_rmse", "val_r2"}
+# How often a worker tells the database it is alive (GET /experiments/{id}/events says why a job waits).
+SEEN_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,34 +89,49 @@ class Worker:
     def run(self, *, once: bool = False) -> None:
         """Serve jobs until `stopping` is set (or, with `once`, until the queue is empty)."""
         log.info("worker %s ready (polling every %.1fs)", self.worker_id, self.settings.poll_interval_s)
-        while not self.stopping.is_set():
-            job = self.store.claim(
-                self.worker_id, lease_s=self.settings.lease_s, max_attempts=self.settings.max_attempts
-            )
-            if job is None:
-                if once:
-                    return
-                self.stopping.wait(self.settings.poll_interval_s)
-                continue
-            self.run_job(job)
+        handler = ExperimentLogHandler(self.store)
+        log.addHandler(handler)
+        device = str(resolve_device("auto"))
+        seen = 0.0
+        try:
+            while not self.stopping.is_set():
+                if time.monotonic() - seen >= SEEN_EVERY_S:
+                    self.store.worker_seen(self.worker_id, device)
+                    seen = time.monotonic()
+                job = self.store.claim(
+                    self.worker_id, lease_s=self.settings.lease_s, max_attempts=self.settings.max_attempts
+                )
+                if job is None:
+                    if once:
+                        return
+                    self.stopping.wait(self.settings.poll_interval_s)
+                    continue
+                self.store.worker_seen(self.worker_id, device, job.id)
+                self.run_job(job)
+                seen = 0.0
+        finally:
+            log.removeHandler(handler)
+            self.store.worker_gone(self.worker_id)
 
     def run_job(self, job: ClaimedJob) -> None:
-        log.info("experiment %d attempt %d: claimed (%s)", job.id, job.attempt, job.spec.name)
+        job_log(job.id).info("experiment %d attempt %d: claimed (%s)", job.id, job.attempt, job.spec.name)
         settings = self.settings
         with Lease(self.store, job, heartbeat_s=settings.heartbeat_s, lease_s=settings.lease_s) as lease:
             try:
                 outcome = self._train(job, should_stop=lambda: self.stopping.is_set() or lease.lost.is_set())
             except (Interrupted, LeaseLost) as exc:
                 if lease.lost.is_set() or isinstance(exc, LeaseLost):
-                    log.warning("experiment %d: no longer ours (cancelled or taken over); dropping it", job.id)
+                    job_log(job.id).warning(
+                        "experiment %d: no longer ours (cancelled or taken over); dropping it", job.id
+                    )
                 else:  # a shutdown: fit's Interrupted carries the checkpoint to finish this epoch from
-                    log.info(
+                    job_log(job.id).info(
                         "experiment %d: stopped in epoch %d at batch %d; handing it back to the queue",
                         job.id, exc.epoch, exc.progress.batches,
                     )  # fmt: skip
                     self._finish(job, Status.queued, resume_point=(exc.epoch, exc.checkpoint))
             except Exception as exc:  # a failed job must never take the worker down with it
-                log.error("experiment %d failed:\n%s", job.id, traceback.format_exc())
+                job_log(job.id).error("experiment %d failed:\n%s", job.id, traceback.format_exc())
                 error = f"{type(exc).__name__}: {exc}"
                 if _out_of_memory(exc):
                     torch.cuda.empty_cache()
@@ -120,7 +139,7 @@ class Worker:
                 self._finish(job, Status.failed, error)
             else:
                 reason = f" ({outcome.stop_reason})" if outcome.stop_reason else ""
-                log.info("experiment %d: succeeded%s", job.id, reason)
+                job_log(job.id).info("experiment %d: succeeded%s", job.id, reason)
                 self._finish(job, Status.succeeded, stop_reason=outcome.stop_reason, test=outcome.test)
 
     def _resume_point(self, job: ClaimedJob, device: torch.device) -> CheckpointContent | None:
@@ -132,19 +151,21 @@ class Worker:
                 resume = load_checkpoint(self.store.checkpoint_data(ref), map_location=device)
                 break
             except (CorruptCheckpoint, UnreadableCheckpoint) as exc:
-                log.warning("experiment %d: skipping the checkpoint of epoch %d: %s", job.id, ref.epoch, exc)
+                job_log(job.id).warning(
+                    "experiment %d: skipping the checkpoint of epoch %d: %s", job.id, ref.epoch, exc
+                )
         epoch = resume.epoch if resume is not None else 0
         recorded = self.store.get_experiment(job.id).current_epoch
         if epoch < recorded:
-            log.warning("experiment %d: training epochs %d-%d again", job.id, epoch + 1, recorded)
+            job_log(job.id).warning("experiment %d: training epochs %d-%d again", job.id, epoch + 1, recorded)
             self.store.rewind(job, epoch)
         if (mid_epoch := self._mid_epoch_point(job, epoch + 1, device)) is not None:
             state = mid_epoch.trainer_state["interrupted"]
             batch = state["progress"]["batches"]
-            log.info("experiment %d: resuming epoch %d at batch %d", job.id, state["epoch"], batch)
+            job_log(job.id).info("experiment %d: resuming epoch %d at batch %d", job.id, state["epoch"], batch)
             return mid_epoch
         if resume is not None:
-            log.info("experiment %d: resuming after epoch %d", job.id, resume.epoch)
+            job_log(job.id).info("experiment %d: resuming after epoch %d", job.id, resume.epoch)
         return resume
 
     def _mid_epoch_point(self, job: ClaimedJob, epoch: int, device: torch.device) -> CheckpointContent | None:
@@ -155,7 +176,7 @@ class Worker:
                 return None
             return load_checkpoint(point[1], map_location=device)
         except (CorruptCheckpoint, UnreadableCheckpoint) as exc:
-            log.warning("experiment %d: ignoring the mid-epoch checkpoint: %s", job.id, exc)
+            job_log(job.id).warning("experiment %d: ignoring the mid-epoch checkpoint: %s", job.id, exc)
             return None
 
     def _train(self, job: ClaimedJob, should_stop: Callable[[], bool]) -> Outcome:
@@ -169,24 +190,31 @@ class Worker:
 
         def record(metrics: EpochMetrics, checkpoint: bytes) -> None:
             self.store.record_epoch(job, metrics, checkpoint)
-            log.info(
-                "experiment %d epoch %d/%d: train_loss=%.4f val_loss=%.4f %s (%.1fs, %.0f samples/s)",
-                job.id, metrics.epoch, spec.epochs, metrics.train_loss, metrics.val_loss,
-                " ".join(f"{k}={v:.4f}" for k, v in metrics.model_dump(include=VAL_METRICS).items() if v is not None),
-                metrics.duration_s, metrics.samples_per_s,
+            values = metrics.model_dump(include=VAL_METRICS | {"train_loss", "val_loss", "duration_s", "samples_per_s"})
+            job_log(job.id).info(
+                "experiment=%d epoch=%d/%d %s", job.id, metrics.epoch, spec.epochs,
+                " ".join(f"{k}={v:.4g}" for k, v in values.items() if v is not None),
             )  # fmt: skip
+
+        def progress(data: dict) -> None:
+            try:
+                self.store.progress(job, **data)
+            except LeaseLost:
+                pass  # the lease thread notices and stops the job
 
         with InOrderRecorder(record) as recorder:
             result = fit(
                 spec, dataset, device, on_epoch=recorder.submit, resume=resume, initial_weights=initial_weights,
-                should_stop=should_stop,
+                should_stop=should_stop, on_progress=progress, progress_every_s=self.settings.progress_interval_s,
             )  # fmt: skip
         test = None
         if dataset.test is not None and spec.task == "classification":
             best = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)
             evaluation = Evaluation.of(best, dataset.test)
             test = (evaluation.loss, evaluation.accuracy)
-            log.info("experiment %d: epoch %d on the test split: accuracy %.4f", job.id, best.epoch, test[1])
+            job_log(job.id).info(
+                "experiment %d: epoch %d on the test split: accuracy %.4f", job.id, best.epoch, test[1]
+            )
         return Outcome(result.stop_reason, test)
 
     def _initial_weights(self, spec: ExperimentSpec) -> dict[str, torch.Tensor] | None:
@@ -203,4 +231,4 @@ class Worker:
         try:
             self.store.finish(job, status, error, **outcome)
         except LeaseLost as exc:
-            log.warning("experiment %d: could not mark it %s: %s", job.id, status, exc)
+            job_log(job.id).warning("experiment %d: could not mark it %s: %s", job.id, status, exc)

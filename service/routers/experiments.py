@@ -13,6 +13,7 @@ from service.compare import Comparison, compare
 from service.deps import (
     EvaluationsDep,
     IdempotencyKey,
+    PredictLatencyDep,
     PredictorsDep,
     SettingsDep,
     StoreDep,
@@ -128,14 +129,20 @@ def compare_experiments(
     ids: Annotated[str, Query(description="comma-separated experiment ids, e.g. 3,4", max_length=400)],
 ):
     """Where the specs differ, and the metrics of each epoch side by side."""
+    wanted = parse_ids(ids, minimum=2)
+    experiments = [store.get_experiment(i) for i in wanted]
+    return compare(experiments, [store.list_metrics(i) for i in wanted])
+
+
+def parse_ids(ids: str, *, minimum: int) -> list[int]:
+    """A comma-separated list of experiment ids from the query string, or a 422."""
     try:
         wanted = [int(part) for part in ids.split(",") if part.strip()]
     except ValueError:
         raise InvalidInput("ids must be comma-separated integers, e.g. ids=3,4", loc=["query", "ids"]) from None
-    if not 2 <= len(wanted) <= 20 or not all(1 <= i <= 2**31 - 1 for i in wanted):
-        raise InvalidInput("give between 2 and 20 experiment ids", loc=["query", "ids"])
-    experiments = [store.get_experiment(i) for i in wanted]
-    return compare(experiments, [store.list_metrics(i) for i in wanted])
+    if not minimum <= len(wanted) <= 20 or not all(1 <= i <= 2**31 - 1 for i in wanted):
+        raise InvalidInput(f"give between {minimum} and 20 experiment ids", loc=["query", "ids"])
+    return wanted
 
 
 @router.get("/{experiment_id}", response_model=ExperimentPublic)
@@ -175,7 +182,7 @@ def get_metrics(experiment_id: ExperimentId, store: StoreDep, since_epoch: Annot
 def get_curves(experiment_id: ExperimentId, store: StoreDep):
     experiment = store.get_experiment(experiment_id)
     title = f"#{experiment.id} {experiment.name} ({experiment.status})"
-    return png_response(render_curves(store.list_metrics(experiment_id), title))
+    return png_response(render_curves(store.list_metrics(experiment_id), title, experiment.spec.task))
 
 
 @router.get("/{experiment_id}/augmentations.png", response_class=Response, responses=PNG_RESPONSE)
@@ -264,11 +271,17 @@ def predict(
     store: StoreDep,
     settings: SettingsDep,
     predictors: PredictorsDep,
+    latency: PredictLatencyDep,
     file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
     epoch: Epoch | None = None,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
 ):
     """Classify one image with the best checkpoint (or that of `epoch`)."""
+    with latency.time():
+        return _predict(experiment_id, store, settings, predictors, file, epoch, top_k)
+
+
+def _predict(experiment_id, store, settings, predictors, file, epoch, top_k) -> Prediction:
     if file.size is not None and file.size > settings.max_upload_bytes:
         raise PayloadTooLarge(f"upload is {file.size} bytes; the limit is {settings.max_upload_bytes}")
     # Resolve the checkpoint first: an unknown id or an untrained model is answered before any decoding.

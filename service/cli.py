@@ -1,0 +1,240 @@
+"""`trainlab`: the command line for a trainlab server (`--url`, or TRAINLAB_URL; default http://127.0.0.1:8000).
+
+Exit codes: 0 done; 1 the experiment failed or was cancelled; 2 bad usage or an unreadable spec file; 3 no server
+answers; 4 the server refused the request (an invalid spec: the message names the field).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from service.client import APIError, Client, ServerUnavailable
+from service.schemas import ExperimentPublic, Status
+from service.specs import EpochMetrics
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4
+
+Url = Annotated[str, typer.Option("--url", envvar="TRAINLAB_URL", help="the server's base URL")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _client(url: str) -> Client:
+    return Client(url)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _call(url: str, action):
+    """Run `action(client)`, turning the client's errors into messages and exit codes."""
+    with _client(url) as client:
+        try:
+            return action(client)
+        except ServerUnavailable as exc:
+            raise _fail(f"{exc}. Is it running? (make run)", EXIT_UNAVAILABLE) from None
+        except APIError as exc:
+            raise _fail(f"the server refused it: {exc}", EXIT_REFUSED) from None
+
+
+def _load_spec(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        spec = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise _fail(f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", EXIT_USAGE)
+    if not isinstance(spec, dict):
+        raise _fail(f"{path} must hold one experiment spec (an object)", EXIT_USAGE)
+    return spec
+
+
+def _summary(e: ExperimentPublic) -> str:
+    best = e.best
+    if best is None:
+        metric = "-"
+    elif best.val_accuracy is not None:
+        metric = f"val_accuracy {best.val_accuracy:.4f} (epoch {best.epoch})"
+    else:
+        metric = f"val_loss {best.val_loss:.4f} (epoch {best.epoch})"
+    return metric
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")] = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Queue an experiment."""
+    spec = _load_spec(spec_file)
+    experiment = _call(url, lambda c: c.submit(spec))
+    out.print(f"experiment [bold]{experiment.id}[/] queued: {experiment.name}")
+    for warning in experiment.warnings:
+        err.print(f"[yellow]warning:[/] {warning}")
+    if watch:
+        _watch(url, experiment.id)
+
+
+@app.command("list")
+def list_(
+    status: Annotated[Status | None, typer.Option(help="only these")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """The newest experiments."""
+    page = _call(url, lambda c: c.list(status=status, limit=limit))
+    table = Table("id", "name", "status", "dataset", "model", "epoch", "best", "created")
+    for e in page.items:
+        table.add_row(
+            str(e.id), e.name, e.status.value, e.spec.dataset.name, e.spec.model.kind,
+            f"{e.current_epoch}/{e.epochs}", _summary(e), e.created_at.strftime("%Y-%m-%d %H:%M"),
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"{len(page.items)} of {page.total}")
+
+
+@app.command()
+def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
+    """One experiment: status, spec, best epoch, metrics per epoch."""
+    experiment, rows = _call(url, lambda c: (c.get(experiment_id), c.metrics(experiment_id)))
+    out.print(f"[bold]#{experiment.id} {experiment.name}[/]: {experiment.status.value}, epoch "
+              f"{experiment.current_epoch}/{experiment.epochs}, best {_summary(experiment)}")  # fmt: skip
+    if experiment.error:
+        out.print(f"[red]{experiment.error}[/]")
+    if experiment.stop_reason:
+        out.print(experiment.stop_reason)
+    out.print_json(experiment.spec.model_dump_json())
+    if rows:
+        out.print(_metrics_table(rows))
+
+
+def _metrics_table(rows: list[EpochMetrics]) -> Table:
+    """One row per epoch, the columns the task records."""
+    columns = [k for k, v in rows[0].model_dump().items() if v is not None]
+    table = Table(*columns)
+    for row in rows:
+        values = row.model_dump()
+        table.add_row(*(_fmt(values[k]) for k in columns))
+    return table
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def watch(experiment_id: int, url: Url = DEFAULT_URL) -> None:
+    """Follow an experiment live: a progress bar per epoch (running loss, ETA), a metrics row per epoch."""
+    _watch(url, experiment_id)
+
+
+def _watch(url: str, experiment_id: int) -> None:
+    final = _call(url, lambda c: _follow(c, experiment_id))
+    if final != Status.succeeded.value:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _follow(client: Client, experiment_id: int) -> str:
+    """Render the event stream; the final status."""
+    bar = Progress(
+        TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        console=out, transient=True,
+    )  # fmt: skip
+    epochs: list[EpochMetrics] = []
+    task = None
+    status = Status.queued.value
+    with bar:
+        for event in client.stream(experiment_id):
+            if event.kind == "queue":
+                bar.console.print(f"queued, position {event.data['position']}: waiting for {event.data['waiting_for']}")
+            elif event.kind == "status":
+                status = event.data["status"]
+                note = event.data.get("error") or event.data.get("stop_reason") or ""
+                bar.console.print(f"[bold]{status}[/] {note}".rstrip())
+            elif event.kind == "progress":
+                fields = {
+                    "epoch": f"{event.data['epoch']}/{event.data['epochs']}", "loss": f"{event.data['loss']:.4f}",
+                    "rate": f"{event.data['samples_per_s']:.0f} samples/s",
+                }  # fmt: skip
+                if task is None:
+                    task = bar.add_task("train", total=event.data["batches"], **fields)
+                bar.update(task, completed=event.data["batch"], total=event.data["batches"], **fields)
+            elif event.kind == "epoch":
+                epochs.append(row := EpochMetrics.model_validate(event.data))
+                bar.console.print(" ".join(f"{k}={_fmt(v)}" for k, v in row.model_dump().items() if v is not None))
+                if task is not None:
+                    bar.remove_task(task)
+                    task = None
+    if epochs:
+        out.print(_metrics_table(epochs))
+    return status
+
+
+@app.command()
+def curves(
+    experiment_id: int,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("curves.png"),
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Save the loss and metric curves as a PNG."""
+    output.write_bytes(_call(url, lambda c: c.curves(experiment_id)))
+    out.print(f"wrote {output}")
+
+
+@app.command()
+def predict(
+    experiment_id: int, image: Path, top_k: Annotated[int, typer.Option(min=1)] = 5, url: Url = DEFAULT_URL
+) -> None:
+    """Classify an image with the experiment's best checkpoint."""
+    if not image.is_file():
+        raise _fail(f"no such file: {image}", EXIT_USAGE)
+    prediction = _call(url, lambda c: c.predict(experiment_id, image, top_k=top_k))
+    table = Table("class", "probability")
+    for p in prediction.probabilities:
+        table.add_row(p.class_name, f"{p.probability:.4f}")
+    out.print(f"[bold]{prediction.class_name}[/] (epoch {prediction.epoch})")
+    out.print(table)
+
+
+@app.command()
+def cancel(experiment_id: int, url: Url = DEFAULT_URL) -> None:
+    """Cancel a queued or running experiment."""
+    experiment = _call(url, lambda c: c.cancel(experiment_id))
+    out.print(f"experiment {experiment.id}: {experiment.status.value}")
+
+
+@app.command()
+def datasets(url: Url = DEFAULT_URL) -> None:
+    """The datasets this server has: built in and uploaded."""
+    table = Table("name", "source", "task", "classes", "input", "size", "available")
+    for d in _call(url, lambda c: c.datasets()):
+        shape = "x".join(map(str, d["input_shape"]))
+        available = "yes" if d["available"] else "no"
+        table.add_row(d["name"], d["source"], d["task"], str(len(d["class_names"])), shape, str(d["size"]), available)
+    out.print(table)
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

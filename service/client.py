@@ -1,0 +1,189 @@
+"""The Python SDK: `Client` speaks the HTTP API with httpx and returns the API's own pydantic models.
+
+from service.client import Client
+with Client("http://127.0.0.1:8000") as trainlab:
+    experiment = trainlab.submit({"dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn"}, "epochs": 2})
+    for event in trainlab.stream(experiment.id):
+        print(event.kind, event.data)
+    print(trainlab.predict(experiment.id, "examples/images/mnist-val-7.png").class_name)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.schemas import ExperimentList, ExperimentPublic, Prediction, Status
+from service.specs import EpochMetrics, ExperimentSpec
+
+FINISHED = {Status.succeeded, Status.failed, Status.cancelled}
+
+
+class ClientError(Exception):
+    """Something the caller can act on; `str()` says what."""
+
+
+class ServerUnavailable(ClientError):
+    """No trainlab server answers at the URL."""
+
+
+class APIError(ClientError):
+    """The server answered with an error: `status_code` and its `detail` (for 422s, the offending fields)."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        self.status_code, self.detail = status_code, detail
+        super().__init__(f"{status_code}: {_describe(detail)}")
+
+
+def _describe(detail: Any) -> str:
+    if isinstance(detail, list):  # FastAPI's validation errors: where, and what
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
+    return str(detail)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event: `status`, `epoch`, `progress`, `log` (with `id`), or `queue` (without)."""
+
+    kind: str
+    data: dict
+    id: int | None = None
+
+
+class Client:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"no trainlab server at {self.base_url} ({type(exc).__name__}: {exc})") from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise APIError(response.status_code, detail)
+        return response
+
+    # -- experiments -------------------------------------------------------------------------------------
+
+    def submit(self, spec: ExperimentSpec | dict, *, idempotency_key: str | None = None) -> ExperimentPublic:
+        """Queue an experiment (defaults filled in by the server). Safe to retry with an idempotency key."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._request("POST", "/experiments", json=_body(spec), headers=headers)
+        return ExperimentPublic.model_validate(response.json())
+
+    def validate(self, spec: ExperimentSpec | dict) -> dict:
+        """Dry run: the filled-in spec, layer shapes, parameters, memory estimate, warnings. Nothing queued."""
+        return self._request("POST", "/experiments:validate", json=_body(spec)).json()
+
+    def get(self, experiment_id: int) -> ExperimentPublic:
+        return ExperimentPublic.model_validate(self._request("GET", f"/experiments/{experiment_id}").json())
+
+    def list(self, *, status: Status | str | None = None, limit: int = 50, offset: int = 0) -> ExperimentList:
+        params: dict = {"limit": limit, "offset": offset} | ({"status": str(status)} if status else {})
+        return ExperimentList.model_validate(self._request("GET", "/experiments", params=params).json())
+
+    def metrics(self, experiment_id: int, *, since_epoch: int = 0) -> list[EpochMetrics]:
+        rows = self._request("GET", f"/experiments/{experiment_id}/metrics", params={"since_epoch": since_epoch})
+        return [EpochMetrics.model_validate(row) for row in rows.json()]
+
+    def cancel(self, experiment_id: int) -> ExperimentPublic:
+        return ExperimentPublic.model_validate(self._request("POST", f"/experiments/{experiment_id}/cancel").json())
+
+    def logs(self, experiment_id: int) -> list[dict]:
+        return self._request("GET", f"/experiments/{experiment_id}/logs").json()
+
+    def curves(self, experiment_id: int) -> bytes:
+        """The loss and metric curves as a PNG."""
+        return self._request("GET", f"/experiments/{experiment_id}/curves.png").content
+
+    def predict(self, experiment_id: int, image: str | Path | bytes, *, top_k: int = 5) -> Prediction:
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        name = "image" if isinstance(image, bytes) else Path(image).name
+        response = self._request(
+            "POST", f"/experiments/{experiment_id}/predict", params={"top_k": top_k}, files={"file": (name, data)}
+        )
+        return Prediction.model_validate(response.json())
+
+    def datasets(self) -> list[dict]:
+        return self._request("GET", "/datasets").json()
+
+    # -- watching ------------------------------------------------------------------------------------------
+
+    def stream(self, experiment_id: int, *, last_event_id: int | None = None, retries: int = 5) -> Iterator[Event]:
+        """The experiment's events, from its history, until it finishes. A dropped connection is resumed where
+        it broke (Last-Event-ID), up to `retries` times in a row."""
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            try:
+                with self._http.stream(
+                    "GET", f"/experiments/{experiment_id}/events", headers=headers, timeout=httpx.Timeout(30, read=None)
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise APIError(response.status_code, response.json().get("detail"))
+                    for event in _parse_sse(response.iter_lines()):
+                        failures = 0
+                        if event.id is not None:
+                            last_event_id = event.id
+                        yield event
+                return  # the server ends the stream once the experiment has finished
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > retries:
+                    raise ServerUnavailable(f"the event stream of experiment {experiment_id} broke: {exc}") from None
+                time.sleep(min(2.0**failures * 0.1, 5.0))
+
+    def wait(self, experiment_id: int, *, timeout: float | None = None) -> ExperimentPublic:
+        """Block until the experiment has finished (succeeded, failed or cancelled); its final state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (experiment := self.get(experiment_id)).status not in FINISHED:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"experiment {experiment_id} is still {experiment.status} after {timeout}s")
+            time.sleep(0.5)
+        return experiment
+
+
+def _body(spec: ExperimentSpec | dict) -> dict:
+    return spec.model_dump(mode="json") if isinstance(spec, ExperimentSpec) else spec
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
+    """Server-Sent Events (the subset the API sends: id, event, one data line; comments ignored)."""
+    kind, data, event_id = "message", None, None
+    for line in lines:
+        if not line:
+            if data is not None:
+                yield Event(kind, json.loads(data), event_id)
+            kind, data, event_id = "message", None, None
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data = value if data is None else f"{data}\n{value}"
+            elif field == "id":
+                event_id = int(value)

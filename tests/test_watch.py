@@ -1,0 +1,159 @@
+"""Watching experiments through a real server and worker: the SSE stream and its replay, logs, CSV, Prometheus,
+and the `trainlab` command line run as a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.client import Client, Event, _parse_sse
+from service.specs import DatasetSpec
+from tests.conftest import REPO, deployment, free_port, tiny_spec, wait_for_status
+from worker.datasets import load_dataset
+
+# A CNN on MNIST: epochs of about two seconds, so that progress events come inside them.
+WATCHED = {"name": "watched", "dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn", "channels": [16, 32]},
+           "epochs": 3}  # fmt: skip
+
+
+def _read_events(response: httpx.Response, until=lambda e: False) -> list[Event]:
+    events = []
+    for event in _parse_sse(response.iter_lines()):
+        events.append(event)
+        if until(event):
+            break
+    return events
+
+
+def test_event_stream_replays_what_a_dropped_connection_missed(tmp_path: Path, db_url: str, client_for) -> None:
+    fast = {"TRAINLAB_PROGRESS_INTERVAL_S": "0.2", "TRAINLAB_EVENTS_POLL_S": "0.1"}
+    with deployment(tmp_path, db_url, **fast) as dep:
+        client = client_for(dep)
+        experiment_id = client.post("/experiments", json=WATCHED).json()["id"]
+        # No worker yet: the stream says where the job stands in the queue, and why it waits.
+        with client.stream("GET", f"/experiments/{experiment_id}/events") as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            first = _read_events(response, until=lambda e: e.kind == "queue")
+        assert first[0].kind == "status" and first[0].data == {"status": "queued"}
+        assert first[-1].data["position"] == 1 and "none is running" in first[-1].data["waiting_for"]
+
+        dep.start_worker()
+        # Dropped after the first epoch...
+        with client.stream("GET", f"/experiments/{experiment_id}/events") as response:
+            before = _read_events(response, until=lambda e: e.kind == "epoch")
+        last_id = max(e.id for e in before if e.id is not None)
+        # ...and resumed from the last event seen: the rest, nothing twice.
+        with client.stream(
+            "GET", f"/experiments/{experiment_id}/events", headers={"Last-Event-ID": str(last_id)}, timeout=300
+        ) as response:
+            after = _read_events(response)  # the server ends the stream when the experiment finishes
+        assert all(e.id > last_id for e in after if e.id is not None)
+        events = [e for e in before + after if e.id is not None]
+        ids = [e.id for e in events]
+        assert ids == sorted(set(ids))
+        statuses = [e.data["status"] for e in events if e.kind == "status"]
+        assert statuses == ["queued", "running", "succeeded"]
+        epochs = [e.data for e in events if e.kind == "epoch"]
+        assert [e["epoch"] for e in epochs] == [1, 2, 3]
+        assert epochs == [m.model_dump() for m in Client(dep.url).metrics(experiment_id)]
+        progress = [e.data for e in events if e.kind == "progress"]
+        assert progress, "no progress event inside an epoch"
+        for p in progress:
+            assert (
+                0 < p["batch"] < p["batches"] == 125
+            )  # 8,000 training images, batches of 64 and p["loss"] > 0 and p["samples_per_s"] > 0
+            assert p["eta_epoch_s"] >= 0 and p["eta_run_s"] >= p["eta_epoch_s"]
+        assert any("epoch=3/3" in e.data["message"] for e in events if e.kind == "log")
+
+        # Afterwards the whole history replays, then the stream ends; progress is kept only for the live epoch.
+        with client.stream("GET", f"/experiments/{experiment_id}/events") as response:
+            history = _read_events(response)
+        assert [e.kind for e in history if e.kind != "log"] == ["status", "status", "epoch", "epoch", "epoch", "status"]
+        assert client.get("/experiments/999/events").status_code == 404
+
+
+def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for) -> None:
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        ids = [client.post("/experiments", json=tiny_spec(epochs=e)).json()["id"] for e in (2, 3)]
+        for i in ids:
+            assert wait_for_status(client, i, {"succeeded", "failed"})["status"] == "succeeded"
+        image = io.BytesIO()
+        Image.new("L", (8, 8), 200).save(image, format="PNG")
+        for _ in range(3):
+            assert client.post(f"/experiments/{ids[0]}/predict", files={"file": ("x.png", image.getvalue())}).is_success
+
+        logs = client.get(f"/experiments/{ids[1]}/logs").json()
+        messages = [line["message"] for line in logs]
+        assert "claimed" in messages[0] and any("epoch=3/3 " in m and "val_accuracy=" in m for m in messages)
+        assert messages[-1].endswith("succeeded") and {line["level"] for line in logs} == {"INFO"}
+
+        response = client.get(f"/experiments/{ids[1]}/metrics.csv")
+        assert response.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and float(rows[2]["val_accuracy"]) > 0.5
+        assert rows[0]["val_r2"] == ""  # a classifier records no regression metrics
+        png = client.get("/experiments/compare.png", params={"ids": ",".join(map(str, ids)), "metric": "val_loss"})
+        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).format == "PNG"
+        assert client.get("/experiments/compare.png", params={"ids": "1,x"}).status_code == 422
+
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+        assert samples[("trainlab_experiments", (("status", "succeeded"),))] == 2
+        assert samples[("trainlab_queue_depth", ())] == 0
+        assert samples[("trainlab_epochs_trained_total", ())] == 5
+        train_size = len(load_dataset(DatasetSpec(name="digits"), tmp_path).train)  # about 80% of 1,797
+        assert samples[("trainlab_samples_trained_total", ())] == 5 * train_size
+        assert samples[("trainlab_epoch_duration_seconds_count", ())] == 5
+        assert samples[("trainlab_predict_latency_seconds_count", ())] == 3
+        worker = [s for s in families["trainlab_worker_last_seen_seconds"].samples]
+        assert len(worker) == 1 and 0 <= worker[0].value < 30
+
+
+def _cli(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRAINLAB_URL": url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the command line, not the database
+def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) -> None:
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("name: from yaml\ndataset: {name: mnist-10k}\nmodel: {kind: mlp, hidden: [64]}\nepochs: 2\n")
+    # Nothing listening: exit code 3, and the message says so.
+    down = _cli("list", url=f"http://127.0.0.1:{free_port()}", cwd=REPO)
+    assert down.returncode == 3 and "no trainlab server" in down.stderr
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        watched = _cli("submit", str(spec_file), "--watch", url=dep.url, cwd=REPO)
+        assert watched.returncode == 0, watched.stdout + watched.stderr
+        assert "experiment 1 queued" in watched.stdout and "succeeded" in watched.stdout
+        assert "epoch=2 " in watched.stdout and "val_accuracy" in watched.stdout
+
+        listed = _cli("list", url=dep.url, cwd=REPO)
+        assert listed.returncode == 0 and "from yaml" in listed.stdout and "succeeded" in listed.stdout
+        shown = _cli("show", "1", url=dep.url, cwd=REPO)
+        assert shown.returncode == 0 and '"kind": "mlp"' in shown.stdout
+        predicted = _cli("predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO)
+        assert predicted.returncode == 0 and predicted.stdout.startswith("7 "), predicted.stdout
+        curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
+        assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
+        assert "mnist-10k" in _cli("datasets", url=dep.url, cwd=REPO).stdout
+
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))
+        refused = _cli("submit", str(bad), url=dep.url, cwd=REPO)
+        assert refused.returncode == 4 and "body.epochs" in refused.stderr
+        unreadable = _cli("submit", str(tmp_path / "missing.json"), url=dep.url, cwd=REPO)
+        assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr
+        assert _cli("cancel", "1", url=dep.url, cwd=REPO).returncode == 4  # finished already: 409
