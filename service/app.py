@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from service.cache import LRUCache
@@ -25,6 +28,7 @@ from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
 
 log = logging.getLogger("trainlab.api")
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Room for the multipart envelope around an upload of the maximum size.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -73,6 +77,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sweeps.router)
     app.include_router(datasets.router)
     app.include_router(monitoring.router)
+
+    # The dashboard: static files shipped in the package, no CDN.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
 
     @app.get("/healthz", tags=["health"])
     def healthz(store: StoreDep) -> dict[str, str]:

@@ -220,3 +220,11 @@ def train_in_process(dep: Deployment) -> None:
         Worker(store, settings, worker_id="test-worker").run_job(job)
     finally:
         store.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (`item.rep_call`): fixtures read it to act on failures."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -166,6 +166,18 @@ def cancel_experiment(experiment_id: ExperimentId, store: StoreDep):
     return store.cancel(experiment_id)
 
 
+class CheckpointPublic(BaseModel):
+    epoch: int
+    sha256: str
+
+
+@router.get("/{experiment_id}/checkpoints", response_model=list[CheckpointPublic])
+def list_checkpoints(experiment_id: ExperimentId, store: StoreDep):
+    """The kept checkpoints (spec.checkpoints says which), newest first; any of them answers ?epoch=N."""
+    store.get_experiment(experiment_id)
+    return [CheckpointPublic(epoch=ref.epoch, sha256=ref.sha256) for ref in store.list_checkpoints(experiment_id)]
+
+
 @router.get("/{experiment_id}/attempts", response_model=list[AttemptPublic])
 def list_attempts(experiment_id: ExperimentId, store: StoreDep):
     """Each claim by a worker, oldest first: who ran it, when, and how that attempt ended."""

@@ -1,0 +1,296 @@
+// The trainlab dashboard: a few views over the HTTP API, routed by the URL's hash. Live views follow the
+// experiment's Server-Sent Events (EventSource reconnects with Last-Event-ID by itself).
+"use strict";
+
+const view = document.getElementById("view");
+let cleanup = () => {};  // stops the current view's polling or event stream
+
+const EXAMPLE_SPEC = {
+  name: "first cnn",
+  dataset: {name: "mnist-10k"},
+  model: {kind: "cnn", channels: [32, 64], hidden: 128},
+  optimizer: {kind: "adam", lr: 0.001},
+  batch_size: 64,
+  epochs: 2,
+};
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined && v !== false) el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) throw Object.assign(new Error(describe(body?.detail) || response.statusText), {status: response.status});
+  return body;
+}
+
+function describe(detail) {
+  if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).join(".")}: ${d.msg}`).join("\n");
+  return detail ? String(detail) : "";
+}
+
+const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+const badge = (status) => h("span", {class: `badge ${status}`, "data-status": status}, status);
+
+function bestText(e) {
+  if (!e.best) return "–";
+  return e.best.val_accuracy !== null ? `acc ${fmt(e.best.val_accuracy)}` : `loss ${fmt(e.best.val_loss)}`;
+}
+
+function duration(e) {
+  if (!e.started_at) return "–";
+  const end = e.finished_at ? new Date(e.finished_at) : new Date();
+  const s = Math.max(0, (end - new Date(e.started_at)) / 1000);
+  return s < 90 ? `${s.toFixed(0)} s` : `${(s / 60).toFixed(1)} min`;
+}
+
+// -- experiments table ----------------------------------------------------------------------------------
+
+function listView() {
+  const selected = new Set();
+  const body = h("tbody");
+  const compare = h("button", {onclick: () => { location.hash = `#/compare?ids=${[...selected].join(",")}`; }},
+    "Compare selected");
+  view.replaceChildren(h("h1", {}, "Experiments"), h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one")),
+    h("table", {id: "experiments"},
+      h("thead", {}, h("tr", {}, ["", "id", "name", "status", "dataset", "model", "epoch", "best", "duration"]
+        .map((c) => h("th", {}, c)))), body));
+  async function refresh() {
+    const page = await api("/experiments?limit=100");
+    body.replaceChildren(...page.items.map((e) => h("tr", {"data-id": e.id},
+      h("td", {}, h("input", {type: "checkbox", checked: selected.has(e.id),
+        onchange: (ev) => (ev.target.checked ? selected.add(e.id) : selected.delete(e.id))})),
+      h("td", {}, h("a", {href: `#/experiments/${e.id}`}, e.id)),
+      h("td", {}, h("a", {href: `#/experiments/${e.id}`}, e.name)),
+      h("td", {}, badge(e.status)), h("td", {}, e.spec.dataset.name), h("td", {}, e.spec.model.kind),
+      h("td", {}, `${e.current_epoch}/${e.epochs}`), h("td", {}, bestText(e)), h("td", {}, duration(e)))));
+    if (!page.items.length) body.append(h("tr", {}, h("td", {colspan: 9}, "No experiments yet.")));
+  }
+  refresh();
+  const timer = setInterval(refresh, 2000);
+  cleanup = () => clearInterval(timer);
+}
+
+// -- one experiment, live ---------------------------------------------------------------------------------
+
+function curvePanels(task) {
+  return task === "regression"
+    ? [["loss", "Loss (standardised)"], ["mae", "MAE"], ["r2", "R²"]]
+    : [["loss", "Loss"], ["accuracy", "Accuracy"]];
+}
+
+function drawCurves(box, rows, task) {
+  box.replaceChildren(...curvePanels(task).map(([metric, title]) => lineChart(
+    ["train", "val"].filter((split) => rows.some((r) => r[`${split}_${metric}`] !== null && r[`${split}_${metric}`] !== undefined))
+      .map((split) => ({label: split === "val" ? "validation" : "train",
+        points: rows.map((r) => [r.epoch, r[`${split}_${metric}`]])})),
+    {title})));
+}
+
+async function experimentView(id) {
+  const experiment = await api(`/experiments/${id}`);
+  const rows = [];
+  const header = h("div", {class: "exp-header"});
+  const progress = h("div", {id: "progress", class: "muted"});
+  const curves = h("div", {id: "curves", class: "charts"});
+  const logs = h("pre", {id: "logs", class: "logs"});
+  const extras = h("div", {id: "extras"});
+  view.replaceChildren(header, progress, curves,
+    h("div", {class: "columns"},
+      h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment)),
+      h("section", {}, h("h2", {}, "Spec"), h("pre", {class: "spec"}, JSON.stringify(experiment.spec, null, 2)))),
+    extras, h("h2", {}, "Log"), logs);
+
+  function renderHeader(e) {
+    header.replaceChildren(h("h1", {}, `#${e.id} ${e.name} `, badge(e.status)),
+      h("p", {}, `epoch ${e.current_epoch}/${e.epochs} · best ${bestText(e)} · ${e.spec.dataset.name} · `,
+        `${e.spec.model.kind} · ${e.device || "no device yet"} · `, h("a", {href: `/experiments/${e.id}/metrics.csv`}, "metrics.csv")),
+      e.error ? h("p", {class: "error"}, e.error) : null, e.stop_reason ? h("p", {}, e.stop_reason) : null);
+  }
+  renderHeader(experiment);
+  drawCurves(curves, rows, experiment.spec.task);
+
+  const source = new EventSource(`/experiments/${id}/events`);
+  source.addEventListener("epoch", (ev) => {
+    rows.push(JSON.parse(ev.data));
+    drawCurves(curves, rows, experiment.spec.task);
+    progress.textContent = "";
+  });
+  source.addEventListener("progress", (ev) => {
+    const p = JSON.parse(ev.data);
+    progress.replaceChildren(`epoch ${p.epoch}/${p.epochs}: batch ${p.batch}/${p.batches}, loss ${fmt(p.loss)}, `,
+      `${p.samples_per_s.toFixed(0)} samples/s, epoch ETA ${fmt(p.eta_epoch_s, 0)} s, run ETA ${fmt(p.eta_run_s, 0)} s `,
+      h("progress", {max: p.batches, value: p.batch}));
+  });
+  source.addEventListener("queue", (ev) => {
+    const q = JSON.parse(ev.data);
+    progress.textContent = `queued, position ${q.position}: waiting for ${q.waiting_for}`;
+  });
+  source.addEventListener("log", (ev) => { logs.textContent += JSON.parse(ev.data).message + "\n"; });
+  source.addEventListener("status", async () => {
+    const e = await api(`/experiments/${id}`);
+    renderHeader(e);
+    if (["succeeded", "failed", "cancelled"].includes(e.status)) {
+      source.close();
+      progress.textContent = "";
+      showExtras(extras, e);
+    }
+  });
+  cleanup = () => source.close();
+}
+
+async function showExtras(box, e) {
+  const parts = [];
+  const checkpoints = await api(`/experiments/${e.id}/checkpoints`);
+  parts.push(h("h2", {}, "Checkpoints"), h("table", {},
+    h("tr", {}, h("th", {}, "epoch"), h("th", {}, "sha256")),
+    checkpoints.map((c) => h("tr", {}, h("td", {}, c.epoch), h("td", {class: "mono"}, c.sha256.slice(0, 16))))));
+  if (e.spec.task === "classification" && e.best) {
+    const c = await api(`/experiments/${e.id}/confusion`);
+    const max = Math.max(...c.matrix.flat());
+    parts.push(h("h2", {}, `Confusion matrix (validation, epoch ${c.epoch}, accuracy ${fmt(c.accuracy)})`),
+      h("table", {id: "confusion", class: "confusion"},
+        h("tr", {}, h("th", {}, "true \\ predicted"), c.class_names.map((n) => h("th", {}, n))),
+        c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.class_names[i]), row.map((n) =>
+          h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n))))),
+      h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes")));
+  }
+  box.replaceChildren(...parts);
+}
+
+function predictPanel(id, experiment) {
+  const result = h("div", {id: "prediction"});
+  const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
+  const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
+  async function send(file) {
+    const form = new FormData();
+    form.append("file", file);
+    try {
+      const p = await api(`/experiments/${id}/predict?top_k=5`, {method: "POST", body: form});
+      result.replaceChildren(h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, p.class_name), ` (epoch ${p.epoch})`),
+        ...p.probabilities.map((c) => h("div", {class: "bar-row"}, h("span", {class: "bar-label"}, c.class_name),
+          h("span", {class: "bar", style: `width: ${(c.probability * 100).toFixed(1)}%`}),
+          h("span", {class: "bar-value"}, fmt(c.probability, 3)))));
+    } catch (err) {
+      result.replaceChildren(h("p", {class: "error"}, err.message));
+    }
+  }
+  input.addEventListener("change", () => input.files[0] && send(input.files[0]));
+  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    drop.classList.remove("over");
+    if (ev.dataTransfer.files[0]) send(ev.dataTransfer.files[0]);
+  });
+  const tabular = experiment.spec.task === "regression";
+  return tabular ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : h("div", {}, drop, result);
+}
+
+// -- submit -------------------------------------------------------------------------------------------------
+
+function submitView() {
+  const editor = h("textarea", {id: "spec", rows: 18, spellcheck: "false"}, JSON.stringify(EXAMPLE_SPEC, null, 2));
+  const feedback = h("div", {id: "feedback"});
+  function parsed() {
+    try { return JSON.parse(editor.value); } catch (err) {
+      feedback.replaceChildren(h("pre", {class: "error"}, `Not valid JSON: ${err.message}`));
+      return null;
+    }
+  }
+  async function validate() {
+    const spec = parsed();
+    if (!spec) return;
+    try {
+      const v = await api("/experiments:validate", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify(spec)});
+      feedback.replaceChildren(h("p", {class: "ok"}, `Valid: ${v.parameters.toLocaleString()} parameters `,
+        `(${v.trainable_parameters.toLocaleString()} trained), about ${(v.estimated_memory_bytes / 2 ** 20).toFixed(0)} MiB to train; `,
+        `input ${v.input_shape.join("×")}`),
+        v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
+        h("table", {id: "layers"}, h("tr", {}, h("th", {}, "#"), h("th", {}, "layer"), h("th", {}, "output shape"), h("th", {}, "parameters")),
+          v.layers.map((l) => h("tr", {}, h("td", {}, l.index), h("td", {}, l.kind), h("td", {}, l.output_shape.join("×")),
+            h("td", {}, l.parameters.toLocaleString())))));
+    } catch (err) {
+      feedback.replaceChildren(h("pre", {class: "error"}, err.message));
+    }
+  }
+  async function submit() {
+    const spec = parsed();
+    if (!spec) return;
+    try {
+      const e = await api("/experiments", {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify(spec)});
+      location.hash = `#/experiments/${e.id}`;
+    } catch (err) {
+      feedback.replaceChildren(h("pre", {class: "error"}, err.message));
+    }
+  }
+  view.replaceChildren(h("h1", {}, "Submit an experiment"),
+    h("p", {class: "muted"}, "Edit the spec (JSON; the API docs list every field), validate it, then submit."),
+    editor, h("p", {}, h("button", {id: "validate", onclick: validate}, "Validate"), " ",
+      h("button", {id: "submit", class: "primary", onclick: submit}, "Submit")), feedback);
+}
+
+// -- compare --------------------------------------------------------------------------------------------------
+
+async function compareView(params) {
+  const ids = (params.get("ids") || "").split(",").filter(Boolean);
+  const metric = params.get("metric") || "val_accuracy";
+  const metrics = ["val_accuracy", "val_loss", "train_loss", "train_accuracy", "val_mae", "val_r2", "lr"];
+  const select = h("select", {id: "metric", onchange: (ev) => { location.hash = `#/compare?ids=${ids.join(",")}&metric=${ev.target.value}`; }},
+    metrics.map((m) => h("option", {value: m, selected: m === metric}, m)));
+  const box = h("div", {id: "comparison", class: "charts"});
+  view.replaceChildren(h("h1", {}, "Compare"), h("p", {}, "Metric: ", select,
+    ids.length ? ` experiments ${ids.join(", ")}` : " — tick experiments in the table, then “Compare selected”."), box);
+  if (!ids.length) return;
+  const series = await Promise.all(ids.map(async (id) => {
+    const [e, rows] = await Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/metrics`)]);
+    return {label: `#${e.id} ${e.name}`, points: rows.map((r) => [r.epoch, r[metric]])};
+  }));
+  box.replaceChildren(lineChart(series, {title: metric, width: 720, height: 360}));
+}
+
+// -- datasets ---------------------------------------------------------------------------------------------------
+
+async function datasetsView() {
+  const datasets = await api("/datasets");
+  view.replaceChildren(h("h1", {}, "Datasets"), h("table", {},
+    h("tr", {}, ["name", "source", "task", "classes", "input", "size", "here"].map((c) => h("th", {}, c))),
+    datasets.map((d) => h("tr", {}, h("td", {}, d.available && d.input_shape[1] > 1
+      ? h("a", {href: `/datasets/${d.name}/samples.png`}, d.name) : d.name),
+      h("td", {}, d.source), h("td", {}, d.task), h("td", {}, d.class_names.length),
+      h("td", {}, d.input_shape.join("×")), h("td", {}, d.size.toLocaleString()), h("td", {}, d.available ? "yes" : "no")))),
+    h("p", {class: "muted"}, "Upload a zip of train/<class>/ images or a CSV: POST /datasets (see the API docs)."));
+}
+
+// -- routing ------------------------------------------------------------------------------------------------------
+
+async function route() {
+  cleanup();
+  cleanup = () => {};
+  const [path, query] = location.hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  const match = path.match(/^\/experiments\/(\d+)$/);
+  try {
+    if (match) await experimentView(match[1]);
+    else if (path === "/submit") submitView();
+    else if (path === "/compare") await compareView(params);
+    else if (path === "/datasets") await datasetsView();
+    else listView();
+  } catch (err) {
+    view.replaceChildren(h("p", {class: "error"}, err.message));
+  }
+}
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,70 @@
+// A small SVG line chart: one or more series of (epoch, value) points, axes with a few ticks, a legend.
+// Written for trainlab's curves; no dependencies.
+"use strict";
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+
+function svgEl(name, attrs = {}, text) {
+  const el = document.createElementNS(SVG_NS, name);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function niceTicks(lo, hi, count = 5) {
+  if (lo === hi) { lo -= 1; hi += 1; }
+  const step0 = (hi - lo) / count;
+  const mag = Math.pow(10, Math.floor(Math.log10(step0)));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= step0);
+  const ticks = [];
+  for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(+t.toFixed(12));
+  return ticks;
+}
+
+// series: [{label, points: [[x, y], ...]}]; options: {title, yLabel, width, height}
+function lineChart(series, options = {}) {
+  const width = options.width || 460, height = options.height || 260;
+  const m = {left: 52, right: 12, top: 44, bottom: 38};
+  const svg = svgEl("svg", {viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img"});
+  svg.appendChild(svgEl("text", {x: m.left, y: 16, class: "chart-title"}, options.title || ""));
+  const points = series.flatMap((s) => s.points.filter((p) => p[1] !== null && Number.isFinite(p[1])));
+  if (!points.length) {
+    svg.appendChild(svgEl("text", {x: width / 2, y: height / 2, "text-anchor": "middle", class: "muted"},
+      "no finished epoch yet"));
+    return svg;
+  }
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const xLo = Math.min(...xs, 1), xHi = Math.max(...xs, 2);
+  let yLo = Math.min(...ys), yHi = Math.max(...ys);
+  const pad = (yHi - yLo) * 0.08 || Math.abs(yHi) * 0.1 || 1;
+  yLo -= pad; yHi += pad;
+  const x = (v) => m.left + (v - xLo) / (xHi - xLo) * (width - m.left - m.right);
+  const y = (v) => height - m.bottom - (v - yLo) / (yHi - yLo) * (height - m.top - m.bottom);
+  for (const t of niceTicks(yLo, yHi)) {
+    svg.appendChild(svgEl("line", {x1: m.left, x2: width - m.right, y1: y(t), y2: y(t), class: "grid"}));
+    svg.appendChild(svgEl("text", {x: m.left - 6, y: y(t) + 4, "text-anchor": "end", class: "tick"}, +t.toPrecision(4)));
+  }
+  for (const t of niceTicks(xLo, xHi, Math.min(8, xHi - xLo)).filter(Number.isInteger)) {
+    svg.appendChild(svgEl("text", {x: x(t), y: height - m.bottom + 16, "text-anchor": "middle", class: "tick"}, t));
+  }
+  svg.appendChild(svgEl("text", {x: (width + m.left) / 2, y: height - 6, "text-anchor": "middle", class: "tick"}, "epoch"));
+  series.forEach((s, i) => {
+    const color = COLORS[i % COLORS.length];
+    const pts = s.points.filter((p) => p[1] !== null && Number.isFinite(p[1]));
+    if (!pts.length) return;
+    svg.appendChild(svgEl("polyline", {points: pts.map((p) => `${x(p[0])},${y(p[1])}`).join(" "),
+      fill: "none", stroke: color, "stroke-width": 2}));
+    for (const p of pts) {
+      const dot = svgEl("circle", {cx: x(p[0]), cy: y(p[1]), r: 3, fill: color, class: "point",
+        "data-series": s.label, "data-epoch": p[0]});
+      dot.appendChild(svgEl("title", {}, `${s.label}, epoch ${p[0]}: ${p[1].toPrecision(4)}`));
+      svg.appendChild(dot);
+    }
+    svg.appendChild(svgEl("rect", {x: m.left + 8 + i * 110, y: 24, width: 10, height: 10, fill: color}));
+    svg.appendChild(svgEl("text", {x: m.left + 22 + i * 110, y: 33, class: "legend"}, s.label.slice(0, 16)));
+  });
+  return svg;
+}
+
+window.lineChart = lineChart;

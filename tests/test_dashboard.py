@@ -1,0 +1,67 @@
+"""The web dashboard in a real browser (Debian's headless Chromium, driven by Playwright): submit from the form,
+watch a curve point appear live, upload an image and read the prediction. A screenshot is written on failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, deployment
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a test dependency (make install)")
+if not Path(CHROMIUM).exists():
+    pytest.skip("no Chromium here (Debian: apt-get install chromium; .ci/run installs it)", allow_module_level=True)
+
+# Chromium as this machine allows it: no sandbox (root), no GPU, nothing fetched in the background.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+def page(tmp_path: Path, request):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        yield page
+        report = getattr(request.node, "rep_call", None)  # set by conftest's pytest_runtest_makereport
+        if report is not None and report.failed:
+            shot = REPO / "var" / "test-screenshots" / f"{request.node.name}.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot of the failure: {shot}")
+        browser.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the browser, not the database
+def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, page) -> None:
+    spec = {"name": "from the browser", "dataset": {"name": "mnist-10k"},
+            "model": {"kind": "cnn", "channels": [16, 32]}, "epochs": 2}  # fmt: skip
+    with deployment(tmp_path, db_url, workers=1, TRAINLAB_PROGRESS_INTERVAL_S="0.3") as dep:
+        page.goto(f"{dep.url}/#/submit")
+        page.fill("#spec", json.dumps({**spec, "epochs": 0}))
+        page.click("#validate")
+        sync_api.expect(page.locator("#feedback .error")).to_contain_text("body.epochs")
+        page.fill("#spec", json.dumps(spec))
+        page.click("#validate")
+        sync_api.expect(page.locator("#layers")).to_contain_text("conv2d")
+        page.click("#submit")
+        page.wait_for_url("**/#/experiments/1")
+        # A curve point appears as the first epoch is recorded, without reloading the page.
+        page.wait_for_selector('#curves circle[data-series="validation"][data-epoch="1"]', state="attached")
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=180_000)
+        assert page.locator('#curves circle[data-series="validation"][data-epoch="2"]').count() == 2  # loss, accuracy
+        sync_api.expect(page.locator("#confusion")).to_be_visible()
+
+        page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
+        sync_api.expect(page.locator("#prediction .predicted")).to_have_text("7")
+        assert page.locator("#prediction .bar-row").count() == 5
+
+        page.goto(f"{dep.url}/#/")
+        sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")
+        sync_api.expect(page.locator("#experiments")).to_contain_text("from the browser")
+        page.goto(f"{dep.url}/#/compare?ids=1&metric=val_loss")
+        sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
