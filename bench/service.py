@@ -30,7 +30,7 @@ def running_service(root: Path, *, workers: int) -> Iterator[tuple[str, Store, l
     store = Store(url)
     store.upgrade()
     env = {**os.environ, "TRAINLAB_DATABASE_URL": url, "TRAINLAB_DATA_DIR": str(root / "data"),
-           "TRAINLAB_POLL_INTERVAL_S": "0.1"}  # fmt: skip
+           "TRAINLAB_RUNS_DIR": str(root / "runs"), "TRAINLAB_POLL_INTERVAL_S": "0.1"}  # fmt: skip
     port = free_port()
     logs = (root / "service.log").open("wb")
     processes = [

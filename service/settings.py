@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     predictor_cache_size: Annotated[int, Field(ge=1)] = 8
     # Torch threads of the API process: one per request is fastest for small models under concurrent requests.
     inference_threads: Annotated[int, Field(ge=1)] = 1
+    # TensorBoard event files, one folder per experiment (`tensorboard --logdir var/runs`). The API serves them
+    # as GET /experiments/{id}/tensorboard.zip when it shares this folder with the workers (one machine).
+    tensorboard: bool = True
+    runs_dir: Path = Path("var/runs")
     # How often a worker reports progress inside an epoch (an SSE `progress` event).
     progress_interval_s: Annotated[float, Field(gt=0)] = 1.0
     # How often an open event stream (GET /experiments/{id}/events) looks for new events.

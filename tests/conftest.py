@@ -94,6 +94,7 @@ def make_env(root: Path, db_url: str) -> dict[str, str]:
     env.update(
         TRAINLAB_DATABASE_URL=db_url,
         TRAINLAB_DATA_DIR=str(root / "data"),
+        TRAINLAB_RUNS_DIR=str(root / "runs"),
         TRAINLAB_POLL_INTERVAL_S="0.2",
         PYTHONUNBUFFERED="1",
     )
@@ -213,7 +214,7 @@ def train_in_process(dep: Deployment) -> None:
     from worker.loop import Worker
 
     store = Store(dep.db_url)
-    settings = Settings(data_dir=dep.root / "data", database_url=dep.db_url)
+    settings = Settings(data_dir=dep.root / "data", runs_dir=dep.root / "runs", database_url=dep.db_url)
     try:
         job = store.claim("test-worker", lease_s=settings.lease_s, max_attempts=settings.max_attempts)
         assert job is not None, "nothing queued"

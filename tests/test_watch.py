@@ -9,12 +9,15 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from service.client import Client, Event, _parse_sse
 from service.specs import DatasetSpec
@@ -118,6 +121,24 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
         assert samples[("trainlab_predict_latency_seconds_count", ())] == 3
         worker = [s for s in families["trainlab_worker_last_seen_seconds"].samples]
         assert len(worker) == 1 and 0 <= worker[0].value < 30
+
+        # TensorBoard: the files the worker wrote, as the API zips them, read back by TensorBoard's own reader.
+        zipped = client.get(f"/experiments/{ids[1]}/tensorboard.zip")
+        assert zipped.status_code == 200, zipped.text
+        zipfile.ZipFile(io.BytesIO(zipped.content)).extractall(tmp_path / "tb")
+        board = EventAccumulator(str(tmp_path / "tb" / str(ids[1])), size_guidance={"scalars": 0, "images": 0})
+        board.Reload()
+        recorded = client.get(f"/experiments/{ids[1]}/metrics").json()
+        for tag, field in (("loss/val", "val_loss"), ("accuracy/val", "val_accuracy"), ("optim/lr", "lr")):
+            assert [(s.step, s.value) for s in board.Scalars(tag)] == [
+                (r["epoch"], pytest.approx(r[field], rel=1e-6)) for r in recorded
+            ]
+        assert "data/training_images" in board.Tags()["images"]
+        session = board.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = HParamsPluginData.FromString(session).session_start_info
+        assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.001)
+        assert start.hparams["model.kind"].string_value == "mlp" and start.hparams["epochs"].number_value == 3
+        assert client.get("/experiments/999/tensorboard.zip").status_code == 404
 
 
 def _cli(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess:

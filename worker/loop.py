@@ -9,8 +9,9 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from worker.lease import Lease
 from worker.logs import ExperimentLogHandler, job_log
 from worker.numerics import resolve_precision
 from worker.pretrained import imagenet_state
+from worker.tensorboard import RunLog
 
 log = logging.getLogger("trainlab.worker")
 VAL_METRICS = {"val_accuracy", "val_mae", "val_rmse", "val_r2"}
@@ -187,9 +189,32 @@ class Worker:
         resume = self._resume_point(job, device)
         dataset = open_dataset(spec.dataset, self.settings, self.store)
         initial_weights = self._initial_weights(spec) if resume is None else None
+        with self._run_log(job, dataset) as run_log:
+            return self._fit(job, device, dataset, resume, initial_weights, run_log, should_stop)
+
+    @contextmanager
+    def _run_log(self, job: ClaimedJob, dataset) -> Iterator[RunLog | None]:
+        """TensorBoard files for the run, where enabled (TRAINLAB_TENSORBOARD) and installed."""
+        run_log = None
+        if self.settings.tensorboard:
+            try:
+                run_log = RunLog(self.settings.runs_dir, job.id, job.spec)
+                run_log.images(dataset.train.images)
+            except ImportError as exc:
+                job_log(job.id).warning("experiment %d: no TensorBoard files (%s)", job.id, exc)
+        try:
+            yield run_log
+        finally:
+            if run_log is not None:
+                run_log.close()
+
+    def _fit(self, job, device, dataset, resume, initial_weights, run_log: RunLog | None, should_stop) -> Outcome:
+        spec = job.spec
 
         def record(metrics: EpochMetrics, checkpoint: bytes) -> None:
             self.store.record_epoch(job, metrics, checkpoint)
+            if run_log is not None:
+                run_log.epoch(metrics)
             values = metrics.model_dump(include=VAL_METRICS | {"train_loss", "val_loss", "duration_s", "samples_per_s"})
             job_log(job.id).info(
                 "experiment=%d epoch=%d/%d %s", job.id, metrics.epoch, spec.epochs,
@@ -215,6 +240,8 @@ class Worker:
             job_log(job.id).info(
                 "experiment %d: epoch %d on the test split: accuracy %.4f", job.id, best.epoch, test[1]
             )
+        if run_log is not None and (best := self.store.get_experiment(job.id).best) is not None:
+            run_log.finish({k: v for k, v in best.model_dump(exclude={"epoch"}).items() if v is not None})
         return Outcome(result.stop_reason, test)
 
     def _initial_weights(self, spec: ExperimentSpec) -> dict[str, torch.Tensor] | None:

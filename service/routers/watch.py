@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import zipfile
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.compare import Metric
 from service.deps import SettingsDep, StoreDep
-from service.errors import ERROR_RESPONSES
+from service.errors import ERROR_RESPONSES, NotFound
 from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.routers.experiments import ExperimentId, parse_ids
 from service.schemas import ExperimentPublic, Status
@@ -160,3 +161,29 @@ def compare_png(
     wanted = parse_ids(ids, minimum=1)
     series = [(f"#{e.id} {e.name}", store.list_metrics(e.id)) for e in (store.get_experiment(i) for i in wanted)]
     return png_response(render_comparison(series, metric, f"{metric}: experiments {', '.join(map(str, wanted))}"))
+
+
+@router.get(
+    "/{experiment_id}/tensorboard.zip",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}, "description": "the run's TensorBoard event files"}},
+)
+def get_tensorboard(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep):
+    """The TensorBoard event files the worker wrote for this experiment: unzip and `tensorboard --logdir .`."""
+    store.get_experiment(experiment_id)
+    folder = settings.runs_dir / str(experiment_id)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        raise NotFound(
+            f"no TensorBoard files for experiment {experiment_id} in {folder} (TRAINLAB_RUNS_DIR): its worker writes "
+            "them where TRAINLAB_TENSORBOARD is on, on its own machine"
+        )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, f"{experiment_id}/{path.relative_to(folder).as_posix()}")
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="experiment-{experiment_id}-tensorboard.zip"'},
+    )
