@@ -1,0 +1,54 @@
+"""Screenshots of the dashboard for the README, from a throwaway deployment: `python -m docs.screenshots`.
+
+Needs Debian's Chromium (apt-get install chromium) and Playwright (the test extra). Writes docs/img/*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import expect, sync_playwright
+
+from bench.common import REPO
+from bench.service import running_service
+
+OUT = REPO / "docs" / "img"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, running_service(Path(tmp), workers=1) as (base, _store, _processes):
+        client = httpx.Client(base_url=base, timeout=60)
+        for name in ("mnist-cnn.json", "quickstart-mlp-fashion.json", "diabetes-linear-regression.json"):
+            client.post("/experiments", json=json.loads((REPO / "examples" / name).read_text())).raise_for_status()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.set_default_timeout(300_000)
+            page.goto(f"{base}/#/experiments/1")
+            expect(page.locator(".exp-header .badge")).to_have_text("succeeded")
+            page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
+            expect(page.locator("#prediction .predicted")).to_have_text("7")
+            expect(page.locator("#confusion")).to_be_visible()
+            page.screenshot(path=str(OUT / "experiment.png"), full_page=True)
+            while client.get("/experiments/3").json()["status"] != "succeeded":
+                time.sleep(0.5)
+            page.goto(f"{base}/#/")
+            expect(page.locator('#experiments tr[data-id="3"] [data-status]')).to_have_text("succeeded")
+            page.screenshot(path=str(OUT / "experiments.png"))
+            page.goto(f"{base}/#/submit")
+            page.fill("#spec", (REPO / "examples" / "cnn-pool-then-relu.json").read_text())
+            page.click("#validate")
+            expect(page.locator("#layers")).to_be_visible()
+            page.screenshot(path=str(OUT / "submit.png"), full_page=True)
+            browser.close()
+    print(f"wrote {', '.join(p.name for p in sorted(OUT.glob('*.png')))} in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
