@@ -423,5 +423,5 @@ class EpochMetrics(BaseModel):
     lr: float
     duration_s: float
     samples_per_s: float
-    # Training examples this epoch went through (fewer when it was resumed mid-epoch); null before it was recorded.
+    # Training examples in the epoch (rows recorded before this field existed have null).
     train_samples: int | None = None

@@ -205,7 +205,9 @@ def test_layer_lists_are_shape_checked_before_anything_is_queued(api) -> None:
     # Same parameters, a different order; batchnorm after the pool sees a map 4x smaller.
     assert a["parameters"] == b["parameters"] == a["trainable_parameters"] > 0
     assert a["estimated_memory_bytes"] > b["estimated_memory_bytes"] > 4 * a["parameters"]
-    assert a["spec"]["model"]["layers"][0]["in_channels"] is None  # inferred, as written
+    # The resolved spec: what was left out, inferred.
+    first, last = a["spec"]["model"]["layers"][0], a["spec"]["model"]["layers"][-1]
+    assert first["in_channels"] == 1 and (last["in_features"], last["out_features"]) == (16 * 7 * 7, 10)
 
     wrong = [({"kind": "linear", "out_features": 32}, {"kind": "flatten"}, {"kind": "linear"}), 0, "[1, 28, 28]"]
     shrinking = [

@@ -45,9 +45,13 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.fill("#spec", json.dumps({**spec, "epochs": 0}))
         page.click("#validate")
         sync_api.expect(page.locator("#feedback .error")).to_contain_text("body.epochs")
+        page.fill("#spec", json.dumps({**spec, "augment": [{"kind": "hflip"}]}))
+        page.click("#validate")
+        sync_api.expect(page.locator("#feedback .warning")).to_contain_text("flip")  # mirrored digits are others
         page.fill("#spec", json.dumps(spec))
         page.click("#validate")
         sync_api.expect(page.locator("#layers")).to_contain_text("conv2d")
+        assert page.locator("#feedback .warning").count() == 0
         page.click("#submit")
         page.wait_for_url("**/#/experiments/1")
         # A curve point appears as the first epoch is recorded, without reloading the page.

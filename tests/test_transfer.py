@@ -86,6 +86,7 @@ def test_freeze_backbone_trains_only_the_head(tmp_path: Path, torch_home: Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the weights, not the database
 def test_imagenet_features_transfer_to_ants_and_bees(tmp_path: Path, db_url: str, client_for) -> None:
     """Real transfer learning: head-only training from MobileNetV2's ImageNet features vs the same spec from a
     random initialisation, on 80 training photos; then fine-tuning everything from the first run."""

@@ -437,7 +437,7 @@ def fit(
             lr=lr,
             duration_s=time.perf_counter() - started,
             samples_per_s=(len(train) - done.batches * spec.batch_size) / train_seconds,
-            train_samples=len(train) - done.batches * spec.batch_size,
+            train_samples=len(train),
         )
         if schedule is not None:
             schedule.after_epoch(metrics)

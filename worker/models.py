@@ -247,6 +247,22 @@ def _sequential_layer(layer: Any, index: int, shape: Shape, num_outputs: int) ->
     return activations[kind](), shape
 
 
+def resolve_layers(spec: SequentialSpec, input_shape: InputShape, num_outputs: int) -> SequentialSpec:
+    """The layer list with what was inferred written in: in_channels, num_features, in_features, out_features."""
+    shape: Shape = input_shape
+    layers = []
+    for index, layer in enumerate(spec.layers):
+        _, out = _sequential_layer(layer, index, shape, num_outputs)
+        inferred = {
+            "conv2d": {"in_channels": shape[0]},
+            "batchnorm2d": {"num_features": shape[0]},
+            "linear": {"in_features": shape[0], "out_features": out[0]},
+        }.get(layer.kind, {})
+        layers.append(layer.model_copy(update=inferred))
+        shape = out
+    return spec.model_copy(update={"layers": layers})
+
+
 @register_model("sequential")
 def _sequential(spec: SequentialSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
     shape: Shape = input_shape

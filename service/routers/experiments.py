@@ -32,7 +32,7 @@ from worker.checkpoints import UnreadableCheckpoint
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
-from worker.models import describe_model
+from worker.models import describe_model, resolve_layers
 from worker.previews import augmentation_samples
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
@@ -84,12 +84,16 @@ def submit_experiment(
 
 @router.post(":validate", response_model=Validation)
 def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: StoreDep):
-    """Dry run, nothing queued: the spec with every default filled in, each layer's output shape and parameters,
-    an estimate of the training memory, and the warnings it would get. The same checks as POST /experiments:
-    a layer that cannot take its input is a 422 naming the layer's index and shapes."""
+    """Dry run, nothing queued: the spec with every default filled in (and a layer list's inferred sizes written
+    in), each layer's output shape and parameters, an estimate of the training memory, and the warnings it would
+    get. The same checks as POST /experiments: a layer that cannot take its input is a 422 naming the layer's
+    index and shapes."""
     warnings = check_spec(spec, settings, store)
     info = dataset_for(spec, settings, store)
-    report = describe_model(spec, info.preprocess.input_shape, info.num_classes)
+    shape = info.preprocess.input_shape
+    report = describe_model(spec, shape, info.num_classes)
+    if spec.model.kind == "sequential":
+        spec = spec.model_copy(update={"model": resolve_layers(spec.model, shape, info.num_classes)})
     return Validation(
         spec=spec,
         warnings=warnings,

@@ -111,10 +111,11 @@ async function experimentView(id) {
     extras, h("h2", {}, "Log"), logs);
 
   function renderHeader(e) {
-    header.replaceChildren(h("h1", {}, `#${e.id} ${e.name} `, badge(e.status)),
+    header.replaceChildren(...[h("h1", {}, `#${e.id} ${e.name} `, badge(e.status)),
       h("p", {}, `epoch ${e.current_epoch}/${e.epochs} · best ${bestText(e)} · ${e.spec.dataset.name} · `,
         `${e.spec.model.kind} · ${e.device || "no device yet"} · `, h("a", {href: `/experiments/${e.id}/metrics.csv`}, "metrics.csv")),
-      e.error ? h("p", {class: "error"}, e.error) : null, e.stop_reason ? h("p", {}, e.stop_reason) : null);
+      e.error ? h("p", {class: "error"}, e.error) : null, e.stop_reason ? h("p", {}, e.stop_reason) : null]
+      .filter(Boolean));
   }
   renderHeader(experiment);
   drawCurves(curves, rows, experiment.spec.task);
@@ -216,7 +217,7 @@ function submitView() {
       feedback.replaceChildren(h("p", {class: "ok"}, `Valid: ${v.parameters.toLocaleString()} parameters `,
         `(${v.trainable_parameters.toLocaleString()} trained), about ${(v.estimated_memory_bytes / 2 ** 20).toFixed(0)} MiB to train; `,
         `input ${v.input_shape.join("×")}`),
-        v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
+        ...v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
         h("table", {id: "layers"}, h("tr", {}, h("th", {}, "#"), h("th", {}, "layer"), h("th", {}, "output shape"), h("th", {}, "parameters")),
           v.layers.map((l) => h("tr", {}, h("td", {}, l.index), h("td", {}, l.kind), h("td", {}, l.output_shape.join("×")),
             h("td", {}, l.parameters.toLocaleString())))));
