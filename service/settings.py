@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     max_dataset_unpacked_bytes: Annotated[int, Field(ge=1)] = 500 * 1024 * 1024
     max_dataset_files: Annotated[int, Field(ge=1)] = 100_000
     max_compression_ratio: Annotated[float, Field(gt=1)] = 100.0
+    max_table_cells: Annotated[int, Field(ge=1)] = 5_000_000  # CSV uploads: rows x columns
     # Decoded pixels per uploaded image; far below Pillow's own bomb limit (~89M).
     max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
     # Trained models kept in memory by the API for /predict.

@@ -14,6 +14,7 @@ import math
 import re
 import stat
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -53,8 +54,11 @@ def read_image_zip(data: bytes, settings: Settings, image_size: int | None) -> U
     files = _layout(entries)
     splits: dict[str, list[tuple[str, Image.Image]]] = {"train": [], "val": []}
     for split, class_name, info in files:
-        with archive.open(info) as f:
-            raw = f.read(info.file_size + 1)
+        try:
+            with archive.open(info) as f:
+                raw = f.read(info.file_size + 1)
+        except (zipfile.BadZipFile, RuntimeError, OSError, EOFError, zlib.error) as exc:  # bad CRC, encrypted, ...
+            raise _refuse(f"{info.filename!r} cannot be read from the zip: {exc}") from None
         try:
             image = decode_image(raw, max_pixels=settings.max_image_pixels)
         except (InvalidInput, PayloadTooLarge) as exc:
@@ -175,15 +179,11 @@ def _to_tensor(image: Image.Image, channels: int, size: tuple[int, int]) -> torc
     return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
-def read_csv_table(data: bytes, target: str | None, task: str) -> Upload:
+def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -> Upload:
     """A header row, then one row per example: every column but `target` a number (the features)."""
     if not target:
         raise _refuse("a CSV upload needs the name of its target column (form field target)", "target")
-    try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise _refuse(f"not a readable UTF-8 CSV file: {exc}") from None
-    rows = [row for row in rows if row]
+    rows = _csv_rows(data, max_cells)
     if len(rows) < 3:
         raise _refuse("the CSV needs a header row and at least two data rows")
     header = [h.strip() for h in rows[0]]
@@ -232,6 +232,22 @@ def read_csv_table(data: bytes, target: str | None, task: str) -> Upload:
         "description": f"uploaded CSV: {len(values)} rows, {len(features)} features, target {target!r} ({task})",
     }
     return Upload(meta, _save({"images": pool.images, "labels": pool.labels}))
+
+
+def _csv_rows(data: bytes, max_cells: int) -> list[list[str]]:
+    """The non-empty rows, read until `max_cells` values (a 413 beyond: the parsed table lives in memory)."""
+    rows, cells = [], 0
+    try:
+        for row in csv.reader(io.StringIO(data.decode("utf-8-sig"))):
+            if not row:
+                continue
+            cells += len(row)
+            if cells > max_cells:
+                raise PayloadTooLarge(f"the CSV has more than {max_cells:,} values (TRAINLAB_MAX_TABLE_CELLS)")
+            rows.append(row)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _refuse(f"not a readable UTF-8 CSV file: {exc}") from None
+    return rows
 
 
 def _save(tensors: dict[str, torch.Tensor]) -> bytes:

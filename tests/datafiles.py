@@ -30,12 +30,13 @@ def zip_folder(folder: Path, *, top: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def zip_entries(entries: dict[str, bytes], *, symlinks: tuple[str, ...] = ()) -> bytes:
+def zip_entries(entries: dict[str, bytes], *, symlinks: tuple[str, ...] = (), stored: bool = False) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    compression = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in entries.items():
             info = zipfile.ZipInfo(name)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = compression
             if name in symlinks:
                 info.external_attr = 0o120777 << 16  # S_IFLNK
             archive.writestr(info, data)

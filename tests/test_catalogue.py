@@ -27,7 +27,11 @@ BUILTIN = {"cifar10", "diabetes", "digits", "fashion-mnist", "fashion-mnist-10k"
 def api(tmp_path_factory, module_db_url: str):
     """One API for the checks that train nothing. Small caps, so that small test archives reach the limits."""
     root = tmp_path_factory.mktemp("api")
-    caps = {"TRAINLAB_MAX_DATASET_FILES": "40", "TRAINLAB_MAX_COMPRESSION_RATIO": "50"}
+    caps = {
+        "TRAINLAB_MAX_DATASET_FILES": "40",
+        "TRAINLAB_MAX_COMPRESSION_RATIO": "50",
+        "TRAINLAB_MAX_TABLE_CELLS": "1000",
+    }
     with deployment(root, module_db_url, **caps) as dep, httpx.Client(base_url=dep.url, timeout=30) as client:
         yield dep, client
 
@@ -95,6 +99,7 @@ BAD_ZIPS = {
     "layout": ({"images/a/1.png": "IMG0"}, 422, "ImageFolder layout"),
     "val class": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1", "val/c/3.png": "IMG2"}, 422, "val/ has classes"),
     "not a zip": ({}, 422, "not a readable zip"),
+    "damaged entry": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1"}, 422, "cannot be read from the zip"),
 }
 
 
@@ -105,8 +110,11 @@ def test_bad_archives_are_refused_and_nothing_is_stored(api, case: str) -> None:
     real = {f"IMG{i}": png_bytes(CIFAR_MINI, i) for i in range(3)}
     entries = {name: real.get(data, data) if isinstance(data, str) else data for name, data in entries.items()}
     data = b"PK\x03\x04 truncated" if case == "not a zip" else zip_entries(
-        entries, symlinks=("train/a/x.png",) if case == "symlink" else ()
+        entries, symlinks=("train/a/x.png",) if case == "symlink" else (), stored=case == "damaged entry"
     )  # fmt: skip
+    if case == "damaged entry":  # one byte of an image flipped after zipping: its CRC no longer matches
+        at = data.find(real["IMG1"]) + len(real["IMG1"]) // 2
+        data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
     response = _upload(client, "bad", data)
     assert response.status_code == status, response.text
     assert message in response.text
@@ -154,6 +162,13 @@ def test_uploaded_image_folder_trains_and_cannot_be_deleted_while_used(tmp_path:
             f"/experiments/{experiment['id']}/predict", files={"file": ("x.png", png_bytes(CIFAR_MINI / "val"))}
         )
         assert again.status_code == 200
+
+
+def test_a_table_over_the_cell_limit_is_refused(api) -> None:
+    _, client = api
+    response = _upload(client, "too-big", diabetes_csv(), "diabetes.csv", target="progression")
+    assert response.status_code == 413 and "TRAINLAB_MAX_TABLE_CELLS" in response.text
+    assert client.get("/datasets/too-big").status_code == 404
 
 
 def test_photos_of_different_sizes_need_an_image_size(api) -> None:

@@ -22,6 +22,7 @@ from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec, FromExperiment
 from service.store import ClaimedJob, CorruptCheckpoint, LeaseLost, Store
 from worker.checkpoints import CheckpointContent, UnreadableCheckpoint, load_checkpoint
+from worker.datasets import Dataset
 from worker.engine import Interrupted, fit, resolve_device, runtime_environment
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
@@ -193,7 +194,7 @@ class Worker:
             return self._fit(job, device, dataset, resume, initial_weights, run_log, should_stop)
 
     @contextmanager
-    def _run_log(self, job: ClaimedJob, dataset) -> Iterator[RunLog | None]:
+    def _run_log(self, job: ClaimedJob, dataset: Dataset) -> Iterator[RunLog | None]:
         """TensorBoard files for the run, where enabled (TRAINLAB_TENSORBOARD) and installed."""
         run_log = None
         if self.settings.tensorboard:
@@ -208,7 +209,16 @@ class Worker:
             if run_log is not None:
                 run_log.close()
 
-    def _fit(self, job, device, dataset, resume, initial_weights, run_log: RunLog | None, should_stop) -> Outcome:
+    def _fit(
+        self,
+        job: ClaimedJob,
+        device: torch.device,
+        dataset: Dataset,
+        resume: CheckpointContent | None,
+        initial_weights: dict[str, torch.Tensor] | None,
+        run_log: RunLog | None,
+        should_stop: Callable[[], bool],
+    ) -> Outcome:
         spec = job.spec
 
         def record(metrics: EpochMetrics, checkpoint: bytes) -> None:
@@ -234,11 +244,11 @@ class Worker:
             )  # fmt: skip
         test = None
         if dataset.test is not None and spec.task == "classification":
-            best = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)
-            evaluation = Evaluation.of(best, dataset.test)
+            predictor = Predictor(self.store.checkpoint_data(self.store.find_checkpoint(job.id)), device)
+            evaluation = Evaluation.of(predictor, dataset.test)
             test = (evaluation.loss, evaluation.accuracy)
             job_log(job.id).info(
-                "experiment %d: epoch %d on the test split: accuracy %.4f", job.id, best.epoch, test[1]
+                "experiment %d: epoch %d on the test split: accuracy %.4f", job.id, predictor.epoch, test[1]
             )
         if run_log is not None and (best := self.store.get_experiment(job.id).best) is not None:
             run_log.finish({k: v for k, v in best.model_dump(exclude={"epoch"}).items() if v is not None})

@@ -119,7 +119,7 @@ def upload_dataset(
     if data[:4] == b"PK\x03\x04" or (file.filename or "").lower().endswith(".zip"):
         upload = read_image_zip(data, settings, image_size)
     elif (file.filename or "").lower().endswith(".csv") or file.content_type in ("text/csv", "application/csv"):
-        upload = read_csv_table(data, target, task)
+        upload = read_csv_table(data, target, task, settings.max_table_cells)
     else:
         raise InvalidInput("upload a .zip (ImageFolder layout) or a .csv table", loc=["body", "file"])
     stored = store.create_dataset(name, upload.meta, upload.payload)
