@@ -15,7 +15,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from service.client import APIError, Client, ServerUnavailable
 from service.schemas import ExperimentPublic, Status
@@ -125,14 +125,33 @@ def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
         out.print(_metrics_table(rows))
 
 
+# The columns a metrics table shows, with short headers (80 columns are enough); a task's others are null.
+COLUMNS = {
+    "epoch": "epoch", "train_loss": "train loss", "val_loss": "val loss", "train_accuracy": "train acc",
+    "val_accuracy": "val acc", "train_mae": "train MAE", "val_mae": "val MAE", "val_rmse": "val RMSE",
+    "val_r2": "val R²", "lr": "lr", "duration_s": "seconds",
+}  # fmt: skip
+
+
+def _columns(row: EpochMetrics) -> list[str]:
+    values = row.model_dump()
+    return [k for k in COLUMNS if values[k] is not None]
+
+
 def _metrics_table(rows: list[EpochMetrics]) -> Table:
     """One row per epoch, the columns the task records."""
-    columns = [k for k, v in rows[0].model_dump().items() if v is not None]
-    table = Table(*columns)
+    columns = _columns(rows[0])
+    table = Table(*(COLUMNS[k] for k in columns))
     for row in rows:
         values = row.model_dump()
         table.add_row(*(_fmt(values[k]) for k in columns))
     return table
+
+
+def _epoch_line(row: EpochMetrics, epochs: int) -> str:
+    values = row.model_dump()
+    metrics = "  ".join(f"{COLUMNS[k]} {_fmt(values[k])}" for k in _columns(row) if k not in ("epoch", "duration_s"))
+    return f"epoch {row.epoch}/{epochs}  {metrics}  ({row.duration_s:.1f} s)"
 
 
 def _fmt(value: object) -> str:
@@ -159,6 +178,7 @@ def _follow(client: Client, experiment_id: int) -> str:
         console=out, transient=True,
     )  # fmt: skip
     epochs: list[EpochMetrics] = []
+    epochs_total = client.get(experiment_id).epochs
     task = None
     status = Status.queued.value
     with bar:
@@ -179,7 +199,7 @@ def _follow(client: Client, experiment_id: int) -> str:
                 bar.update(task, completed=event.data["batch"], total=event.data["batches"], **fields)
             elif event.kind == "epoch":
                 epochs.append(row := EpochMetrics.model_validate(event.data))
-                bar.console.print(" ".join(f"{k}={_fmt(v)}" for k, v in row.model_dump().items() if v is not None))
+                bar.console.print(_epoch_line(row, epochs_total))
                 if task is not None:
                     bar.remove_task(task)
                     task = None
@@ -224,7 +244,8 @@ def cancel(experiment_id: int, url: Url = DEFAULT_URL) -> None:
 @app.command()
 def datasets(url: Url = DEFAULT_URL) -> None:
     """The datasets this server has: built in and uploaded."""
-    table = Table("name", "source", "task", "classes", "input", "size", "available")
+    table = Table(Column("name", no_wrap=True), "source", Column("task", no_wrap=True), "classes", "input", "size",
+                  "here")  # fmt: skip
     for d in _call(url, lambda c: c.datasets()):
         shape = "x".join(map(str, d["input_shape"]))
         available = "yes" if d["available"] else "no"

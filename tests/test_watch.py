@@ -159,7 +159,7 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         watched = _cli("submit", str(spec_file), "--watch", url=dep.url, cwd=REPO)
         assert watched.returncode == 0, watched.stdout + watched.stderr
         assert "experiment 1 queued" in watched.stdout and "succeeded" in watched.stdout
-        assert "epoch=2 " in watched.stdout and "val_accuracy" in watched.stdout
+        assert "epoch 2/2 " in watched.stdout and "val acc" in watched.stdout
 
         listed = _cli("list", url=dep.url, cwd=REPO)
         assert listed.returncode == 0 and "from yaml" in listed.stdout and "succeeded" in listed.stdout
