@@ -48,6 +48,12 @@ def test_missing_imagenet_weights_are_named_before_queueing(tmp_path: Path, db_u
         assert client.get("/experiments").json()["total"] == 0
 
 
+@pytest.mark.parametrize("kind", ["resnet18", "mobilenet_v2"])
+def test_weight_file_names_are_torchvisions(kind: str) -> None:
+    url = pretrained.torchvision_weights(kind).url
+    assert url.rsplit("/", 1)[1] == pretrained.WEIGHT_FILES[kind]
+
+
 def _place_weights(torch_home: Path) -> dict[str, torch.Tensor]:
     """A resnet18 state dict where torchvision's cache keeps the ImageNet file (random weights: this test is about
     which tensors train, not about what they know)."""

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from service.specs import CNNSpec, LinearSpec, MLPSpec, PretrainedSpec, SequentialSpec
@@ -322,6 +321,8 @@ TORCHVISION_KINDS = ("resnet18", "mobilenet_v2")
 
 @register_model(*TORCHVISION_KINDS)
 def _torchvision(spec: PretrainedSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    import torchvision  # here, not at the top: it pulls in torch._dynamo (a second and ~150 MB for every process)
+
     if input_shape[0] not in (1, 3):
         raise ShapeError.at(0, spec.kind, input_shape, f"{spec.kind} takes grey or RGB images")
     if spec.kind == "resnet18":

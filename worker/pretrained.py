@@ -12,14 +12,18 @@ import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights
 
-WEIGHTS = {"resnet18": ResNet18_Weights.IMAGENET1K_V1, "mobilenet_v2": MobileNet_V2_Weights.IMAGENET1K_V1}
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
+# torchvision's ImageNet weights (IMAGENET1K_V1), by the file name its cache keeps them under. Named here rather
+# than read from torchvision.models, whose import costs every API process a second and ~150 MB
+# (tests/test_transfer.py checks the names against torchvision's weights API).
+WEIGHT_FILES = {"resnet18": "resnet18-f37072fd.pth", "mobilenet_v2": "mobilenet_v2-b0353104.pth"}
 # Where each torchvision state dict's tensors go in `worker.models.TransferNet`; tensors not listed (the old
 # ImageNet head) are dropped.
 _PREFIXES = {"resnet18": {"": "backbone."}, "mobilenet_v2": {"features.": "backbone.0."}}
@@ -35,7 +39,13 @@ class WeightsUnavailable(LookupError):
 
 def cache_file(kind: str) -> Path:
     """Where torchvision keeps (and looks for) the ImageNet weights of `kind`."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(WEIGHTS[kind].url).path).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHT_FILES[kind]
+
+
+def torchvision_weights(kind: str) -> WeightsEnum:
+    from torchvision.models import MobileNet_V2_Weights, ResNet18_Weights
+
+    return {"resnet18": ResNet18_Weights.IMAGENET1K_V1, "mobilenet_v2": MobileNet_V2_Weights.IMAGENET1K_V1}[kind]
 
 
 def _deep_sort_file() -> Path | None:
@@ -72,7 +82,7 @@ def imagenet_state(kind: str, allow_download: bool) -> dict[str, torch.Tensor]:
     """`kind`'s ImageNet backbone tensors, named as in TransferNet."""
     path = locate(kind, allow_download)
     if path is None:
-        state = WEIGHTS[kind].get_state_dict(progress=False)
+        state = torchvision_weights(kind).get_state_dict(progress=False)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if path.name == Path(DEEP_SORT_FILE).name:
@@ -89,6 +99,8 @@ def imagenet_state(kind: str, allow_download: bool) -> dict[str, torch.Tensor]:
 
 def _mobilenet_features_in_order(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The deep-sort file's tensors renamed, one by one in order, to today's `features.*` names."""
+    import torchvision
+
     with torch.device("meta"):
         target = torchvision.models.mobilenet_v2().features.state_dict()
     tensors = list(state.values())
