@@ -643,14 +643,18 @@ class Store:
             raise Conflict(f"a dataset named {name!r} exists already; DELETE it first or pick another name") from None
         return upload
 
-    def list_datasets(self) -> list[DatasetUpload]:
+    def list_datasets(self, name: str | None = None) -> list[DatasetUpload]:
+        """The uploaded datasets' descriptions (never their blobs), or only the one named `name`."""
+        columns = DatasetRow.name, DatasetRow.meta, DatasetRow.sha256, DatasetRow.size_bytes, DatasetRow.created_at
+        query = select(*columns).order_by(DatasetRow.name)
+        if name is not None:
+            query = query.where(DatasetRow.name == name)
         with self._read() as session:
-            columns = DatasetRow.name, DatasetRow.meta, DatasetRow.sha256, DatasetRow.size_bytes, DatasetRow.created_at
-            rows = session.execute(select(*columns).order_by(DatasetRow.name)).all()
-            return [DatasetUpload(*row) for row in rows]
+            return [DatasetUpload(*row) for row in session.execute(query).all()]
 
     def find_dataset(self, name: str) -> DatasetUpload | None:
-        return next((d for d in self.list_datasets() if d.name == name), None)
+        found = self.list_datasets(name)
+        return found[0] if found else None
 
     def dataset_data(self, name: str) -> bytes:
         """The blob, checked against its SHA-256."""

@@ -50,6 +50,9 @@ def test_standard_datasets_name_their_missing_files(api) -> None:
     assert listed["mnist"]["available"] is False and listed["mnist-10k"]["available"] is True
     assert listed["diabetes"]["task"] == "regression" and listed["diabetes"]["input_shape"] == [10, 1, 1]
     assert listed["fashion-mnist"]["available"] == datasets.SYSTEM_FASHION_DIR.is_dir()
+    # scikit-learn's published per-class counts of its digits: 178 zeros ... 180 nines.
+    digits = client.get("/datasets/digits").json()["counts"]["pool"]
+    assert digits["0"] == 178 and digits["9"] == 180 and sum(digits.values()) == 1797
 
     spec = {"dataset": {"name": "mnist"}, "model": {"kind": "mlp"}}
     refused = client.post("/experiments", json=spec)

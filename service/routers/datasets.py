@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+import torch
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from pydantic import BaseModel
 
@@ -58,14 +59,15 @@ def _builtin(name: str, settings: Settings, store: Store, *, with_counts: bool =
     counts = None
     if with_counts and available and info.task == "classification":
         dataset = open_dataset(DatasetSpec(name=name), settings, store)
-        counts = {"pool": _class_counts(info, dataset.train.labels.tolist() + dataset.val.labels.tolist())}
+        counts = {"pool": _class_counts(info, torch.cat([dataset.train.labels, dataset.val.labels]))}
         if dataset.test is not None:
-            counts["test"] = _class_counts(info, dataset.test.labels.tolist())
+            counts["test"] = _class_counts(info, dataset.test.labels)
     return _public(info, "builtin", available, counts)
 
 
-def _class_counts(info: DatasetInfo, labels: list[int]) -> dict[str, int]:
-    return {info.class_names[k]: labels.count(k) for k in range(info.num_classes)}
+def _class_counts(info: DatasetInfo, labels: torch.Tensor) -> dict[str, int]:
+    counts = torch.bincount(labels, minlength=info.num_classes).tolist()
+    return dict(zip(info.class_names, counts, strict=True))
 
 
 def _uploaded(upload: DatasetUpload) -> DatasetPublic:
