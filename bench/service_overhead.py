@@ -24,6 +24,7 @@ from bench.common import REPO, header, median, peak_rss_mb
 from bench.service import running_service
 from service.specs import ExperimentSpec
 from service.store import MetricRow
+from worker.allocator import keep_freed_memory
 from worker.datasets import load_dataset
 from worker.engine import fit
 
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    keep_freed_memory()  # as the worker process does
     header(torch.device("cpu"), "service_overhead: whole service vs bare engine, per-epoch wall time")
     recipe = json.loads((REPO / "examples" / "mnist-cnn.json").read_text())
     spec = ExperimentSpec.model_validate({**recipe, "epochs": args.epochs, "device": "cpu"})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.common import REPO, header, median
 from service.specs import ExperimentSpec
+from worker.allocator import keep_freed_memory
 from worker.datasets import load_dataset
 from worker.engine import fit, resolve_device
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     args = parser.parse_args()
+    keep_freed_memory()  # as the worker process does
     device = resolve_device(args.device)
     header(device, f"time_to_accuracy: examples/mnist-cnn.json to {args.target:.0%} validation accuracy")
     recipe = json.loads((REPO / "examples" / "mnist-cnn.json").read_text())

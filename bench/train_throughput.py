@@ -2,7 +2,9 @@
 
 Classic: a Dataset that turns each uint8 image into a PIL image and back (`ToTensor` + `Normalize`), exactly as
 torchvision's MNIST does per item, a `DataLoader` (batch 64, shuffle, num_workers=0), `.to(device)` per batch, fp32
-eager. Engine: `worker.engine.fit`, as the worker runs it, in fp32 and with `precision: auto`.
+eager, in a fresh Python process as a user's script runs (glibc's default malloc settings). Engine:
+`worker.engine.fit`, as the worker runs it (malloc tuned by `worker.allocator`), in fp32 and with
+`precision: auto`. The classic loop is also run in the tuned process, to show what the allocator alone gives it.
 
     python -m bench.train_throughput [--device auto|cpu|cuda] [--epochs 3] [--rounds 3] [--full]
 
@@ -14,7 +16,10 @@ The three variants run alternately, `--rounds` times; samples/s is the median ov
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,6 +30,7 @@ from torchvision import transforms
 
 from bench.common import header, median
 from service.specs import ExperimentSpec
+from worker.allocator import keep_freed_memory
 from worker.datasets import Dataset, DatasetUnavailable, Split, load_dataset
 from worker.engine import fit, resolve_device
 from worker.models import create_model
@@ -83,6 +89,18 @@ def engine(spec: ExperimentSpec, dataset: Dataset, device: torch.device) -> tupl
     return [m.samples_per_s for m in rows], rows[-1].val_accuracy
 
 
+@functools.cache
+def load(name: str) -> Dataset:
+    return load_dataset(ExperimentSpec.model_validate({"dataset": {"name": name}, "model": {"kind": "mlp"}}).dataset,
+                        Path("var/data"))  # fmt: skip
+
+
+def classic_by_name(spec: dict, device: str) -> tuple[list[float], float]:
+    """`classic` in the untuned child process (arguments it can unpickle)."""
+    parsed = ExperimentSpec.model_validate(spec)
+    return classic(parsed, load(parsed.dataset.name), torch.device(device))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -91,41 +109,48 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also the full Fashion-MNIST, when present")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    # Spawned before this process tunes its allocator: the classic loop as a plain script runs.
+    untuned = multiprocessing.get_context("spawn").Pool(1)
+    keep_freed_memory()
     header(device, "train_throughput: classic DataLoader loop vs the worker's engine")
     datasets = ["mnist-10k"] + (["fashion-mnist"] if args.full else [])
     print(f"# batch 64, {args.epochs} epochs, {args.rounds} alternating rounds, Adam 1e-3, seed 0")
+    print("# classic*: the classic loop in the engine's process, with malloc tuned as the worker tunes it")
     print(
-        f"{'dataset':<14} {'model':<5} {'classic/s':>10} {'engine fp32/s':>14} {'engine auto/s':>14} "
-        f"{'auto/classic':>13} {'fp32/classic':>13} {'acc classic':>12} {'acc fp32':>9} {'acc auto':>9}"
+        f"{'dataset':<14} {'model':<5} {'classic/s':>10} {'classic*/s':>11} {'engine fp32/s':>14} "
+        f"{'engine auto/s':>14} {'auto/classic':>13} {'fp32/classic':>13} {'auto/classic*':>14} "
+        f"{'acc classic':>12} {'acc fp32':>9} {'acc auto':>9}"
     )
     for dataset_name in datasets:
         try:
-            dataset = load_dataset(ExperimentSpec.model_validate(
-                {"dataset": {"name": dataset_name}, "model": {"kind": "mlp"}}).dataset, Path("var/data"))  # fmt: skip
+            dataset = load(dataset_name)
         except DatasetUnavailable as exc:
             print(f"# {dataset_name}: skipped ({exc})")
             continue
         for model_name, model in MODELS.items():
             base = {"dataset": {"name": dataset_name}, "model": model, "epochs": args.epochs, "device": args.device}
-            variants = {
-                "classic": (classic, ExperimentSpec.model_validate({**base, "precision": "fp32"})),
-                "fp32": (engine, ExperimentSpec.model_validate({**base, "precision": "fp32"})),
-                "auto": (engine, ExperimentSpec.model_validate({**base, "precision": "auto"})),
+            fp32 = ExperimentSpec.model_validate({**base, "precision": "fp32"})
+            variants: dict[str, Callable[[], tuple[list[float], float]]] = {
+                "classic": lambda: untuned.apply(classic_by_name, (fp32.model_dump(mode="json"), str(device))),
+                "classic*": lambda: classic(fp32, dataset, device),
+                "fp32": lambda: engine(fp32, dataset, device),
+                "auto": lambda: engine(fp32.model_copy(update={"precision": "auto"}), dataset, device),
             }
             rates: dict[str, list[float]] = {k: [] for k in variants}
             accuracy: dict[str, list[float]] = {k: [] for k in variants}
             for _ in range(args.rounds):
-                for key, (run, spec) in variants.items():
-                    r, a = run(spec, dataset, device)
+                for key, run in variants.items():
+                    r, a = run()
                     rates[key] += r
                     accuracy[key].append(a)
             m = {k: median(v) for k, v in rates.items()}
             acc = {k: median(v) for k, v in accuracy.items()}
             print(
-                f"{dataset_name:<14} {model_name:<5} {m['classic']:>10.0f} {m['fp32']:>14.0f} {m['auto']:>14.0f} "
-                f"{m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
-                f"{acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
+                f"{dataset_name:<14} {model_name:<5} {m['classic']:>10.0f} {m['classic*']:>11.0f} {m['fp32']:>14.0f} "
+                f"{m['auto']:>14.0f} {m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
+                f"{m['auto'] / m['classic*']:>13.2f}x {acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
             )
+    untuned.close()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
+from worker.allocator import keep_freed_memory
 from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
 from worker.loop import Worker
 
@@ -21,6 +22,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check is not news
 
+    keep_freed_memory()  # before the first training step: see worker/allocator.py
     # Deterministic cuBLAS (spec.deterministic) needs this before the first CUDA call.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     settings = Settings()

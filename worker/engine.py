@@ -24,12 +24,10 @@ from worker.augment import Augmentation, build_augmentation
 from worker.checkpoints import CheckpointContent, dump_checkpoint
 from worker.datasets import Dataset, Split
 from worker.models import create_model, input_preprocess
-from worker.numerics import Numerics, resolve_numerics
+from worker.numerics import Numerics, eval_batch_size, resolve_numerics
 from worker.objectives import Objective
 from worker.preprocess import Preprocess, normalize, standardize, to_unit
 from worker.pretrained import load_matching
-
-EVAL_BATCH_SIZE = 1024
 
 OnEpoch = Callable[[EpochMetrics, bytes], None]
 ShouldStop = Callable[[], bool]
@@ -67,16 +65,13 @@ class TrainingDiverged(ArithmeticError):
 
 
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    # fused: one kernel per step over every parameter, instead of a pass per arithmetic operation (on the CPU
+    # too: Adam's step over the default CNN's 420k parameters takes 0.25 ms instead of 0.57 ms).
     "sgd": lambda spec, params: torch.optim.SGD(
-        params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay
+        params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov, weight_decay=spec.weight_decay, fused=True
     ),
-    # One fused kernel per step on CUDA, instead of several per parameter.
-    "adam": lambda spec, params: torch.optim.Adam(
-        params, lr=spec.lr, weight_decay=spec.weight_decay, fused=params[0].is_cuda
-    ),
-    "adamw": lambda spec, params: torch.optim.AdamW(
-        params, lr=spec.lr, weight_decay=spec.weight_decay, fused=params[0].is_cuda
-    ),
+    "adam": lambda spec, params: torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True),
+    "adamw": lambda spec, params: torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True),
     "rmsprop": lambda spec, params: torch.optim.RMSprop(
         params, lr=spec.lr, alpha=spec.alpha, momentum=spec.momentum, weight_decay=spec.weight_decay
     ),
@@ -296,13 +291,15 @@ def evaluate(
     recorded validation accuracy is the one the served model has, whatever precision trained it."""
     model.eval()
     layout = numerics.layout if numerics is not None else (lambda x: x)
-    loss_sum = torch.zeros((), device=data.labels.device)
-    sums = torch.zeros(objective.size(), dtype=torch.float64, device=data.labels.device)
-    for start in range(0, len(data), EVAL_BATCH_SIZE):
-        batch = slice(start, start + EVAL_BATCH_SIZE)
+    device = data.labels.device
+    loss_sum = torch.zeros((), device=device)
+    sums = torch.zeros(objective.size(), dtype=torch.float64, device=device)
+    size = eval_batch_size(device)
+    for start in range(0, len(data), size):
+        batch = slice(start, start + size)
         standardized = data.standardized
         inputs = layout(standardized[batch] if standardized is not None else normalize(data.images[batch], preprocess))
-        targets = data.labels[start : start + EVAL_BATCH_SIZE]
+        targets = data.labels[batch]
         outputs = model(inputs)
         loss_sum += objective.loss(outputs, targets, reduction="sum")
         sums += objective.tally(outputs, targets)

@@ -9,9 +9,8 @@ from PIL import Image
 
 from worker.checkpoints import load_checkpoint
 from worker.models import create_model
+from worker.numerics import eval_batch_size
 from worker.preprocess import image_to_uint8, normalize
-
-BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -61,8 +60,9 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Raw outputs for uint8 (N, C, H, W) images (or float (N, F, 1, 1) rows), in batches; on the CPU."""
+        size = eval_batch_size(self.device)
         outputs = [
-            self.model(normalize(images[i : i + BATCH_SIZE].to(self.device), self.preprocess)).float().cpu()
-            for i in range(0, len(images), BATCH_SIZE)
+            self.model(normalize(images[i : i + size].to(self.device), self.preprocess)).float().cpu()
+            for i in range(0, len(images), size)
         ]
         return torch.cat(outputs)

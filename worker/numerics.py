@@ -46,6 +46,13 @@ class Numerics:
         return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
 
 
+def eval_batch_size(device: torch.device) -> int:
+    """Batch size for forward passes without gradients. Big batches keep a GPU busy; on a CPU, a batch whose
+    activations stay under malloc's mmap threshold (see worker.allocator) evaluates the default CNN 2.5x faster
+    than batch 1024, whose activations are faulted in anew for every batch."""
+    return 1024 if device.type == "cuda" else 256
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The concrete precision `auto` means on this device."""
     if precision == "auto":
