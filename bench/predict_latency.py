@@ -3,18 +3,18 @@
     python -m bench.predict_latency [--requests 400]
 
 The model is examples/mnist-cnn.json trained for one epoch by a real worker; the images are 200 real 28x28 PNGs
-from mnist-10k's validation split. Concurrency 1 (one httpx client, sequential) and 16 (16 asyncio tasks sharing
-an httpx.AsyncClient), each after a warm-up. Prints p50 / p99 latency and requests/s, the bare in-process p50, and
+from mnist-10k's validation split. Concurrency 1 (one httpx client, sequential) and 16 (16 threads, each its own
+httpx client), each after a warm-up; then GET /healthz at 16 clients, the floor of this harness. Prints p50 / p99 latency and requests/s, the bare in-process p50, and
 the API's peak RSS with the model cached. The client runs on the same cores as the server.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,20 +51,29 @@ def sequential(url: str, path: str, pngs: list[bytes], n: int) -> tuple[list[flo
     return latencies, n / (time.perf_counter() - started)
 
 
-async def concurrent(url: str, path: str, pngs: list[bytes], n: int, clients: int) -> tuple[list[float], float]:
+def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: int) -> tuple[list[float], float]:
+    """`clients` users at once, each a thread with its own httpx.Client (connection), requests back to back; a GET
+    of `path` when `pngs` is None. Threads rather than asyncio tasks sharing one httpx.AsyncClient: that client's
+    connection pool made the load generator itself the bottleneck and the tail (encode/httpx#3215; here a bare
+    GET /healthz at 16 tasks had p99 8-10x its p50, and the generator used more CPU per request than the API)."""
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
 
-        async def one_client(k: int) -> None:
+    def one_client(k: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
             for i in range(k, n, clients):
                 t = time.perf_counter()
-                response = await client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")})
-                response.raise_for_status()
-                latencies.append(time.perf_counter() - t)
+                if pngs is None:
+                    client.get(path).raise_for_status()
+                else:
+                    client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
+                latencies.append(time.perf_counter() - t)  # list.append is atomic under the GIL
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(k) for k in range(clients)))
+    threads = [threading.Thread(target=one_client, args=(k,)) for k in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return latencies, n / (time.perf_counter() - started)
 
 
@@ -99,12 +108,14 @@ def main() -> None:
 
         sequential(url, path, pngs, 50)  # warm-up: the API loads and caches the model
         one = sequential(url, path, pngs, args.requests)
-        asyncio.run(concurrent(url, path, pngs, 64, 16))
-        sixteen = asyncio.run(concurrent(url, path, pngs, args.requests, 16))
+        concurrent(url, path, pngs, 64, 16)
+        sixteen = concurrent(url, path, pngs, args.requests, 16)
+        floor = concurrent(url, "/healthz", None, args.requests, 16)
         print(f"{'':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'req/s':>9}")
         row("in-process (bare)", bare, len(bare) / sum(bare))
         row("HTTP, 1 client", *one)
         row("HTTP, 16 clients", *sixteen)
+        row("GET /healthz, 16 clients", *floor)
         print(f"# p50 over bare at 1 client: +{(percentile(one[0], 50) - median(bare)) * 1000:.2f} ms")
         print(f"# API peak RSS with the model cached: {peak_rss_mb(processes[0].pid):.0f} MB")
 

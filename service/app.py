@@ -1,6 +1,6 @@
 """The HTTP face: `create_app(settings)` builds the FastAPI app; nothing is created at import time.
 
-    uvicorn --factory service.app:create_app
+uvicorn --factory service.app:create_app
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from service.cache import LRUCache
 from service.deps import StoreDep
 from service.errors import install_error_handler
 from service.limits import BodySizeLimit
-from service.routers import datasets, experiments, monitoring, sweeps, watch
+from service.predictions import ImagePredictions
+from service.routers import datasets, experiments, monitoring, predictions, sweeps, watch
 from service.routers.monitoring import metrics_registry
 from service.settings import Settings
 from service.store import SchemaOutOfDate, Store
@@ -53,10 +54,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store.close()
             raise
         app.state.store = store
-        app.state.metrics_registry, app.state.predict_latency = metrics_registry(store)
+        app.state.metrics_registry, predict_latency, batch_sizes = metrics_registry(store)
         app.state.predictors = LRUCache(settings.predictor_cache_size)
         app.state.evaluations = LRUCache(settings.predictor_cache_size)
+        app.state.predictions = ImagePredictions(
+            store,
+            app.state.predictors,
+            predict_latency,
+            batch_sizes,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_pixels=settings.max_image_pixels,
+        )
         yield
+        app.state.predictions.close()
         store.close()
 
     app = FastAPI(
@@ -72,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         per_path={"/datasets": settings.max_dataset_bytes + MULTIPART_OVERHEAD},
     )
     install_error_handler(app)
-    app.include_router(watch.router)  # first: its /experiments/compare.png is not an experiment id
+    app.include_router(predictions.router)  # first: the hot path (routes are matched in order)
+    app.include_router(watch.router)  # before experiments: its /experiments/compare.png is not an experiment id
     app.include_router(experiments.router)
     app.include_router(sweeps.router)
     app.include_router(datasets.router)

@@ -7,10 +7,10 @@ import hashlib
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
-from prometheus_client import Histogram
 from pydantic import BaseModel
 
 from service.cache import LRUCache
+from service.predictions import ImagePredictions
 from service.settings import Settings
 from service.store import Idempotency, Store
 from worker.evaluation import Evaluation
@@ -33,14 +33,14 @@ async def _evaluations(request: Request) -> LRUCache[Evaluation]:
     return request.app.state.evaluations
 
 
-async def _predict_latency(request: Request) -> Histogram:
-    return request.app.state.predict_latency
+async def _predictions(request: Request) -> ImagePredictions:
+    return request.app.state.predictions
 
 
 StoreDep = Annotated[Store, Depends(_store)]
-PredictLatencyDep = Annotated[Histogram, Depends(_predict_latency)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PredictorsDep = Annotated[LRUCache[Predictor], Depends(_predictors)]
+PredictionsDep = Annotated[ImagePredictions, Depends(_predictions)]
 EvaluationsDep = Annotated[LRUCache[Evaluation], Depends(_evaluations)]
 
 # A client-chosen key that makes a POST safe to retry (Stripe's convention).

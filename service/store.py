@@ -5,6 +5,7 @@ ORM rows never leave this module: callers get `service.schemas` / `service.specs
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import weakref
@@ -25,10 +26,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Text,
     TypeDecorator,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -286,6 +289,18 @@ class CheckpointRef:
     experiment_id: int
     epoch: int
     sha256: str
+
+
+@functools.cache
+def _find_checkpoint_statement() -> Select:
+    """Status, best epoch and the wanted checkpoint's hash (NULL when not kept) of one experiment; the wanted
+    epoch is :epoch, or the best one when :epoch is NULL."""
+    wanted = func.coalesce(bindparam("epoch", type_=Integer), ExperimentRow.best_epoch)
+    return (
+        select(ExperimentRow.status, ExperimentRow.best_epoch, CheckpointRow.sha256)
+        .outerjoin(CheckpointRow, (CheckpointRow.experiment_id == ExperimentRow.id) & (CheckpointRow.epoch == wanted))
+        .where(ExperimentRow.id == bindparam("experiment_id", type_=Integer))
+    )
 
 
 @dataclass(frozen=True)
@@ -572,18 +587,10 @@ class Store:
 
     def find_checkpoint(self, experiment_id: int, epoch: int | None = None) -> CheckpointRef:
         """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None."""
-        # One statement: this runs on every /predict.
-        wanted_epoch = ExperimentRow.best_epoch if epoch is None else epoch
-        query = (
-            select(ExperimentRow.status, ExperimentRow.best_epoch, CheckpointRow.sha256)
-            .outerjoin(
-                CheckpointRow,
-                (CheckpointRow.experiment_id == ExperimentRow.id) & (CheckpointRow.epoch == wanted_epoch),
-            )
-            .where(ExperimentRow.id == experiment_id)
-        )
-        with self._read() as session:
-            found = session.execute(query).first()
+        # One statement, built once: this runs on every /predict, and building it cost more than running it.
+        query = _find_checkpoint_statement()
+        with self.engine.connect() as conn:  # Core, not an ORM Session: a third of the cost
+            found = conn.execute(query, {"experiment_id": experiment_id, "epoch": epoch}).first()
             if found is None:
                 raise NotFound(f"experiment {experiment_id} not found")
             status, best_epoch, sha256 = found
@@ -594,7 +601,7 @@ class Store:
                     "the first one is written when its first epoch finishes"
                 )
             if sha256 is None:
-                kept = session.scalars(
+                kept = conn.scalars(
                     select(CheckpointRow.epoch)
                     .where(CheckpointRow.experiment_id == experiment_id)
                     .order_by(CheckpointRow.epoch)

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
+from service.specs import DatasetSpec
 from tests.conftest import Deployment, deployment, tiny_spec, train_in_process
+from worker.datasets import load_dataset
 
 BAD_SPECS = [
     ({**tiny_spec(), "colour": "blue"}, ["body", "colour"], "extra_forbidden"),
@@ -224,3 +227,44 @@ def test_healthz_stays_fast_while_bombs_arrive(api_only: Deployment, client_for)
             latencies.append(time.perf_counter() - started)
         assert set(bombs) == {413}
     assert sorted(latencies)[len(latencies) // 2] < 0.5, latencies
+
+
+def test_concurrent_predictions_are_batched_and_each_gets_its_own_answer(api_only: Deployment, client_for) -> None:
+    client = client_for(api_only)
+    assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
+    train_in_process(api_only)
+    images = load_dataset(DatasetSpec(name="digits"), api_only.root).val.images[:24]
+    uploads = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[0].numpy()).save(buffer, format="PNG")
+        uploads.append(("1", {"file": ("d.png", buffer.getvalue(), "image/png")}))
+    # Bad requests mixed in: each must get its own answer, and spoil nobody else's.
+    uploads += [("1", {"file": ("x.png", b"not an image", "image/png")}), ("99", {"file": ("d.png", png_bytes())})]
+    expected = [client.post(f"/experiments/{i}/predict", files=files) for i, files in uploads]
+    assert [r.status_code for r in expected] == [200] * 24 + [415, 404]
+
+    def send(upload: tuple[str, dict]) -> httpx.Response:
+        with httpx.Client(base_url=api_only.url, timeout=30) as c:
+            return c.post(f"/experiments/{upload[0]}/predict", files=upload[1])
+
+    def counts() -> tuple[float, float]:
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        samples = {s.name: s.value for s in families["trainlab_predict_batch_size"].samples}
+        return samples["trainlab_predict_batch_size_count"], samples["trainlab_predict_batch_size_sum"]
+
+    before = counts()
+    with concurrent.futures.ThreadPoolExecutor(len(uploads)) as pool:
+        answers = list(pool.map(send, uploads * 3))
+    batches, images_run = (after - b for after, b in zip(counts(), before, strict=True))
+    assert images_run == len(uploads) * 3 and batches < images_run, (batches, images_run)  # some ran together
+    for answer, alone in zip(answers, expected * 3, strict=True):
+        assert answer.status_code == alone.status_code, answer.text
+        if alone.status_code != 200:
+            assert answer.json()["detail"] == alone.json()["detail"]
+            continue
+        got, want = answer.json(), alone.json()
+        assert got["label"] == want["label"] and got["epoch"] == want["epoch"]
+        assert [p["label"] for p in got["probabilities"]] == [p["label"] for p in want["probabilities"]]
+        for p, q in zip(got["probabilities"], want["probabilities"], strict=True):
+            assert p["probability"] == pytest.approx(q["probability"], abs=1e-5)

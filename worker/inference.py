@@ -33,15 +33,18 @@ class Predictor:
         self.model.load_state_dict(content.model_state)
         self.model.to(self.device).eval()
 
-    @torch.inference_mode()
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The uint8 (C, H, W) input the model takes for `image`: converted and resized as in training."""
+        return image_to_uint8(image, self.preprocess)
+
     def predict(self, image: Image.Image, top_k: int = 5) -> list[ClassScore]:
         """Classes by descending probability (at most `top_k`), after the same preprocessing as training."""
-        probabilities = torch.softmax(self.logits(image_to_uint8(image, self.preprocess).unsqueeze(0)), dim=1)[0]
-        values, labels = probabilities.topk(min(top_k, len(self.class_names)))
-        return [
-            ClassScore(int(label), self.class_names[label], float(value))
-            for value, label in zip(values.tolist(), labels.tolist(), strict=True)
-        ]
+        return self.classify(self.pixels(image).unsqueeze(0), top_k=top_k)[0]
+
+    @torch.inference_mode()
+    def classify(self, images: torch.Tensor, top_k: int = 5) -> list[list[ClassScore]]:
+        """For each of a batch of uint8 images (or float table rows), its classes by descending probability."""
+        return self._ranked(self.logits(images), top_k)
 
     @torch.inference_mode()
     def predict_rows(self, rows: torch.Tensor, top_k: int = 1) -> list[float] | list[list[ClassScore]]:
@@ -50,8 +53,10 @@ class Predictor:
         outputs = self.logits(rows.float().view(len(rows), -1, 1, 1))
         if self.spec.task == "regression":
             return (outputs[:, 0] * self.preprocess.target_std + self.preprocess.target_mean).tolist()
-        probabilities = torch.softmax(outputs, dim=1)
-        values, labels = probabilities.topk(min(top_k, len(self.class_names)), dim=1)
+        return self._ranked(outputs, top_k)
+
+    def _ranked(self, logits: torch.Tensor, top_k: int) -> list[list[ClassScore]]:
+        values, labels = torch.softmax(logits, dim=1).topk(min(top_k, len(self.class_names)), dim=1)
         return [
             [ClassScore(int(k), self.class_names[k], float(v)) for v, k in zip(vs, ks, strict=True)]
             for vs, ks in zip(values.tolist(), labels.tolist(), strict=True)

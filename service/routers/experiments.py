@@ -1,19 +1,17 @@
-"""/experiments: submit, validate, list, inspect, compare, rerun; metrics, curves, evaluation and predictions."""
+"""/experiments: submit, validate, list, inspect, compare, rerun; metrics, curves and evaluation."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-from fastapi import APIRouter, File, Path, Query, Response, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel
 
 from service.catalogue import check_spec, dataset_for, open_dataset
 from service.compare import Comparison, compare
 from service.deps import (
     EvaluationsDep,
     IdempotencyKey,
-    PredictLatencyDep,
     PredictorsDep,
     SettingsDep,
     StoreDep,
@@ -21,17 +19,15 @@ from service.deps import (
     mark_replayed,
     replayed,
 )
-from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge
+from service.errors import ERROR_RESPONSES, Conflict, InvalidInput
 from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
-from service.images import decode_image
-from service.schemas import AttemptPublic, ClassProbability, ExperimentList, ExperimentPublic, Prediction, Status
+from service.predictions import load_predictor
+from service.schemas import AttemptPublic, ExperimentList, ExperimentPublic, Status
 from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec
-from service.store import CheckpointRef, CorruptCheckpoint, Store
-from worker.checkpoints import UnreadableCheckpoint
+from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
-from worker.inference import Predictor
 from worker.models import describe_model, resolve_layers
 from worker.previews import augmentation_samples
 
@@ -264,96 +260,6 @@ def _evaluate(
 
     def build() -> Evaluation:
         val = _dataset(spec, settings, store).val
-        return Evaluation.of(_predictor(ref, store, predictors), val)
+        return Evaluation.of(load_predictor(ref, store, predictors), val)
 
     return evaluations.get(ref, build)
-
-
-def _predictor(ref: CheckpointRef, store: Store, predictors) -> Predictor:
-    def load() -> Predictor:
-        try:
-            return Predictor(store.checkpoint_data(ref))
-        except UnreadableCheckpoint as exc:
-            raise CorruptCheckpoint(
-                f"the checkpoint of experiment {ref.experiment_id} epoch {ref.epoch} {exc}"
-            ) from None
-
-    return predictors.get(ref, load)
-
-
-@router.post("/{experiment_id}/predict", response_model=Prediction)
-def predict(
-    experiment_id: ExperimentId,
-    store: StoreDep,
-    settings: SettingsDep,
-    predictors: PredictorsDep,
-    latency: PredictLatencyDep,
-    file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
-    epoch: Epoch | None = None,
-    top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
-):
-    """Classify one image with the best checkpoint (or that of `epoch`)."""
-    with latency.time():
-        return _predict(experiment_id, store, settings, predictors, file, epoch, top_k)
-
-
-def _predict(experiment_id, store, settings, predictors, file, epoch, top_k) -> Prediction:
-    if file.size is not None and file.size > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"upload is {file.size} bytes; the limit is {settings.max_upload_bytes}")
-    # Resolve the checkpoint first: an unknown id or an untrained model is answered before any decoding.
-    ref = store.find_checkpoint(experiment_id, epoch)
-    predictor = _predictor(ref, store, predictors)
-    if predictor.tabular:
-        raise Conflict(f"experiment {experiment_id} learned from a table: POST its rows to .../predict/rows")
-    image = decode_image(file.file.read(settings.max_upload_bytes + 1), max_pixels=settings.max_image_pixels)
-    scores = predictor.predict(image, top_k=top_k)
-    return Prediction(
-        label=scores[0].label,
-        class_name=scores[0].class_name,
-        probabilities=[
-            ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in scores
-        ],
-        epoch=predictor.epoch,
-    )
-
-
-class Rows(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    rows: Annotated[
-        list[Annotated[list[float], Field(min_length=1, max_length=10_000)]], Field(min_length=1, max_length=10_000)
-    ]
-
-
-class RowPredictions(BaseModel):
-    epoch: int
-    # Regression: the predicted target of each row, in its own units.
-    values: list[float] | None = None
-    # Classification: each row's classes, most probable first.
-    classes: list[list[ClassProbability]] | None = None
-
-
-@router.post("/{experiment_id}/predict/rows", response_model=RowPredictions)
-def predict_rows(
-    experiment_id: ExperimentId,
-    body: Rows,
-    store: StoreDep,
-    predictors: PredictorsDep,
-    epoch: Epoch | None = None,
-    top_k: Annotated[int, Query(ge=1, le=1000)] = 1,
-):
-    """For a model trained on a table (a CSV upload, `diabetes`): predict each row of features, given in the
-    dataset's column order without the target."""
-    predictor = _predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
-    if not predictor.tabular:
-        raise Conflict(f"experiment {experiment_id} learned from images: POST an image to .../predict")
-    width = predictor.preprocess.channels
-    for i, row in enumerate(body.rows):
-        if len(row) != width:
-            raise InvalidInput(f"row {i} has {len(row)} values; the model takes {width}", loc=["body", "rows", i])
-    out = predictor.predict_rows(torch.tensor(body.rows), top_k=top_k)
-    if predictor.spec.task == "regression":
-        return RowPredictions(epoch=predictor.epoch, values=out)
-    classes = [[ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in row]
-               for row in out]  # fmt: skip
-    return RowPredictions(epoch=predictor.epoch, classes=classes)

@@ -53,20 +53,24 @@ class StoreCollector:
         yield busy
 
 
-def metrics_registry(store: Store) -> tuple[CollectorRegistry, Histogram]:
-    """This app's registry (not the global one: several apps may live in one process, as in tests) and the
-    /predict latency histogram the predict route observes."""
+def metrics_registry(store: Store) -> tuple[CollectorRegistry, Histogram, Histogram]:
+    """This app's registry (not the global one: several apps may live in one process, as in tests), the
+    /predict latency histogram the predict route observes and the batch sizes its inference thread runs."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
     latency = Histogram(
         "trainlab_predict_latency_seconds", "POST .../predict, from request to answer (this API process)",
         buckets=PREDICT_BUCKETS, registry=registry,
     )  # fmt: skip
-    return registry, latency
+    batch_sizes = Histogram(
+        "trainlab_predict_batch_size", "Images per batch of /predict's inference thread (concurrent requests)",
+        buckets=(1, 2, 4, 8, 16, 32), registry=registry,
+    )  # fmt: skip
+    return registry, latency, batch_sizes
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def prometheus_metrics(request: Request):
     """Prometheus text format: experiments by status, queue depth, epochs and samples trained, epoch durations,
-    workers' heartbeats, /predict latency."""
+    workers' heartbeats, /predict latency and batch sizes."""
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
