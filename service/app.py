@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except UnsafeEnvironment as exc:
             log.error("refusing to start: %s", exc)
             raise
-        # Requests run on many threads at once; intra-op parallelism on top would oversubscribe the cores.
+        # Inference shares the cores with the event loop (see Settings.inference_threads).
         torch.set_num_threads(settings.inference_threads)
         store = Store(settings.database_url)
         try:

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     max_image_pixels: Annotated[int, Field(ge=1)] = 4096 * 4096
     # Trained models kept in memory by the API for /predict.
     predictor_cache_size: Annotated[int, Field(ge=1)] = 8
-    # Torch threads of the API process: one per request is fastest for small models under concurrent requests.
+    # Torch threads of the API process. /predict's inference thread shares the cores with the event loop: with 2
+    # the median fell by 0.6 ms but p99 rose to 2-2.5x the median; 1 kept it at 1.4-1.5x (bench.predict_latency).
     inference_threads: Annotated[int, Field(ge=1)] = 1
     # TensorBoard event files, one folder per experiment (`tensorboard --logdir var/runs`). The API serves them
     # as GET /experiments/{id}/tensorboard.zip when it shares this folder with the workers (one machine).
