@@ -161,13 +161,19 @@ def test_auto_precision_is_bf16_exactly_where_the_device_has_it() -> None:
 
 
 ALLOCATION_ROUNDS = """
-import resource, sys, torch
+import ctypes, ctypes.util, resource, sys
 from worker.allocator import keep_freed_memory
 if sys.argv[1] == "tuned":
     assert keep_freed_memory()
-def step():  # 8 x 4 MB freed together, like one training step's activations
-    blocks = [torch.ones(1 << 20) for _ in range(8)]
-    del blocks
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def step():  # 8 x 4 MB written and freed together, like one training step's activations
+    blocks = [libc.malloc(4 << 20) for _ in range(8)]
+    for block in blocks:
+        ctypes.memset(block, 1, 4 << 20)
+    for block in blocks:
+        libc.free(block)
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
@@ -184,6 +190,8 @@ def test_the_worker_keeps_freed_memory_instead_of_faulting_it_back_in() -> None:
         )
         return int(out.stdout)
 
+    # malloc and free straight from C: Python's own allocations between the blocks made the default's trimming,
+    # and so this count, vary from run to run.
     default, tuned = faults("default"), faults("tuned")
-    # Default malloc returns the 32 MB to the kernel every round: ~8,000 page faults a round.
-    assert default > 20 * 4000 and tuned * 10 < default, (default, tuned)
+    # Default malloc hands the 32 MB back to the kernel every round (8,192 pages); tuned, it keeps them.
+    assert default > 20 * 4000 and tuned < 20 * 100, (default, tuned)
