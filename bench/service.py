@@ -35,21 +35,9 @@ def running_service(root: Path, *, workers: int) -> Iterator[tuple[str, Store, l
     logs = (root / "service.log").open("wb")
     processes = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.app:create_app",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=logs,
-            stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port),
+             "--log-level", "warning"],
+            cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT,
         )  # fmt: skip
     ]
     processes += [

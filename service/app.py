@@ -1,6 +1,6 @@
 """The HTTP face: `create_app(settings)` builds the FastAPI app; nothing is created at import time.
 
-uvicorn --factory service.app:create_app
+    uvicorn --factory service.app:create_app
 """
 
 from __future__ import annotations

@@ -589,7 +589,7 @@ class Store:
         """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None."""
         # One statement, built once: this runs on every /predict, and building it cost more than running it.
         query = _find_checkpoint_statement()
-        with self.engine.connect() as conn:  # Core, not an ORM Session: a third of the cost
+        with self.engine.connect() as conn:  # Core, not an ORM Session: half the cost
             found = conn.execute(query, {"experiment_id": experiment_id, "epoch": epoch}).first()
             if found is None:
                 raise NotFound(f"experiment {experiment_id} not found")
