@@ -4,8 +4,9 @@
 
 The model is examples/mnist-cnn.json trained for one epoch by a real worker; the images are 200 real 28x28 PNGs
 from mnist-10k's validation split. Concurrency 1 (one httpx client, sequential) and 16 (16 threads, each its own
-httpx client), each after a warm-up; then GET /healthz at 16 clients, the floor of this harness. Prints p50 / p99 latency and requests/s, the bare in-process p50, and
-the API's peak RSS with the model cached. The client runs on the same cores as the server.
+httpx client), each after a warm-up; then GET /healthz at 16 clients, the floor of this harness. Prints p50 / p99
+latency and requests/s, the bare in-process p50, and the API's peak RSS with the model cached. The client runs on
+the same cores as the server.
 """
 
 from __future__ import annotations
