@@ -8,8 +8,8 @@ eager, in a fresh Python process as a user's script runs (glibc's default malloc
 
     python -m bench.train_throughput [--device auto|cpu|cuda] [--epochs 3] [--rounds 3] [--full]
 
-The three variants run alternately, `--rounds` times; samples/s is the median over every epoch of every round
-(training only, evaluation excluded, for all three), accuracy the median final validation accuracy.
+The four variants run alternately, `--rounds` times; samples/s is the median over every epoch of every round
+(training only, evaluation excluded, for all four), accuracy the median final validation accuracy.
 `--full` adds the full Fashion-MNIST (54k training images) when its files are present.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import multiprocessing
+import multiprocessing.pool
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +111,12 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     # Spawned before this process tunes its allocator: the classic loop as a plain script runs.
-    untuned = multiprocessing.get_context("spawn").Pool(1)
-    keep_freed_memory()
+    with multiprocessing.get_context("spawn").Pool(1) as untuned:
+        keep_freed_memory()
+        compare(args, device, untuned)
+
+
+def compare(args: argparse.Namespace, device: torch.device, untuned: multiprocessing.pool.Pool) -> None:
     header(device, "train_throughput: classic DataLoader loop vs the worker's engine")
     datasets = ["mnist-10k"] + (["fashion-mnist"] if args.full else [])
     print(f"# batch 64, {args.epochs} epochs, {args.rounds} alternating rounds, Adam 1e-3, seed 0")
@@ -150,7 +155,6 @@ def main() -> None:
                 f"{m['auto']:>14.0f} {m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
                 f"{m['auto'] / m['classic*']:>13.2f}x {acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
             )
-    untuned.close()
 
 
 if __name__ == "__main__":

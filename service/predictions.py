@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from service.images import decode_image
 from service.schemas import ClassProbability, Prediction
 from service.store import CheckpointRef, CorruptCheckpoint, Store
 from worker.checkpoints import UnreadableCheckpoint
-from worker.inference import Predictor
+from worker.inference import ClassScore, Predictor
 
 # Enough to take every request of a busy moment at once; more would only delay the first answers of a batch.
 MAX_BATCH = 32
@@ -50,11 +51,13 @@ class _Request:
     data: bytes
     top_k: int
     answer: asyncio.Future[Prediction]
-    # Set on the inference thread: the prepared input, or why there is none.
-    predictor: Predictor | None = None
-    pixels: torch.Tensor | None = None
-    error: Exception | None = None
+    # Set on the inference thread: the answer, or why there is none.
     result: Prediction | None = None
+    error: Exception | None = None
+
+
+def probabilities(scores: Iterable[ClassScore]) -> list[ClassProbability]:
+    return [ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in scores]
 
 
 class ImagePredictions:
@@ -110,41 +113,33 @@ class ImagePredictions:
             self._next_batch(loop)
 
     def _answer(self, batch: list[_Request]) -> None:
-        """On the inference thread: prepare each request (its own 4xx if it fails), then one forward pass per
-        model."""
+        """On the inference thread: each request's model (looked up once per experiment and epoch in the batch)
+        and pixels, or its own 4xx; then one forward pass per model."""
+        models: dict[tuple[int, int | None], Predictor] = {}
+        inputs: dict[Predictor, list[tuple[_Request, torch.Tensor]]] = defaultdict(list)
         for request in batch:
+            key = (request.experiment_id, request.epoch)
             try:
-                self._prepare(request)
+                # The checkpoint first: an unknown id or an untrained model is answered before any decoding.
+                if key not in models:
+                    models[key] = self._model(*key)
+                pixels = models[key].pixels(decode_image(request.data, max_pixels=self._max_pixels))
             except Exception as exc:  # answered to that request alone, as the API's error mapping says
                 request.error = exc
-        by_model: dict[int, list[_Request]] = defaultdict(list)
-        for request in batch:
-            if request.error is None:
-                by_model[id(request.predictor)].append(request)
-        for requests in by_model.values():
-            predictor = requests[0].predictor
-            assert predictor is not None
-            top_k = max(r.top_k for r in requests)
-            scores = predictor.classify(torch.stack([r.pixels for r in requests]), top_k=top_k)
-            for request, ranked in zip(requests, scores, strict=True):
+                continue
+            inputs[models[key]].append((request, pixels))
+        for predictor, prepared in inputs.items():
+            ranked = predictor.classify(torch.stack([p for _, p in prepared]), top_k=max(r.top_k for r, _ in prepared))
+            for (request, _), scores in zip(prepared, ranked, strict=True):
                 request.result = Prediction(
-                    label=ranked[0].label,
-                    class_name=ranked[0].class_name,
-                    probabilities=[
-                        ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability)
-                        for s in ranked[: request.top_k]
-                    ],
+                    label=scores[0].label,
+                    class_name=scores[0].class_name,
+                    probabilities=probabilities(scores[: request.top_k]),
                     epoch=predictor.epoch,
                 )
 
-    def _prepare(self, request: _Request) -> None:
-        # The checkpoint first: an unknown id or an untrained model is answered before any decoding.
-        predictor = load_predictor(
-            self._store.find_checkpoint(request.experiment_id, request.epoch), self._store, self._predictors
-        )
+    def _model(self, experiment_id: int, epoch: int | None) -> Predictor:
+        predictor = load_predictor(self._store.find_checkpoint(experiment_id, epoch), self._store, self._predictors)
         if predictor.tabular:
-            raise Conflict(
-                f"experiment {request.experiment_id} learned from a table: POST its rows to .../predict/rows"
-            )
-        request.predictor = predictor
-        request.pixels = predictor.pixels(decode_image(request.data, max_pixels=self._max_pixels))
+            raise Conflict(f"experiment {experiment_id} learned from a table: POST its rows to .../predict/rows")
+        return predictor

@@ -170,7 +170,7 @@ def _mlp(spec: MLPSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
 def _cnn(spec: CNNSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
     """Blocks of conv -> [batchnorm] -> ReLU -> 2x2 pool; pooling stops once the feature map is 1 pixel.
     Max-pooling is placed before the ReLU: the two commute (same outputs, same gradients; tests/test_examples.py
-    trains both orders), and the ReLU then runs on a quarter of the values, ~8% faster training on a CPU."""
+    trains both orders), and the ReLU then runs on a quarter of the values: +0-8% samples/s on a CPU (A/B runs)."""
     c, h, w = input_shape
     pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}[spec.pool]
     padding = spec.kernel_size // 2 if spec.padding is None else spec.padding
@@ -184,11 +184,13 @@ def _cnn(spec: CNNSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
         if spec.batchnorm:
             layers.append(nn.BatchNorm2d(channels))
         c, h, w = channels, h2, w2
-        block = [nn.ReLU(inplace=True)]
+        relu = nn.ReLU(inplace=True)
         if pool is not None and min(h, w) >= 2:
-            block.insert(0 if spec.pool == "max" else 1, pool(2))
+            # ReLU commutes with a max-pool, not with an average.
+            layers += [pool(2), relu] if spec.pool == "max" else [relu, pool(2)]
             h, w = h // 2, w // 2
-        layers += block
+        else:
+            layers.append(relu)
     layers += [nn.Flatten(), nn.Linear(c * h * w, spec.hidden), nn.ReLU(inplace=True)]
     if spec.dropout:
         layers.append(nn.Dropout(spec.dropout))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import PredictionsDep, PredictorsDep, StoreDep
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge
-from service.predictions import load_predictor
+from service.predictions import load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
 from service.schemas import ClassProbability, Prediction
 
@@ -77,6 +77,4 @@ def predict_rows(
     out = predictor.predict_rows(torch.tensor(body.rows), top_k=top_k)
     if predictor.spec.task == "regression":
         return RowPredictions(epoch=predictor.epoch, values=out)
-    classes = [[ClassProbability(label=s.label, class_name=s.class_name, probability=s.probability) for s in row]
-               for row in out]  # fmt: skip
-    return RowPredictions(epoch=predictor.epoch, classes=classes)
+    return RowPredictions(epoch=predictor.epoch, classes=[probabilities(row) for row in out])
