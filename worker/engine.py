@@ -9,6 +9,7 @@ shuffles and dropout masks as one that was never interrupted.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import platform
 import time
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
-import torchvision
 from torch import nn
 
 from service.specs import EarlyStoppingSpec, EpochMetrics, ExperimentSpec
@@ -175,7 +175,8 @@ def runtime_environment(device: torch.device) -> dict[str, str]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        # From the package metadata: importing torchvision costs every worker a second (it pulls in torch._dynamo).
+        "torchvision": importlib.metadata.version("torchvision"),
         "python": platform.python_version(),
         "device": str(device),
         "device_name": name,
