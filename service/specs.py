@@ -384,6 +384,10 @@ class ExperimentSpec(Strict):
     # Training arithmetic. "auto": bf16 autocast where the device computes bf16 natively (Ampere+ GPUs, CPUs with
     # AVX-512 BF16 or AMX), else fp32. Evaluation and /predict are always fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile the model (inductor) before the first epoch, for every batch shape the run uses: seconds of
+    # compiling (recorded as that epoch's compile_s, outside its samples/s), then fused kernels. It pays off for
+    # long runs on a GPU; on a CPU the default CNN measured slower than eager (docs/PERFORMANCE.md).
+    compile: bool = False
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> ExperimentSpec:
@@ -425,3 +429,5 @@ class EpochMetrics(BaseModel):
     samples_per_s: float
     # Training examples in the epoch (rows recorded before this field existed have null).
     train_samples: int | None = None
+    # Seconds torch.compile took before this epoch (`compile: true`; the first epoch each worker trains).
+    compile_s: float | None = None

@@ -192,6 +192,7 @@ class MetricRow(Base):
     train_samples: Mapped[int | None] = mapped_column(Integer)
     duration_s: Mapped[float] = mapped_column(Float)
     samples_per_s: Mapped[float] = mapped_column(Float)
+    compile_s: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -4,6 +4,7 @@ preprocessing is the training preprocessing."""
 from __future__ import annotations
 
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,32 @@ def test_every_precision_trains_and_serves_fp32_weights(precision: str) -> None:
     content = load_checkpoint(rows[-1][1])
     assert all(t.dtype == torch.float32 for t in content.model_state.values() if t.is_floating_point())
     assert ("scaler" in content.trainer_state and content.trainer_state["scaler"] is not None) == (precision == "fp16")
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="inductor needs a C++ compiler")
+def test_compile_is_timed_apart_covers_every_batch_shape_and_trains_like_eager(monkeypatch) -> None:
+    import torch._dynamo
+
+    import worker.engine
+
+    real_compile = worker.engine.compile_model
+
+    def compile_then_forbid_recompiles(*args, **kwargs) -> float:
+        seconds = real_compile(*args, **kwargs)
+        # From here on, a batch shape or mode the warm-up missed would compile inside an epoch: make it an error.
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        return seconds
+
+    monkeypatch.setattr(worker.engine, "compile_model", compile_then_forbid_recompiles)
+    # 1,437 training and 360 validation digits: two training batch sizes (64, 29) and two evaluation ones.
+    eager = run(spec(epochs=2))
+    compiled = run(spec(epochs=2, compile=True))
+    assert compiled[0][0].compile_s > 0 and compiled[1][0].compile_s is None and eager[0][0].compile_s is None
+    for (e, _), (c, _) in zip(eager, compiled, strict=True):  # fused bf16 kernels round differently
+        assert c.val_accuracy == pytest.approx(e.val_accuracy, abs=0.02)
+        assert c.val_loss == pytest.approx(e.val_loss, rel=0.02)
+    # torch.compile leaves the state-dict keys alone: the checkpoint serves as an eager model.
+    assert Predictor(compiled[-1][1]).epoch == 2
 
 
 def test_auto_precision_is_bf16_exactly_where_the_device_has_it() -> None:

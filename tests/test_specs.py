@@ -23,7 +23,7 @@ def test_minimal_spec_gets_every_default() -> None:
         "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
         "scheduler": None, "grad_clip_norm": None, "augment": [],
         "batch_size": 64, "epochs": 5, "early_stopping": None, "checkpoints": {"keep_best": 1, "keep_last": 1},
-        "seed": 0, "deterministic": True, "device": "auto", "precision": "auto",
+        "seed": 0, "deterministic": True, "device": "auto", "precision": "auto", "compile": False,
     }  # fmt: skip
 
 

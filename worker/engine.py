@@ -212,6 +212,10 @@ class DeviceSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def inputs(self, batch: slice, preprocess: Preprocess) -> torch.Tensor:
+        """The model's (unaugmented) float inputs for `batch`."""
+        return self.standardized[batch] if self.standardized is not None else normalize(self.images[batch], preprocess)
+
 
 def train_one_epoch(
     model: nn.Module,
@@ -298,13 +302,50 @@ def evaluate(
     size = eval_batch_size(device)
     for start in range(0, len(data), size):
         batch = slice(start, start + size)
-        standardized = data.standardized
-        inputs = layout(standardized[batch] if standardized is not None else normalize(data.images[batch], preprocess))
+        inputs = layout(data.inputs(batch, preprocess))
         targets = data.labels[batch]
         outputs = model(inputs)
         loss_sum += objective.loss(outputs, targets, reduction="sum")
         sums += objective.tally(outputs, targets)
     return loss_sum.item() / len(data), objective.metrics(sums.tolist(), len(data), "val")
+
+
+def _batch_sizes(n: int, size: int) -> set[int]:
+    """The sizes of the batches that cut `n` samples into batches of `size`."""
+    return {min(n, size)} | ({n % size} if n > size and n % size else set())
+
+
+def compile_model(
+    model: nn.Module,
+    train: DeviceSplit,
+    val: DeviceSplit,
+    preprocess: Preprocess,
+    objective: Objective,
+    numerics: Numerics,
+    batch_size: int,
+) -> float:
+    """torch.compile `model` in place (state-dict keys unchanged) and run it once for every batch shape training
+    and evaluation will use, in train mode with a backward pass and in eval mode under inference_mode, so that
+    compiling is timed on its own instead of inflating the first epoch. Static shapes: a graph per batch size,
+    never a slower dynamic one. The warm-up's gradients and batch-norm statistics are discarded. Seconds taken."""
+    started = time.perf_counter()
+    model.compile(dynamic=False)
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model.train()
+    for n in _batch_sizes(len(train), batch_size):
+        with numerics.autocast():
+            outputs = model(numerics.layout(train.inputs(slice(0, n), preprocess)))
+            loss = objective.loss(outputs, train.labels[:n])
+        loss.backward()
+    with torch.inference_mode():
+        model.eval()
+        for n in _batch_sizes(len(val), eval_batch_size(val.labels.device)):
+            model(numerics.layout(val.inputs(slice(0, n), preprocess)))
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    if val.labels.device.type == "cuda":
+        torch.cuda.synchronize(val.labels.device)
+    return time.perf_counter() - started
 
 
 def fit(
@@ -377,6 +418,9 @@ def fit(
 
     train = DeviceSplit.of(dataset.train, device, preprocess if augment is None else None)
     val = DeviceSplit.of(dataset.val, device, preprocess)
+    compile_s = (
+        compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size) if spec.compile else None
+    )
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
         done, lr = EpochProgress(), optimizer.param_groups[0]["lr"]
@@ -436,6 +480,7 @@ def fit(
             duration_s=time.perf_counter() - started,
             samples_per_s=(len(train) - done.batches * spec.batch_size) / train_seconds,
             train_samples=len(train),
+            compile_s=compile_s if epoch == first_epoch else None,
         )
         if schedule is not None:
             schedule.after_epoch(metrics)
