@@ -16,7 +16,7 @@ log=${OUT:-/tmp}/gpu.log
   export PYTHONUNBUFFERED=1
   python3 -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_engine.py tests/test_recipes_engine.py \
     tests/test_workers.py -k "not postgresql"
-  python3 -m bench.train_throughput --device cuda --epochs 3 --rounds 2
+  python3 -m bench.train_throughput --device cuda --epochs 3 --rounds 2 --compile
   python3 -m bench.time_to_accuracy --device cuda --runs 3
   python3 -m bench.time_to_accuracy --device cuda --runs 3 --precision fp32
 } 2>&1 | tee "$log"

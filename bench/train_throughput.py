@@ -6,11 +6,12 @@ eager, in a fresh Python process as a user's script runs (glibc's default malloc
 `worker.engine.fit`, as the worker runs it (malloc tuned by `worker.allocator`), in fp32 and with
 `precision: auto`. The classic loop is also run in the tuned process, to show what the allocator alone gives it.
 
-    python -m bench.train_throughput [--device auto|cpu|cuda] [--epochs 3] [--rounds 3] [--full]
+    python -m bench.train_throughput [--device auto|cpu|cuda] [--epochs 3] [--rounds 3] [--full] [--compile]
 
 The four variants run alternately, `--rounds` times; samples/s is the median over every epoch of every round
 (training only, evaluation excluded, for all four), accuracy the median final validation accuracy.
-`--full` adds the full Fashion-MNIST (54k training images) when its files are present.
+`--full` adds the full Fashion-MNIST (54k training images) when its files are present; `--compile` a fifth
+variant, the engine with `compile: true`, whose compile seconds are printed apart from its samples/s.
 """
 
 from __future__ import annotations
@@ -84,9 +85,15 @@ def classic(spec: ExperimentSpec, dataset: Dataset, device: torch.device) -> tup
     return rates, correct / len(dataset.val)
 
 
-def engine(spec: ExperimentSpec, dataset: Dataset, device: torch.device) -> tuple[list[float], float]:
+def engine(
+    spec: ExperimentSpec, dataset: Dataset, device: torch.device, compile_s: list[float] | None = None
+) -> tuple[list[float], float]:
+    """Samples/s of each epoch and the final validation accuracy; with `compile: true`, appends the compile
+    seconds (timed apart by the engine) to `compile_s`."""
     rows = []
     fit(spec, dataset, device, on_epoch=lambda m, _: rows.append(m))
+    if compile_s is not None:
+        compile_s.append(rows[0].compile_s)
     return [m.samples_per_s for m in rows], rows[-1].val_accuracy
 
 
@@ -108,6 +115,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--full", action="store_true", help="also the full Fashion-MNIST, when present")
+    parser.add_argument("--compile", action="store_true", help="also the engine with `compile: true` (auto)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     # Spawned before this process tunes its allocator: the classic loop as a plain script runs.
@@ -141,6 +149,10 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
                 "fp32": lambda: engine(fp32, dataset, device),
                 "auto": lambda: engine(fp32.model_copy(update={"precision": "auto"}), dataset, device),
             }
+            compile_s: list[float] = []
+            if args.compile:
+                compiled = fp32.model_copy(update={"precision": "auto", "compile": True})
+                variants["compiled"] = lambda: engine(compiled, dataset, device, compile_s)
             rates: dict[str, list[float]] = {k: [] for k in variants}
             accuracy: dict[str, list[float]] = {k: [] for k in variants}
             for _ in range(args.rounds):
@@ -155,6 +167,13 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
                 f"{m['auto']:>14.0f} {m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
                 f"{m['auto'] / m['classic*']:>13.2f}x {acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
             )
+            if args.compile:
+                # The first round compiles; later rounds reuse this process's compiled graphs (as a worker does).
+                print(
+                    f"#   {model_name} with compile: true (auto): {m['compiled']:.0f}/s = "
+                    f"{m['compiled'] / m['classic']:.2f}x classic, {m['compiled'] / m['auto']:.2f}x eager auto; "
+                    f"acc {acc['compiled']:.4f}; compile s per round {[round(c, 1) for c in compile_s]}"
+                )
 
 
 if __name__ == "__main__":
