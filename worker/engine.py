@@ -329,6 +329,9 @@ def compile_model(
     compiling is timed on its own instead of inflating the first epoch. Static shapes: a graph per batch size,
     never a slower dynamic one. The warm-up's gradients and batch-norm statistics are discarded. Seconds taken."""
     started = time.perf_counter()
+    # Each run compiles afresh: dynamo keeps a few graphs per code object (every Sequential shares one) and, in a
+    # long-lived worker, would silently fall back to eager once they were used up by earlier runs.
+    torch.compiler.reset()
     model.compile(dynamic=False)
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     model.train()
