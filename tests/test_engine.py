@@ -17,7 +17,7 @@ from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
 from tests.conftest import malicious_checkpoint
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
-from worker.engine import Interrupted, fit
+from worker.engine import CompileFailed, Interrupted, compile_model, fit
 from worker.inference import Predictor
 from worker.preprocess import image_to_uint8, normalize
 
@@ -156,19 +156,15 @@ def test_every_precision_trains_and_serves_fp32_weights(precision: str) -> None:
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="inductor needs a C++ compiler")
 def test_compile_is_timed_apart_covers_every_batch_shape_and_trains_like_eager(monkeypatch) -> None:
-    import torch._dynamo
-
-    import worker.engine
-
-    real_compile = worker.engine.compile_model
+    import torch._dynamo  # here: importing it costs every test module a second
 
     def compile_then_forbid_recompiles(*args, **kwargs) -> float:
-        seconds = real_compile(*args, **kwargs)
+        seconds = compile_model(*args, **kwargs)
         # From here on, a batch shape or mode the warm-up missed would compile inside an epoch: make it an error.
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
         return seconds
 
-    monkeypatch.setattr(worker.engine, "compile_model", compile_then_forbid_recompiles)
+    monkeypatch.setattr("worker.engine.compile_model", compile_then_forbid_recompiles)
     # 1,437 training and 360 validation digits: two training batch sizes (64, 29) and two evaluation ones.
     eager = run(spec(epochs=2))
     compiled = run(spec(epochs=2, compile=True))
@@ -178,6 +174,16 @@ def test_compile_is_timed_apart_covers_every_batch_shape_and_trains_like_eager(m
         assert c.val_loss == pytest.approx(e.val_loss, rel=0.02)
     # torch.compile leaves the state-dict keys alone: the checkpoint serves as an eager model.
     assert Predictor(compiled[-1][1]).epoch == 2
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
+def test_a_worker_that_cannot_compile_says_to_set_compile_false(monkeypatch) -> None:
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # a cached kernel needs no compiler
+    with pytest.raises(CompileFailed, match=r"No working C\+\+ compiler.*Set compile: false"):
+        run(spec(epochs=1, compile=True))
 
 
 def test_auto_precision_is_bf16_exactly_where_the_device_has_it() -> None:

@@ -64,6 +64,10 @@ class TrainingDiverged(ArithmeticError):
     """The loss became NaN or infinite: no epoch after that can mean anything."""
 
 
+class CompileFailed(RuntimeError):
+    """`compile: true`, but torch.compile could not compile the model on this worker."""
+
+
 _OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     # fused: one kernel per step over every parameter, instead of a pass per arithmetic operation (on the CPU
     # too: Adam's step over the default CNN's 420k parameters takes 0.25 ms instead of 0.57 ms).
@@ -334,16 +338,23 @@ def compile_model(
     torch.compiler.reset()
     model.compile(dynamic=False)
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    model.train()
-    for n in _batch_sizes(len(train), batch_size):
-        with numerics.autocast():
-            outputs = model(numerics.layout(train.inputs(slice(0, n), preprocess)))
-            loss = objective.loss(outputs, train.labels[:n])
-        loss.backward()
-    with torch.inference_mode():
-        model.eval()
-        for n in _batch_sizes(len(val), eval_batch_size(val.labels.device)):
-            model(numerics.layout(val.inputs(slice(0, n), preprocess)))
+    try:
+        model.train()
+        for n in _batch_sizes(len(train), batch_size):
+            with numerics.autocast():
+                outputs = model(numerics.layout(train.inputs(slice(0, n), preprocess)))
+                loss = objective.loss(outputs, train.labels[:n])
+            loss.backward()
+        with torch.inference_mode():
+            model.eval()
+            for n in _batch_sizes(len(val), eval_batch_size(val.labels.device)):
+                model(numerics.layout(val.inputs(slice(0, n), preprocess)))
+    except torch._dynamo.exc.BackendCompilerFailed as exc:  # e.g. no C++ compiler for inductor on a CPU
+        reason = str(exc).strip().splitlines()[0]
+        raise CompileFailed(
+            f"torch.compile failed on {val.labels.device.type}: {reason}. Set compile: false (same training, "
+            "eager kernels), or give the worker what is missing"
+        ) from None
     model.load_state_dict(saved)
     model.zero_grad(set_to_none=True)
     if val.labels.device.type == "cuda":
