@@ -12,12 +12,14 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -25,9 +27,22 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.settings import Settings
+from service.specs import DatasetSpec
 from service.store import Store
 
+if TYPE_CHECKING:
+    from worker.datasets import Dataset
+
 REPO = Path(__file__).resolve().parent.parent
+# Where tests that train in-process let the engine keep its decoded-tensor cache: shared by runs, never the repository.
+SCRATCH_DATA_DIR = Path(tempfile.gettempdir()) / "trainlab-tests-data"
+
+
+def load_bundled(spec: DatasetSpec) -> Dataset:
+    """A bundled dataset (no files needed) for training in this process."""
+    from worker.datasets import load_dataset
+
+    return load_dataset(spec, SCRATCH_DATA_DIR)
 
 
 def free_port() -> int:

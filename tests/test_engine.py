@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
-from tests.conftest import malicious_checkpoint
+from tests.conftest import load_bundled, malicious_checkpoint
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import CompileFailed, Interrupted, compile_model, fit
@@ -31,7 +31,7 @@ def spec(**overrides) -> ExperimentSpec:
 
 def run(experiment: ExperimentSpec, **kwargs) -> list[tuple[EpochMetrics, bytes]]:
     out: list[tuple[EpochMetrics, bytes]] = []
-    dataset = load_dataset(experiment.dataset, Path("unused"))
+    dataset = load_bundled(experiment.dataset)
     fit(experiment, dataset, CPU, on_epoch=lambda m, c: out.append((m, c)), **kwargs)
     return out
 
@@ -68,7 +68,7 @@ def test_an_epoch_interrupted_mid_way_finishes_as_if_it_never_stopped() -> None:
         scheduler={"kind": "onecycle", "max_lr": 0.01},
     )
     whole = run(experiment)
-    batches_per_epoch = -(-len(load_dataset(experiment.dataset, Path("unused")).train) // experiment.batch_size)
+    batches_per_epoch = -(-len(load_bundled(experiment.dataset).train) // experiment.batch_size)
     calls = []
     with pytest.raises(Interrupted) as stopped:  # 7 batches into epoch 2
         run(experiment, should_stop=lambda: calls.append(1) or len(calls) > batches_per_epoch + 7)
@@ -84,7 +84,7 @@ def test_seeded_runs_are_identical_and_seeds_matter() -> None:
 
 
 def test_split_is_stratified_disjoint_and_seeded() -> None:
-    labels = load_dataset(DatasetSpec(name="mnist-10k"), Path("unused"))
+    labels = load_bundled(DatasetSpec(name="mnist-10k"))
     assert (len(labels.train), len(labels.val)) == (8000, 2000)
     full = torch.cat([labels.train.labels, labels.val.labels])
     for cls in range(10):

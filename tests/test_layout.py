@@ -67,3 +67,14 @@ def test_compose_runs_postgres_then_migrate_then_api_then_gpu_workers() -> None:
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert named <= set(compose["volumes"])
+
+
+def test_no_generated_file_is_tracked() -> None:
+    """Tensor caches, checkpoints and databases are made at run time; a commit of one is a mistake."""
+    if not (REPO / ".git").exists():
+        return  # not a git checkout: nothing is tracked
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "*.pt", "*.pth", "*.ckpt", "*.db", "*.sqlite"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert tracked == []

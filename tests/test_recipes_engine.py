@@ -4,15 +4,14 @@ augmentation, and exact resumption of all of their state."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from service.specs import ColorJitter, ExperimentSpec, GaussianNoise, HFlip, RandomCrop, RandomErasing, Rotation
+from tests.conftest import load_bundled
 from worker.augment import augmentation_warnings, build_augmentation
 from worker.checkpoints import load_checkpoint
-from worker.datasets import load_dataset
 from worker.engine import TrainingDiverged, fit
 
 CPU = torch.device("cpu")
@@ -23,7 +22,7 @@ def run(overrides: dict, resume=None) -> list:
         {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [64]}, "epochs": 4, **overrides}
     )
     out: list = []
-    result = fit(spec, load_dataset(spec.dataset, Path("unused")), CPU,
+    result = fit(spec, load_bundled(spec.dataset), CPU,
                  on_epoch=lambda m, c: out.append((m, c)), resume=resume)  # fmt: skip
     return out, result
 

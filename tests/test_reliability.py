@@ -20,8 +20,7 @@ from sqlalchemy import select, update
 from service.schemas import Status
 from service.specs import ExperimentSpec
 from service.store import CheckpointRow, Store
-from tests.conftest import deployment, malicious_checkpoint, tiny_spec, wait_for_status
-from worker.datasets import load_dataset
+from tests.conftest import deployment, load_bundled, malicious_checkpoint, tiny_spec, wait_for_status
 from worker.engine import fit
 
 # Short leases so that a dead worker's job is taken over within seconds.
@@ -43,7 +42,7 @@ def uninterrupted() -> list[dict]:
     """KILL_SPEC trained start to finish in this process: what every interrupted run must reproduce."""
     spec = ExperimentSpec.model_validate(KILL_SPEC)
     rows: list[dict] = []
-    fit(spec, load_dataset(spec.dataset, Path("unused")), torch.device("cpu"),
+    fit(spec, load_bundled(spec.dataset), torch.device("cpu"),
         on_epoch=lambda m, _: rows.append(m.model_dump(include=set(COMPARED))))  # fmt: skip
     return rows
 
