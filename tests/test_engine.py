@@ -19,6 +19,7 @@ from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import CompileFailed, Interrupted, compile_model, fit
 from worker.inference import Predictor
+from worker.models import create_model
 from worker.preprocess import image_to_uint8, normalize
 
 CPU = torch.device("cpu")
@@ -125,6 +126,22 @@ def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> N
         assert len(scores) == 3 and scores[0].probability >= scores[1].probability >= scores[2].probability
         correct += scores[0].label == int(label)
     assert correct >= 40  # the 8x8 digits MLP reaches ~90% after two epochs
+
+
+def test_predictor_serves_conv_nets_channels_last_with_the_contiguous_models_answers() -> None:
+    experiment = spec(epochs=1, model={"kind": "cnn", "channels": [8, 16], "hidden": 32})
+    predictor = Predictor(run(experiment)[-1][1])
+    second_conv = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not second_conv.weight.is_contiguous()
+    images = load_bundled(experiment.dataset).val.images[:64]
+    plain = create_model(experiment.model, predictor.preprocess.input_shape, len(predictor.class_names))
+    plain.load_state_dict(predictor.model.state_dict())
+    with torch.inference_mode():
+        expected = plain.eval()(normalize(images, predictor.preprocess))
+    served = predictor.logits(images)
+    torch.testing.assert_close(served, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(served.argmax(1), expected.argmax(1))
 
 
 def test_checkpoints_load_only_as_weights(tmp_path: Path) -> None:
