@@ -4,9 +4,10 @@
 
 The model is examples/mnist-cnn.json trained for one epoch by a real worker; the images are 200 real 28x28 PNGs
 from mnist-10k's validation split. Concurrency 1 (one httpx client, sequential) and 16 (16 threads, each its own
-httpx client), each after a warm-up; then GET /healthz at 16 clients, the floor of this harness. Prints p50 / p99
-latency and requests/s, the bare in-process p50, and the API's peak RSS with the model cached. The client runs on
-the same cores as the server.
+httpx client), each after a warm-up; 16 clients both as 16 threads of this process and as 16 processes
+(bench/http_client.py), whose tails differ by the threads' turns at one GIL; then GET /healthz the same two ways,
+the floor of each harness. Prints p50 / p99 latency and requests/s, the bare in-process p50, and the API's peak
+RSS with the model cached. The clients run on the same cores as the server.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -78,9 +81,26 @@ def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: i
     return latencies, n / (time.perf_counter() - started)
 
 
+def client_processes(url: str, path: str, png_dir: Path | None, n: int, clients: int) -> tuple[list[float], float]:
+    """As `concurrent`, but each client a process of its own (bench/http_client.py), started together once every
+    one has connected and sent a first request."""
+    start_at = time.time() + 3.0 + 0.25 * clients  # time for each to import httpx and warm up
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.http_client", url, path, str(png_dir or "-"), str(start_at),
+             str(len(range(k, n, clients)))],
+            cwd=REPO, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        for k in range(clients)
+    ]
+    results = [json.loads(process.communicate(timeout=300)[0]) for process in processes]
+    latencies = [t for result in results for t in result["latencies"]]
+    return latencies, n / (max(result["finished_at"] for result in results) - start_at)
+
+
 def row(label: str, latencies: list[float], rate: float) -> None:
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-    print(f"{label:<22} {p50:>8.2f} {p99:>8.2f} {p99 / p50:>8.2f} {rate:>9.0f}")
+    print(f"{label:<27} {p50:>8.2f} {p99:>8.2f} {p99 / p50:>8.2f} {rate:>9.0f}")
 
 
 def main() -> None:
@@ -92,6 +112,10 @@ def main() -> None:
     spec = ExperimentSpec.model_validate({**recipe, "epochs": 1, "device": "cpu"})
     pngs = real_pngs(spec, 200)
     with tempfile.TemporaryDirectory() as root, running_service(Path(root), workers=1) as (url, store, processes):
+        png_dir = Path(root) / "pngs"
+        png_dir.mkdir()
+        for i, png in enumerate(pngs):
+            (png_dir / f"{i:03d}.png").write_bytes(png)
         with httpx.Client(base_url=url, timeout=30) as client:
             experiment_id = client.post("/experiments", json=spec.model_dump(mode="json")).json()["id"]
             while client.get(f"/experiments/{experiment_id}").json()["status"] in ("queued", "running"):
@@ -112,11 +136,15 @@ def main() -> None:
         concurrent(url, path, pngs, 64, 16)
         sixteen = concurrent(url, path, pngs, args.requests, 16)
         floor = concurrent(url, "/healthz", None, args.requests, 16)
-        print(f"{'':<22} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'req/s':>9}")
+        sixteen_processes = client_processes(url, path, png_dir, args.requests, 16)
+        floor_processes = client_processes(url, "/healthz", None, args.requests, 16)
+        print(f"{'':<27} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'req/s':>9}")
         row("in-process (bare)", bare, len(bare) / sum(bare))
         row("HTTP, 1 client", *one)
-        row("HTTP, 16 clients", *sixteen)
-        row("GET /healthz, 16 clients", *floor)
+        row("HTTP, 16 client threads", *sixteen)
+        row("GET /healthz, 16 threads", *floor)
+        row("HTTP, 16 client processes", *sixteen_processes)
+        row("GET /healthz, 16 processes", *floor_processes)
         print(f"# p50 over bare at 1 client: +{(percentile(one[0], 50) - median(bare)) * 1000:.2f} ms")
         print(f"# API peak RSS with the model cached: {peak_rss_mb(processes[0].pid):.0f} MB")
 

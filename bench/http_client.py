@@ -1,0 +1,43 @@
+"""One load-generating client of bench.predict_latency, in a process of its own.
+
+    python -m bench.http_client URL PATH PNG_DIR START_AT COUNT
+
+Connects, sends one request to warm up, waits for the wall-clock time START_AT (shared by every client, so they
+start together), then sends COUNT requests back to back: a POST of the PNGs under PNG_DIR in turn, or a GET of PATH
+when PNG_DIR is "-". Prints {"latencies": [...seconds], "finished_at": wall-clock time} as JSON. Imports httpx
+only, so that sixteen of these start in seconds and never wait on one another's GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def main() -> None:
+    url, path, png_dir, start_at, count = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+    pngs = [p.read_bytes() for p in sorted(Path(png_dir).glob("*.png"))] if png_dir != "-" else []
+
+    def request(client: httpx.Client, i: int) -> None:
+        if pngs:
+            client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
+        else:
+            client.get(path).raise_for_status()
+
+    latencies = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        request(client, 0)
+        time.sleep(max(0.0, start_at - time.time()))
+        for i in range(count):
+            t = time.perf_counter()
+            request(client, i)
+            latencies.append(time.perf_counter() - t)
+    json.dump({"latencies": latencies, "finished_at": time.time()}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
