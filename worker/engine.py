@@ -389,7 +389,7 @@ def fit(
     if initial_weights is not None and resume is None:
         load_matching(model, initial_weights)
     numerics = resolve_numerics(spec.precision, device, model)
-    model = model.to(device, memory_format=torch.channels_last if numerics.channels_last else torch.preserve_format)
+    model = numerics.place(model, device)
     scaler = numerics.scaler()
     optimizer = build_optimizer(spec.optimizer, model.parameters())
     steps_per_epoch = -(-len(dataset.train) // spec.batch_size)

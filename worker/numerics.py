@@ -42,6 +42,10 @@ class Numerics:
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def place(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """`model` on `device`, its weights in the layout `layout` gives its inputs."""
+        return model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+
     def scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device_type, enabled=self.dtype is torch.float16)
 
