@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="eager steps on CUDA")
     args = parser.parse_args()
     keep_freed_memory()  # as the worker process does
     device = resolve_device(args.device)
@@ -42,7 +43,8 @@ def main() -> None:
     spec = ExperimentSpec.model_validate(recipe)
     dataset = load_dataset(spec.dataset, Path("var/data"))
     if device.type == "cuda":
-        fit(spec.model_copy(update={"epochs": 1}), dataset, device, on_epoch=lambda m, c: None)
+        fit(spec.model_copy(update={"epochs": 1}), dataset, device, on_epoch=lambda m, c: None,
+            cuda_graphs=args.cuda_graphs)  # fmt: skip
 
     def run() -> tuple[float, int, float]:
         started = time.perf_counter()
@@ -52,7 +54,7 @@ def main() -> None:
                 raise Reached((time.perf_counter() - started, metrics.epoch, metrics.val_accuracy))
 
         try:
-            fit(spec, dataset, device, on_epoch=on_epoch)
+            fit(spec, dataset, device, on_epoch=on_epoch, cuda_graphs=args.cuda_graphs)
         except Reached as reached:
             return reached.args[0]
         return float("inf"), args.max_epochs, float("nan")
@@ -60,7 +62,8 @@ def main() -> None:
     results = [run() for _ in range(args.runs)]
     for seconds, epoch, accuracy in results:
         print(f"run: {seconds:.2f} s, epoch {epoch}, val acc {accuracy:.4f}")
-    print(f"median: {median(r[0] for r in results):.2f} s to {args.target:.0%} ({spec.precision} precision)")
+    graphs = ", CUDA graphs " + ("on" if args.cuda_graphs else "off") if device.type == "cuda" else ""
+    print(f"median: {median(r[0] for r in results):.2f} s to {args.target:.0%} ({spec.precision} precision{graphs})")
 
 
 if __name__ == "__main__":

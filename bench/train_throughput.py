@@ -11,7 +11,8 @@ eager, in a fresh Python process as a user's script runs (glibc's default malloc
 The four variants run alternately, `--rounds` times; samples/s is the median over every epoch of every round
 (training only, evaluation excluded, for all four), accuracy the median final validation accuracy.
 `--full` adds the full Fashion-MNIST (54k training images) when its files are present; `--compile` a fifth
-variant, the engine with `compile: true`, whose compile seconds are printed apart from its samples/s.
+variant, the engine with `compile: true`, whose compile seconds are printed apart from its samples/s. On CUDA,
+the engine also runs with its CUDA graphs off (`fit(cuda_graphs=False)`), to show what they give.
 """
 
 from __future__ import annotations
@@ -86,12 +87,16 @@ def classic(spec: ExperimentSpec, dataset: Dataset, device: torch.device) -> tup
 
 
 def engine(
-    spec: ExperimentSpec, dataset: Dataset, device: torch.device, compile_s: list[float] | None = None
+    spec: ExperimentSpec,
+    dataset: Dataset,
+    device: torch.device,
+    compile_s: list[float] | None = None,
+    cuda_graphs: bool = True,
 ) -> tuple[list[float], float]:
     """Samples/s of each epoch and the final validation accuracy; with `compile: true`, appends the compile
     seconds (timed apart by the engine) to `compile_s`."""
     rows = []
-    fit(spec, dataset, device, on_epoch=lambda m, _: rows.append(m))
+    fit(spec, dataset, device, on_epoch=lambda m, _: rows.append(m), cuda_graphs=cuda_graphs)
     if compile_s is not None:
         compile_s.append(rows[0].compile_s)
     return [m.samples_per_s for m in rows], rows[-1].val_accuracy
@@ -149,6 +154,11 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
                 "fp32": lambda: engine(fp32, dataset, device),
                 "auto": lambda: engine(fp32.model_copy(update={"precision": "auto"}), dataset, device),
             }
+            if device.type == "cuda":  # what CUDA graphs of the training step give
+                variants["fp32 eager"] = lambda: engine(fp32, dataset, device, cuda_graphs=False)
+                variants["auto eager"] = lambda: engine(
+                    fp32.model_copy(update={"precision": "auto"}), dataset, device, cuda_graphs=False
+                )
             compile_s: list[float] = []
             if args.compile:
                 compiled = fp32.model_copy(update={"precision": "auto", "compile": True})
@@ -167,6 +177,14 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
                 f"{m['auto']:>14.0f} {m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
                 f"{m['auto'] / m['classic*']:>13.2f}x {acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
             )
+            if device.type == "cuda":
+                print(
+                    f"#   {model_name} without CUDA graphs: fp32 {m['fp32 eager']:.0f}/s = "
+                    f"{m['fp32 eager'] / m['classic']:.2f}x classic, auto {m['auto eager']:.0f}/s = "
+                    f"{m['auto eager'] / m['classic']:.2f}x; graphs give fp32 {m['fp32'] / m['fp32 eager']:.2f}x, "
+                    f"auto {m['auto'] / m['auto eager']:.2f}x; acc fp32 {acc['fp32 eager']:.4f}, "
+                    f"auto {acc['auto eager']:.4f}"
+                )
             if args.compile:
                 # The first round compiles; later rounds reuse this process's compiled graphs (as a worker does).
                 print(

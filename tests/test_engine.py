@@ -3,6 +3,7 @@ preprocessing is the training preprocessing."""
 
 from __future__ import annotations
 
+import logging
 import platform
 import shutil
 import subprocess
@@ -201,6 +202,42 @@ def test_a_worker_that_cannot_compile_says_to_set_compile_false(monkeypatch) -> 
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # a cached kernel needs no compiler
     with pytest.raises(CompileFailed, match=r"No working C\+\+ compiler.*Set compile: false"):
         run(spec(epochs=1, compile=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # dropout (random numbers inside the graph), fused SGD with momentum, an lr that changes every epoch
+        {"optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.9}, "scheduler": {"kind": "step", "step_size": 1}},
+        # a conv net in bf16 autocast and channels-last, fused Adam, clipped gradients
+        {
+            "model": {"kind": "cnn", "channels": [8, 16], "hidden": 32}, "precision": "bf16", "grad_clip_norm": 1.0,
+            "optimizer": {"kind": "adam", "lr": 0.01},
+        },
+    ],
+)
+def test_cuda_graph_steps_train_as_eager_steps_do(overrides: dict, caplog) -> None:
+    experiment = spec(deterministic=True, **overrides)
+    dataset = load_bundled(experiment.dataset)  # 1,437 training digits: 22 full batches and one of 29 each epoch
+
+    def train(graphs: bool) -> list[EpochMetrics]:
+        rows: list[EpochMetrics] = []
+        fit(experiment, dataset, torch.device("cuda"), on_epoch=lambda m, _: rows.append(m), cuda_graphs=graphs)
+        return rows
+
+    eager = train(False)
+    with caplog.at_level(logging.INFO, logger="worker.steps"):
+        graphed = train(True)
+    recorded = [r for r in caplog.records if "recorded as a CUDA graph" in r.getMessage()]
+    # Once, or once per epoch where the scheduler changed the lr that the graph holds.
+    assert len(recorded) == (3 if "scheduler" in overrides else 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    for e, g in zip(eager, graphed, strict=True):
+        assert (g.train_loss, g.val_loss) == pytest.approx((e.train_loss, e.val_loss), rel=1e-4, abs=1e-5)
+        assert (g.train_accuracy, g.val_accuracy) == pytest.approx((e.train_accuracy, e.val_accuracy), abs=0.005)
+        assert g.lr == e.lr
+    assert graphed[-1].val_accuracy > 0.85
 
 
 def test_auto_precision_is_bf16_exactly_where_the_device_has_it() -> None:

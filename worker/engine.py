@@ -28,6 +28,7 @@ from worker.numerics import Numerics, eval_batch_size, resolve_numerics
 from worker.objectives import Objective
 from worker.preprocess import Preprocess, normalize, standardize, to_unit
 from worker.pretrained import load_matching
+from worker.steps import TrainStep
 
 OnEpoch = Callable[[EpochMetrics, bytes], None]
 ShouldStop = Callable[[], bool]
@@ -222,47 +223,38 @@ class DeviceSplit:
 
 
 def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    step: TrainStep,
     data: DeviceSplit,
     preprocess: Preprocess,
-    objective: Objective,
     *,
     batch_size: int,
     generator: torch.Generator,
     augment: Augmentation | None = None,
-    grad_clip_norm: float | None = None,
     schedule: Schedule | None = None,
     should_stop: ShouldStop = lambda: False,
     done: EpochProgress = EpochProgress(),
-    numerics: Numerics | None = None,
-    scaler: torch.amp.GradScaler | None = None,
     on_batches: OnBatches | None = None,
     progress_every_s: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
     """One pass over `data` in a seeded random order, skipping the batches already `done` (a resumed epoch).
     Returns (mean loss, the task's train metrics). Raises Interrupted, with the progress so far, when
     `should_stop()`."""
-    model.train()
+    step.model.train()
     n = len(data)
     device = data.labels.device
-    numerics = numerics or Numerics(device.type, None, channels_last=False)
-    scaler = scaler or numerics.scaler()
     # Drawn on the CPU so the order does not depend on the device.
     order = torch.randperm(n, generator=generator).to(device)
-    loss_sum = torch.tensor(done.loss_sum, device=device)
-    sums = torch.tensor(done.sums or [0.0] * objective.size(), dtype=torch.float64, device=device)
+    step.reset(done.loss_sum, done.sums)
     batches = -(-n // batch_size)
     report_at = time.monotonic() + progress_every_s
     for batch, start in enumerate(range(done.batches * batch_size, n, batch_size), start=done.batches):
         if on_batches is not None and time.monotonic() >= report_at:
             # One device sync per interval, for the running loss.
-            on_batches(batch, batches, loss_sum.item() / max(start, 1))
+            on_batches(batch, batches, step.loss_sum.item() / max(start, 1))
             report_at = time.monotonic() + progress_every_s
         if should_stop():
-            raise Interrupted(EpochProgress(batch, loss_sum.item(), tuple(sums.tolist())))
+            raise Interrupted(EpochProgress(batch, step.loss_sum.item(), tuple(step.sums.tolist())))
         idx = order[start : start + batch_size]
-        targets = data.labels[idx]
         if augment is None and data.standardized is not None:
             inputs = data.standardized[idx]
         else:
@@ -270,22 +262,10 @@ def train_one_epoch(
             if augment is not None:
                 inputs = augment(inputs)
             inputs = standardize(inputs, preprocess)
-        with numerics.autocast():
-            outputs = model(numerics.layout(inputs))
-            loss = objective.loss(outputs, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip_norm is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        scaler.step(optimizer)
-        scaler.update()
+        step(inputs, data.labels[idx])
         if schedule is not None:
             schedule.after_batch()
-        # Accumulated on the device; read once at the end of the epoch.
-        loss_sum += loss.detach() * len(idx)
-        sums += objective.tally(outputs, targets)
-    return loss_sum.item() / n, objective.metrics(sums.tolist(), n, "train")
+    return step.loss_sum.item() / n, step.objective.metrics(step.sums.tolist(), n, "train")
 
 
 @torch.inference_mode()
@@ -373,12 +353,14 @@ def fit(
     should_stop: ShouldStop = lambda: False,
     on_progress: Callable[[dict], None] | None = None,
     progress_every_s: float = 1.0,
+    cuda_graphs: bool = True,
 ) -> FitResult:
     """Train epochs (resume.epoch + 1 or 1) .. spec.epochs; after each, evaluate and hand over metrics and a
     checkpoint to `on_epoch`. A fresh run starts from `initial_weights` (pretrained; the tensors whose names and
     shapes fit). Stops early when the spec's early stopping says so; raises Interrupted when `should_stop()`
     turns true. `on_progress` gets, every `progress_every_s` inside an epoch, its batches done, running loss,
-    samples/s and the estimated seconds left of the epoch and of the run."""
+    samples/s and the estimated seconds left of the epoch and of the run. On CUDA, training steps replay a CUDA
+    graph where the step allows it (worker.steps); `cuda_graphs=False` runs them eagerly, for comparison."""
     info = dataset.info
     preprocess = input_preprocess(spec.model, info.preprocess)
     objective = Objective.of(spec.task, spec.loss, preprocess)
@@ -435,6 +417,12 @@ def fit(
     compile_s = (
         compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size) if spec.compile else None
     )
+    step = TrainStep(
+        model, optimizer, objective, numerics, scaler, device=device, batch_size=spec.batch_size,
+        grad_clip_norm=spec.grad_clip_norm,
+        # A compiled model's kernels are left to torch.compile; a per-batch lr would need a graph per batch.
+        graphs=cuda_graphs and not spec.compile and not (schedule is not None and schedule.per_batch),
+    )  # fmt: skip
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
         done, lr = EpochProgress(), optimizer.param_groups[0]["lr"]
@@ -457,20 +445,15 @@ def fit(
 
         try:
             train_loss, train_metrics = train_one_epoch(
-                model,
-                optimizer,
+                step,
                 train,
                 preprocess,
-                objective,
                 batch_size=spec.batch_size,
                 generator=torch.Generator().manual_seed(seed),
                 augment=augment,
-                grad_clip_norm=spec.grad_clip_norm,
                 schedule=schedule,
                 should_stop=should_stop,
                 done=done,
-                numerics=numerics,
-                scaler=scaler,
                 on_batches=batches_done if on_progress is not None else None,
                 progress_every_s=progress_every_s,
             )

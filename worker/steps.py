@@ -1,0 +1,136 @@
+"""One optimisation step over a batch, adding the batch's loss and metrics to sums kept on the device; on a GPU,
+the same step replayed from a CUDA graph.
+
+A small model's step on a GPU is bound by launching its kernels from Python, not by running them: the default
+CNN at batch 64 is ~60 kernels, ~2.2 ms a step on an H100 eager. A CUDA graph records the step's kernels once
+and launches them all in one call. The graph reads the batch from fixed input buffers and writes parameters,
+optimizer state and the sums in place, so a replay is exactly the eager step on the batch copied in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from worker.numerics import Numerics
+from worker.objectives import Objective
+
+log = logging.getLogger(__name__)
+
+# Eager steps before the first capture: the optimizer creates its state and cuDNN picks its algorithms in the
+# first step, neither of which may happen while a graph is being recorded.
+WARMUP_STEPS = 2
+
+
+class TrainStep:
+    """`step(inputs, targets)` trains on one batch and adds its loss and metric sums to `loss_sum` and `sums`.
+
+    With `graphs`, full batches (`batch_size` samples) replay a CUDA graph of the step, recorded after a few eager
+    steps and again when a scheduler changes the learning rate, which the graph holds as a constant; a partial
+    last batch runs eagerly on the same parameters. Graphs need the step to have no host synchronisation: fused
+    optimizers (one kernel, no host-side state), no fp16 loss scaling (its inf check reads the device) and no
+    per-batch learning rate, which the caller checks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        objective: Objective,
+        numerics: Numerics,
+        scaler: torch.amp.GradScaler,
+        *,
+        device: torch.device,
+        batch_size: int,
+        grad_clip_norm: float | None = None,
+        graphs: bool = False,
+    ) -> None:
+        self.model, self.optimizer, self.objective = model, optimizer, objective
+        self.numerics, self.scaler, self.grad_clip_norm = numerics, scaler, grad_clip_norm
+        self.batch_size = batch_size
+        self.loss_sum = torch.zeros((), device=device)
+        self.sums = torch.zeros(objective.size(), dtype=torch.float64, device=device)
+        self.graphs = (
+            graphs
+            and device.type == "cuda"
+            and not scaler.is_enabled()
+            and all(group.get("fused") for group in optimizer.param_groups)
+        )
+        self._warm = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_key: tuple[float, ...] | None = None
+        self._inputs = self._targets = torch.empty(0)
+
+    def reset(self, loss_sum: float, sums: tuple[float, ...]) -> None:
+        """Start the sums of an epoch (from a resumed epoch's, if any), in place: a graph adds to these tensors."""
+        self.loss_sum.fill_(loss_sum)
+        self.sums.copy_(torch.tensor(sums or [0.0] * self.objective.size(), dtype=torch.float64))
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if not self.graphs or len(targets) != self.batch_size:
+            self._eager(inputs, targets)
+        elif self._graph is not None and self._graph_key == self._lrs():
+            self._inputs.copy_(inputs)
+            self._targets.copy_(targets)
+            self._graph.replay()
+        elif self._warm < WARMUP_STEPS:
+            self._warm_up(inputs, targets)
+        else:
+            self._capture(inputs, targets)
+
+    def _eager(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        numerics, optimizer = self.numerics, self.optimizer
+        with numerics.autocast():
+            outputs = self.model(numerics.layout(inputs))
+            loss = self.objective.loss(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        self.loss_sum += loss.detach() * len(targets)
+        self.sums += self.objective.tally(outputs, targets)
+
+    def _lrs(self) -> tuple[float, ...]:
+        return tuple(group["lr"] for group in self.optimizer.param_groups)
+
+    def _warm_up(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        # On a side stream, as torch.cuda.graph's documentation asks of the iterations before a capture.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._eager(inputs, targets)
+        torch.cuda.current_stream().wait_stream(side)
+        self._warm += 1
+
+    def _capture(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Record the step on copies of this batch as the graph's inputs, then replay it for this batch (recording
+        runs nothing). Falls back to eager steps for good if recording fails."""
+        self._graph = None
+        self._inputs, self._targets = inputs.clone(), targets.clone()
+        graph = torch.cuda.CUDAGraph()
+        groups = [group for group in self.optimizer.param_groups if "capturable" in group]
+        for group in groups:  # fused Adam(W) refuses to be recorded without it; its arithmetic does not use it
+            group["capturable"] = True
+        try:
+            # thread_local: the worker's other threads (lease, recording) may touch CUDA meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._eager(self._inputs, self._targets)
+        except RuntimeError as exc:
+            failure: RuntimeError | None = exc
+        else:
+            failure = None
+        finally:
+            for group in groups:
+                group["capturable"] = False
+        if failure is not None:
+            log.warning("training without CUDA graphs: recording the step failed: %s", failure)
+            self.graphs = False
+            self._eager(inputs, targets)
+            return
+        self._graph, self._graph_key = graph, self._lrs()
+        log.info("training step recorded as a CUDA graph for batches of shape %s", tuple(inputs.shape))
+        graph.replay()
