@@ -69,10 +69,12 @@ class Deployment:
         self.processes.append((process, log))
         return process
 
-    def start_api(self) -> str:
+    def spawn_api(self) -> subprocess.Popen:
         port = free_port()
-        process = self.spawn("api", "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
         self.url = f"http://127.0.0.1:{port}"
+        return self.spawn("api", "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
+
+    def wait_for_api(self, process: subprocess.Popen) -> str:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -166,10 +168,11 @@ def deployment(root: Path, db_url: str, *, workers: int = 0, api: bool = True, *
     migrated(db_url)
     dep = Deployment(root=root, db_url=db_url, env={**make_env(root, db_url), **env})
     try:
-        if api:
-            dep.start_api()
-        for _ in range(workers):
+        api_process = dep.spawn_api() if api else None
+        for _ in range(workers):  # while the API starts: on two cores, the two imports overlap
             dep.start_worker()
+        if api_process is not None:
+            dep.wait_for_api(api_process)
         yield dep
     finally:
         dep.stop()
