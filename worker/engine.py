@@ -2,7 +2,8 @@
 
 Batches are index slices of tensors that live on the training device (no DataLoader, no per-sample decode);
 the forward pass runs under the spec's precision (bf16 autocast where the device has it) and conv nets in
-channels-last layout; metrics accumulate on the device and are read once per epoch.
+channels-last layout; metrics accumulate on the device and are read once per epoch. On a GPU, full batches
+replay a CUDA graph of the training step (worker.steps).
 Each epoch reseeds from (spec.seed, epoch), so a run resumed from epoch k's checkpoint replays the same
 shuffles and dropout masks as one that was never interrupted.
 """
@@ -227,7 +228,6 @@ def train_one_epoch(
     data: DeviceSplit,
     preprocess: Preprocess,
     *,
-    batch_size: int,
     generator: torch.Generator,
     augment: Augmentation | None = None,
     schedule: Schedule | None = None,
@@ -236,11 +236,11 @@ def train_one_epoch(
     on_batches: OnBatches | None = None,
     progress_every_s: float = 1.0,
 ) -> tuple[float, dict[str, float]]:
-    """One pass over `data` in a seeded random order, skipping the batches already `done` (a resumed epoch).
-    Returns (mean loss, the task's train metrics). Raises Interrupted, with the progress so far, when
-    `should_stop()`."""
+    """One pass over `data` in a seeded random order, in batches of `step.batch_size`, skipping the batches already
+    `done` (a resumed epoch). Returns (mean loss, the task's train metrics). Raises Interrupted, with the progress
+    so far, when `should_stop()`."""
     step.model.train()
-    n = len(data)
+    n, batch_size = len(data), step.batch_size
     device = data.labels.device
     # Drawn on the CPU so the order does not depend on the device.
     order = torch.randperm(n, generator=generator).to(device)
@@ -452,7 +452,6 @@ def fit(
                 step,
                 train,
                 preprocess,
-                batch_size=spec.batch_size,
                 generator=torch.Generator().manual_seed(seed),
                 augment=augment,
                 schedule=schedule,
