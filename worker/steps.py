@@ -3,7 +3,7 @@ the same step replayed from a CUDA graph.
 
 A small model's step on a GPU is bound by launching its kernels from Python, not by running them: the default
 CNN at batch 64 is ~60 kernels, ~2.2 ms a step on an H100 eager. A CUDA graph records the step's kernels once
-and launches them all in one call: 7.4x the CNN's samples/s there, 12.8x the MLP's (docs/PERFORMANCE.md). The
+and launches them all in one call: 6-9x the CNN's samples/s there, 7-16x the MLP's (docs/PERFORMANCE.md). The
 graph reads the batch from fixed input buffers and writes parameters, optimizer state and the sums in place, so
 a replay does what the eager step does with the batch copied in.
 """
