@@ -204,6 +204,30 @@ def test_a_worker_that_cannot_compile_says_to_set_compile_false(monkeypatch) -> 
         run(spec(epochs=1, compile=True))
 
 
+def test_cuda_graphs_are_refused_exactly_where_a_replay_would_be_wrong() -> None:
+    """The choice `fit` makes on a GPU, checked here without one: every optimizer the spec offers but RMSprop has a
+    fused kernel that a graph can replay; fp16's scaler, a per-batch lr and torch.compile each rule graphs out."""
+    from pydantic import TypeAdapter
+
+    from service.specs import OptimizerSpec
+    from worker.engine import build_optimizer
+    from worker.steps import graph_blocker
+
+    cuda, params = torch.device("cuda"), list(torch.nn.Linear(4, 2).parameters())
+    bf16, fp16 = torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", enabled=True)
+
+    def blocker(optimizer: dict, scaler=bf16, device=cuda, per_batch_lr=False, compiled=False) -> str | None:
+        built = build_optimizer(TypeAdapter(OptimizerSpec).validate_python(optimizer), params)
+        return graph_blocker(device, built, scaler, per_batch_lr=per_batch_lr, compiled=compiled)
+
+    assert [blocker({"kind": kind}) for kind in ("sgd", "adam", "adamw")] == [None, None, None]
+    assert "RMSprop has no fused kernel" in blocker({"kind": "rmsprop"})
+    assert "fp16" in blocker({"kind": "adam"}, scaler=fp16)
+    assert "every batch" in blocker({"kind": "adam"}, per_batch_lr=True)
+    assert "torch.compile" in blocker({"kind": "adam"}, compiled=True)
+    assert blocker({"kind": "adam"}, device=CPU) == "cpu is not a CUDA device"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize(
     "overrides",

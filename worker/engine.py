@@ -11,6 +11,7 @@ shuffles and dropout masks as one that was never interrupted.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import math
 import platform
 import time
@@ -29,7 +30,9 @@ from worker.numerics import Numerics, eval_batch_size, resolve_numerics
 from worker.objectives import Objective
 from worker.preprocess import Preprocess, normalize, standardize, to_unit
 from worker.pretrained import load_matching
-from worker.steps import TrainStep
+from worker.steps import TrainStep, graph_blocker
+
+log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[EpochMetrics, bytes], None]
 ShouldStop = Callable[[], bool]
@@ -421,11 +424,14 @@ def fit(
     compile_s = (
         compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size) if spec.compile else None
     )
+    blocker = graph_blocker(
+        device, optimizer, scaler, per_batch_lr=schedule is not None and schedule.per_batch, compiled=spec.compile
+    )
+    if device.type == "cuda" and cuda_graphs and blocker is not None:
+        log.info("training without CUDA graphs: %s", blocker)
     step = TrainStep(
         model, optimizer, objective, numerics, scaler, device=device, batch_size=spec.batch_size,
-        grad_clip_norm=spec.grad_clip_norm,
-        # A compiled model's kernels are left to torch.compile; a per-batch lr would need a graph per batch.
-        graphs=cuda_graphs and not spec.compile and not (schedule is not None and schedule.per_batch),
+        grad_clip_norm=spec.grad_clip_norm, graphs=cuda_graphs and blocker is None,
     )  # fmt: skip
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)

@@ -25,14 +25,36 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 2
 
 
+def graph_blocker(
+    device: torch.device,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    per_batch_lr: bool,
+    compiled: bool,
+) -> str | None:
+    """Why the training step cannot be replayed from a CUDA graph, or None when it can. A graph replays fixed
+    kernels with fixed arguments and no host synchronisation, which rules out the cases below."""
+    if device.type != "cuda":
+        return f"{device.type} is not a CUDA device"
+    if compiled:
+        return "compile: true leaves the step's kernels to torch.compile"
+    if per_batch_lr:
+        return "the scheduler changes the lr every batch, and a graph holds it as a constant"
+    if scaler.is_enabled():
+        return "fp16's loss scaling reads the device every step"
+    if not all(group.get("fused") for group in optimizer.param_groups):
+        return f"{type(optimizer).__name__} has no fused kernel (its step keeps state on the host)"
+    return None
+
+
 class TrainStep:
     """`step(inputs, targets)` trains on one batch and adds its loss and metric sums to `loss_sum` and `sums`.
 
-    With `graphs`, full batches (`batch_size` samples) replay a CUDA graph of the step, recorded after a few eager
-    steps and again when a scheduler changes the learning rate, which the graph holds as a constant; a partial
-    last batch runs eagerly on the same parameters. Graphs need the step to have no host synchronisation: fused
-    optimizers (one kernel, no host-side state), no fp16 loss scaling (its inf check reads the device) and no
-    per-batch learning rate, which the caller checks."""
+    With `graphs` (which the caller allows only where `graph_blocker` finds nothing), full batches (`batch_size`
+    samples) replay a CUDA graph of the step, recorded after a few eager steps and again when a scheduler changes
+    the learning rate, which the graph holds as a constant; a partial last batch runs eagerly on the same
+    parameters."""
 
     def __init__(
         self,
@@ -52,12 +74,7 @@ class TrainStep:
         self.batch_size = batch_size
         self.loss_sum = torch.zeros((), device=device)
         self.sums = torch.zeros(objective.size(), dtype=torch.float64, device=device)
-        self.graphs = (
-            graphs
-            and device.type == "cuda"
-            and not scaler.is_enabled()
-            and all(group.get("fused") for group in optimizer.param_groups)
-        )
+        self.graphs = graphs
         self._warm = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_key: tuple[float, ...] | None = None
