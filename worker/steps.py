@@ -11,6 +11,8 @@ a replay does what the eager step does with the batch copied in.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -48,6 +50,20 @@ def graph_blocker(
     return None
 
 
+@contextmanager
+def _capturable(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Fused Adam(W) refuses to be recorded unless its groups say `capturable`, a flag its fused kernel does not
+    read; set only while recording, so that checkpoints keep the optimizer's own settings."""
+    groups = [group for group in optimizer.param_groups if "capturable" in group]
+    for group in groups:
+        group["capturable"] = True
+    try:
+        yield
+    finally:
+        for group in groups:
+            group["capturable"] = False
+
+
 class TrainStep:
     """`step(inputs, targets)` trains on one batch and adds its loss and metric sums to `loss_sum` and `sums`.
 
@@ -77,18 +93,22 @@ class TrainStep:
         self.graphs = graphs
         self._warm = 0
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_key: tuple[float, ...] | None = None
+        self._graph_lrs: tuple[float, ...] = ()
         self._inputs = self._targets = torch.empty(0)
 
     def reset(self, loss_sum: float, sums: tuple[float, ...]) -> None:
-        """Start the sums of an epoch (from a resumed epoch's, if any), in place: a graph adds to these tensors."""
+        """Start an epoch: its sums (from a resumed epoch's, if any) in place, since a graph adds to these tensors;
+        and a graph recorded with another lr than the scheduler has set since is dropped, to be recorded again
+        (the lr changes only between epochs here: `graph_blocker` refuses a per-batch one)."""
         self.loss_sum.fill_(loss_sum)
         self.sums.copy_(torch.tensor(sums or [0.0] * self.objective.size(), dtype=torch.float64))
+        if self._graph is not None and self._graph_lrs != self._lrs():
+            self._graph = None
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if not self.graphs or len(targets) != self.batch_size:
             self._eager(inputs, targets)
-        elif self._graph is not None and self._graph_key == self._lrs():
+        elif self._graph is not None:
             self._inputs.copy_(inputs)
             self._targets.copy_(targets)
             self._graph.replay()
@@ -127,28 +147,17 @@ class TrainStep:
     def _capture(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Record the step on copies of this batch as the graph's inputs, then replay it for this batch (recording
         runs nothing). Falls back to eager steps for good if recording fails."""
-        self._graph = None
         self._inputs, self._targets = inputs.clone(), targets.clone()
         graph = torch.cuda.CUDAGraph()
-        groups = [group for group in self.optimizer.param_groups if "capturable" in group]
-        for group in groups:  # fused Adam(W) refuses to be recorded without it; its arithmetic does not use it
-            group["capturable"] = True
         try:
             # thread_local: the worker's other threads (lease, recording) may touch CUDA meanwhile.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with _capturable(self.optimizer), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._eager(self._inputs, self._targets)
         except RuntimeError as exc:
-            failure: RuntimeError | None = exc
-        else:
-            failure = None
-        finally:
-            for group in groups:
-                group["capturable"] = False
-        if failure is not None:
-            log.warning("training without CUDA graphs: recording the step failed: %s", failure)
+            log.warning("training without CUDA graphs: recording the step failed: %s", exc)
             self.graphs = False
             self._eager(inputs, targets)
             return
-        self._graph, self._graph_key = graph, self._lrs()
+        self._graph, self._graph_lrs = graph, self._lrs()
         log.info("training step recorded as a CUDA graph for batches of shape %s", tuple(inputs.shape))
         graph.replay()
