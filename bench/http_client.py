@@ -18,23 +18,24 @@ from pathlib import Path
 import httpx
 
 
+def request(client: httpx.Client, path: str, pngs: list[bytes] | None, i: int) -> None:
+    """The benchmark's i-th request: a POST of the i-th PNG (in turn) to `path`, or a GET of `path` without PNGs."""
+    if pngs:
+        client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
+    else:
+        client.get(path).raise_for_status()
+
+
 def main() -> None:
     url, path, png_dir, start_at, count = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
-    pngs = [p.read_bytes() for p in sorted(Path(png_dir).glob("*.png"))] if png_dir != "-" else []
-
-    def request(client: httpx.Client, i: int) -> None:
-        if pngs:
-            client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
-        else:
-            client.get(path).raise_for_status()
-
+    pngs = [p.read_bytes() for p in sorted(Path(png_dir).glob("*.png"))] if png_dir != "-" else None
     latencies = []
     with httpx.Client(base_url=url, timeout=30) as client:
-        request(client, 0)
+        request(client, path, pngs, 0)
         time.sleep(max(0.0, start_at - time.time()))
         for i in range(count):
             t = time.perf_counter()
-            request(client, i)
+            request(client, path, pngs, i)
             latencies.append(time.perf_counter() - t)
     json.dump({"latencies": latencies, "finished_at": time.time()}, sys.stdout)
 

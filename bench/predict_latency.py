@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from bench.common import REPO, header, median, peak_rss_mb, percentile
+from bench.http_client import request
 from bench.service import running_service
 from service.images import decode_image
 from service.specs import ExperimentSpec
@@ -50,7 +51,7 @@ def sequential(url: str, path: str, pngs: list[bytes], n: int) -> tuple[list[flo
         started = time.perf_counter()
         for i in range(n):
             t = time.perf_counter()
-            client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
+            request(client, path, pngs, i)
             latencies.append(time.perf_counter() - t)
     return latencies, n / (time.perf_counter() - started)
 
@@ -66,10 +67,7 @@ def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: i
         with httpx.Client(base_url=url, timeout=30) as client:
             for i in range(k, n, clients):
                 t = time.perf_counter()
-                if pngs is None:
-                    client.get(path).raise_for_status()
-                else:
-                    client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
+                request(client, path, pngs, i)
                 latencies.append(time.perf_counter() - t)  # list.append is atomic under the GIL
 
     threads = [threading.Thread(target=one_client, args=(k,)) for k in range(clients)]

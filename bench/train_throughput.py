@@ -148,20 +148,19 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
         for model_name, model in MODELS.items():
             base = {"dataset": {"name": dataset_name}, "model": model, "epochs": args.epochs, "device": args.device}
             fp32 = ExperimentSpec.model_validate({**base, "precision": "fp32"})
+            auto = fp32.model_copy(update={"precision": "auto"})
             variants: dict[str, Callable[[], tuple[list[float], float]]] = {
                 "classic": lambda: untuned.apply(classic_by_name, (fp32.model_dump(mode="json"), str(device))),
                 "classic*": lambda: classic(fp32, dataset, device),
                 "fp32": lambda: engine(fp32, dataset, device),
-                "auto": lambda: engine(fp32.model_copy(update={"precision": "auto"}), dataset, device),
+                "auto": lambda: engine(auto, dataset, device),
             }
             if device.type == "cuda":  # what CUDA graphs of the training step give
                 variants["fp32 eager"] = lambda: engine(fp32, dataset, device, cuda_graphs=False)
-                variants["auto eager"] = lambda: engine(
-                    fp32.model_copy(update={"precision": "auto"}), dataset, device, cuda_graphs=False
-                )
+                variants["auto eager"] = lambda: engine(auto, dataset, device, cuda_graphs=False)
             compile_s: list[float] = []
             if args.compile:
-                compiled = fp32.model_copy(update={"precision": "auto", "compile": True})
+                compiled = auto.model_copy(update={"compile": True})
                 variants["compiled"] = lambda: engine(compiled, dataset, device, compile_s)
             rates: dict[str, list[float]] = {k: [] for k in variants}
             accuracy: dict[str, list[float]] = {k: [] for k in variants}
