@@ -35,10 +35,6 @@ def main() -> int:
         store.close()
         return 2
 
-    # torch.optim imports torch._dynamo the first time an optimizer is built (1.1 s here): import it now, before
-    # the first poll, rather than inside the first job a user waits on.
-    import torch._dynamo  # noqa: F401
-
     worker = Worker(store, settings)
 
     def request_stop(signum: int, _frame) -> None:
@@ -47,6 +43,11 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    # torch.optim imports torch._dynamo the first time an optimizer is built (1.1 s here): import it now, before
+    # the first poll, rather than inside the first job a user waits on. After the handlers: a stop meanwhile is
+    # honoured before any claim.
+    import torch._dynamo  # noqa: F401
+
     try:
         worker.run(once=args.once)
     finally:
