@@ -200,6 +200,9 @@ def test_a_worker_that_cannot_compile_says_to_set_compile_false(monkeypatch) -> 
 
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # a cached kernel needs no compiler
+    # Compile in this process: on a machine with many cores inductor compiles in subprocesses, which do not see the
+    # patched compiler (the H100 machine's 16 cores compiled there and nothing failed).
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     with pytest.raises(CompileFailed, match=r"No working C\+\+ compiler.*Set compile: false"):
         run(spec(epochs=1, compile=True))
 
