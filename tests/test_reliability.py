@@ -320,4 +320,3 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (8, 8), 0).save(buffer, format="PNG")
     return buffer.getvalue()
-
