@@ -310,28 +310,32 @@ def compile_model(
     objective: Objective,
     numerics: Numerics,
     batch_size: int,
-) -> float:
-    """torch.compile `model` in place (state-dict keys unchanged) and run it once for every batch shape training
-    and evaluation will use, in train mode with a backward pass and in eval mode under inference_mode, so that
-    compiling is timed on its own instead of inflating the first epoch. Static shapes: a graph per batch size,
-    never a slower dynamic one. The warm-up's gradients and batch-norm statistics are discarded. Seconds taken."""
+) -> tuple[nn.Module, float]:
+    """`model` compiled by torch.compile, run once for every batch shape training and evaluation will use, in
+    train mode with a backward pass and in eval mode under inference_mode, so that compiling is timed on its own
+    instead of inflating the first epoch; and the seconds that took. Static shapes: a graph per batch size, never
+    a slower dynamic one. The warm-up's gradients and batch-norm statistics are discarded.
+
+    The compiled wrapper shares `model`'s parameters; train and evaluate through it, save `model` (the wrapper's
+    state-dict keys gain a prefix). Not `model.compile()` in place: under torch 2.11 that compiles nothing for an
+    `nn.Sequential` (dynamo skips `Module._call_impl` as torch's own code) and trains eagerly without a word."""
     started = time.perf_counter()
     # Each run compiles afresh: dynamo keeps a few graphs per code object (every Sequential shares one) and, in a
     # long-lived worker, would silently fall back to eager once they were used up by earlier runs.
     torch.compiler.reset()
-    model.compile(dynamic=False)
+    compiled = torch.compile(model, dynamic=False)
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     try:
-        model.train()
+        compiled.train()
         for n in _batch_sizes(len(train), batch_size):
             with numerics.autocast():
-                outputs = model(numerics.layout(train.inputs(slice(0, n), preprocess)))
+                outputs = compiled(numerics.layout(train.inputs(slice(0, n), preprocess)))
                 loss = objective.loss(outputs, train.labels[:n])
             loss.backward()
         with torch.inference_mode():
-            model.eval()
+            compiled.eval()
             for n in _batch_sizes(len(val), eval_batch_size(val.labels.device)):
-                model(numerics.layout(val.inputs(slice(0, n), preprocess)))
+                compiled(numerics.layout(val.inputs(slice(0, n), preprocess)))
     except torch._dynamo.exc.BackendCompilerFailed as exc:  # e.g. no C++ compiler for inductor on a CPU
         reason = str(exc).strip().splitlines()[0]
         raise CompileFailed(
@@ -342,7 +346,7 @@ def compile_model(
     model.zero_grad(set_to_none=True)
     if val.labels.device.type == "cuda":
         torch.cuda.synchronize(val.labels.device)
-    return time.perf_counter() - started
+    return compiled, time.perf_counter() - started
 
 
 def fit(
@@ -421,16 +425,16 @@ def fit(
 
     train = DeviceSplit.of(dataset.train, device, preprocess if augment is None else None)
     val = DeviceSplit.of(dataset.val, device, preprocess)
-    compile_s = (
-        compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size) if spec.compile else None
-    )
+    runner, compile_s = model, None  # what trains and evaluates; checkpoints save `model`
+    if spec.compile:
+        runner, compile_s = compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size)
     blocker = graph_blocker(
         device, optimizer, scaler, per_batch_lr=schedule is not None and schedule.per_batch, compiled=spec.compile
     )
     if device.type == "cuda" and cuda_graphs and blocker is not None:
         log.info("training without CUDA graphs: %s", blocker)
     step = TrainStep(
-        model, optimizer, objective, numerics, scaler, device=device, batch_size=spec.batch_size,
+        runner, optimizer, objective, numerics, scaler, device=device, batch_size=spec.batch_size,
         grad_clip_norm=spec.grad_clip_norm, graphs=cuda_graphs and blocker is None,
     )  # fmt: skip
     for epoch in range(first_epoch, spec.epochs + 1):
@@ -470,7 +474,7 @@ def fit(
             state = {"progress": asdict(stop.progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
             raise Interrupted(stop.progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
-        val_loss, val_metrics = evaluate(model, val, preprocess, objective, numerics)
+        val_loss, val_metrics = evaluate(runner, val, preprocess, objective, numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "
