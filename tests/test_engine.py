@@ -178,6 +178,7 @@ def test_compile_is_timed_apart_covers_every_batch_shape_and_trains_like_eager(m
     from torch._dynamo.utils import counters
 
     def compile_then_forbid_recompiles(*args, **kwargs) -> tuple[torch.nn.Module, float]:
+        counters.clear()
         compiled = compile_model(*args, **kwargs)
         # Graphs were made (torch 2.11's in-place `Module.compile` made none for a Sequential, and said nothing).
         assert counters["stats"]["unique_graphs"] >= 1
