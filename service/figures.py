@@ -28,12 +28,12 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(width: float, height: float) -> Figure:
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
     # matplotlib is imported on the first figure, not with the API: it adds 0.4 s to every API process's start.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -90,43 +90,70 @@ def render_comparison(series: Sequence[tuple[str, list[EpochMetrics]]], metric: 
 
 def render_image_rows(rows: Sequence[tuple[str, torch.Tensor]], title: str) -> bytes:
     """Rows of uint8 (N, C, H, W) images, each row labelled on its left."""
-    columns = max(len(images) for _, images in rows)
-    figure = _figure(1.1 * columns + 1.2, 1.15 * len(rows) + 0.5)
-    axes = figure.subplots(len(rows), columns, squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                _show(ax, images[c])
-            else:
-                ax.axis("off")
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize="small")
-    figure.suptitle(title)
-    return _png(figure)
+    return _image_grid([list(images) for _, images in rows], title, row_labels=[label for label, _ in rows])
 
 
 def render_gallery(images: torch.Tensor, captions: Sequence[str], title: str, columns: int = 8) -> bytes:
     """uint8 (N, C, H, W) images in a grid, each with a caption above it."""
-    count = max(len(images), 1)
-    columns = min(columns, count)
-    n_rows = -(-count // columns)
-    figure = _figure(1.5 * columns, 1.7 * n_rows + 0.4)
-    axes = figure.subplots(n_rows, columns, squeeze=False)
-    for i, ax in enumerate(ax for row in axes for ax in row):
-        ax.axis("off")
-        if i < len(images):
-            _show(ax, images[i])
-            ax.set_title(captions[i], fontsize="x-small")
-    if not len(images):
-        axes[0][0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    starts = range(0, len(images), columns)
+    return _image_grid(
+        [list(images[i : i + columns]) for i in starts], title, captions=[captions[i : i + columns] for i in starts]
+    )
+
+
+# An image's longer side, the gap between images and a line of caption, in inches.
+_CELL_IN, _GAP_IN, _CAPTION_IN = 1.2, 0.08, 0.14
+_TITLE_IN, _LABELS_IN, _MARGIN_IN = 0.45, 0.9, 0.05
+
+
+def _image_grid(
+    rows: Sequence[Sequence[torch.Tensor]],
+    title: str,
+    *,
+    captions: Sequence[Sequence[str]] = (),
+    row_labels: Sequence[str] = (),
+) -> bytes:
+    """uint8 (C, H, W) images in rows, optionally captioned above and labelled on the left.
+
+    The images are pasted into one mosaic drawn in one axes: a figure of 20-30 small axes took 0.5-0.7 s of CPU
+    to lay out and draw, the mosaic ~60 ms (docs/PERFORMANCE.md)."""
+    images = [image for row in rows for image in row]
+    if not images:
+        figure = _figure(6, 1.2, layout=None)
+        figure.suptitle(title)
+        figure.text(0.5, 0.4, "nothing to show", ha="center", va="center")
+        return _png(figure)
+    channels = max(image.shape[0] for image in images)
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    inches_per_pixel = _CELL_IN / max(height, width)
+    gap = max(1, round(_GAP_IN / inches_per_pixel))
+    lines = max((caption.count("\n") + 1 for row in captions for caption in row), default=0)
+    band = round(lines * _CAPTION_IN / inches_per_pixel)  # above each image, for its caption
+    cell_height, cell_width = band + height + gap, width + gap
+    columns = max(len(row) for row in rows)
+    mosaic = torch.full((channels, gap + len(rows) * cell_height, gap + columns * cell_width), 255, dtype=torch.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            y, x = gap + r * cell_height + band, gap + c * cell_width
+            mosaic[:, y : y + image.shape[1], x : x + image.shape[2]] = image.expand(channels, -1, -1)
+
+    left = _LABELS_IN if row_labels else _MARGIN_IN
+    plot_width, plot_height = mosaic.shape[2] * inches_per_pixel, mosaic.shape[1] * inches_per_pixel
+    figure = _figure(left + plot_width + _MARGIN_IN, _TITLE_IN + plot_height + _MARGIN_IN, layout=None)
+    ax = figure.add_axes((left / figure.get_figwidth(), _MARGIN_IN / figure.get_figheight(),
+                          plot_width / figure.get_figwidth(), plot_height / figure.get_figheight()))  # fmt: skip
+    ax.axis("off")
+    if channels == 1:
+        ax.imshow(mosaic[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(mosaic.permute(1, 2, 0).numpy())
+    for r, row in enumerate(captions):
+        for c, caption in enumerate(row):
+            top = gap + r * cell_height + band
+            ax.text(gap + c * cell_width + width / 2, top - 0.5, caption, ha="center", va="bottom", fontsize="x-small")
+    for r, label in enumerate(row_labels):
+        middle = gap + r * cell_height + band + height / 2
+        ax.text(-gap, middle, label, ha="right", va="center", fontsize="small")
     figure.suptitle(title)
     return _png(figure)
-
-
-def _show(ax, image: torch.Tensor) -> None:
-    if image.shape[0] == 1:
-        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image.permute(1, 2, 0).numpy())
