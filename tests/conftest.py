@@ -89,6 +89,10 @@ class Deployment:
     def start_worker(self) -> subprocess.Popen:
         return self.spawn("worker", "-m", "worker")
 
+    def workers(self) -> list[subprocess.Popen]:
+        """The worker processes started so far, oldest first."""
+        return [process for process, log in self.processes if log.name.startswith("worker")]
+
     def logs(self, name: str = "") -> str:
         return "\n".join(
             f"--- {log.name}\n{log.read_text(errors='replace')}" for _, log in self.processes if log.name.startswith(name)

@@ -13,7 +13,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.specs import DatasetSpec
-from tests.conftest import Deployment, deployment, tiny_spec, train_in_process
+from tests.conftest import BACKENDS, Deployment, deployment, new_database, tiny_spec, train_in_process
 from worker.datasets import load_dataset
 
 BAD_SPECS = [
@@ -59,6 +59,16 @@ def server(tmp_path_factory, module_db_url: str) -> Iterator[Deployment]:
         for i in range(3):
             assert client.post("/experiments", json=tiny_spec(name=f"kept-{i}")).status_code == 201
         yield dep
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def predicting(request, tmp_path_factory) -> Iterator[tuple[Deployment, int]]:
+    """One API (no worker) on a database of its own with one trained experiment, shared by the predict tests."""
+    root = tmp_path_factory.mktemp("predict")
+    with new_database(request.param, root) as url, deployment(root, url) as dep, httpx.Client(base_url=dep.url) as c:
+        experiment_id = c.post("/experiments", json=tiny_spec(epochs=1)).json()["id"]
+        train_in_process(dep)
+        yield dep, experiment_id
 
 
 @pytest.fixture
@@ -168,15 +178,15 @@ def test_predict_before_any_checkpoint_is_409(seeded) -> None:
     assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"]
 
 
-def test_bad_uploads(api_only: Deployment, client_for) -> None:
+def test_bad_uploads(predicting: tuple[Deployment, int], client_for) -> None:
     """Each answered 4xx, quickly and with bounded memory, while /healthz stays fast."""
-    client = client_for(api_only)
-    assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
-    train_in_process(api_only)
+    dep, experiment_id = predicting
+    client = client_for(dep)
+    url = f"/experiments/{experiment_id}/predict"
     before = snapshot(client)
 
     def predict(content: bytes, name: str = "x.png", mime: str = "image/png"):
-        return client.post("/experiments/1/predict", files={"file": (name, content, mime)})
+        return client.post(url, files={"file": (name, content, mime)})
 
     assert predict(png_bytes((8, 8))).status_code == 200
     text = predict(b"this is not an image\n" * 10, "notes.txt", "text/plain")
@@ -195,28 +205,27 @@ def test_bad_uploads(api_only: Deployment, client_for) -> None:
     pdf = predict(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n", "scan.png")
     assert pdf.status_code == 415 and "PNG or JPEG" in pdf.json()["detail"]
     huge_field = client.post(
-        "/experiments/1/predict", files={"file": ("x.png", png_bytes(), "image/png")},
-        data={"comment": "x" * (11 * 1024 * 1024)},
-    )  # fmt: skip
+        url, files={"file": ("x.png", png_bytes(), "image/png")}, data={"comment": "x" * (11 * 1024 * 1024)}
+    )
     assert huge_field.status_code == 413
-    missing_field = client.post("/experiments/1/predict", files={"image": ("x.png", png_bytes(), "image/png")})
+    missing_field = client.post(url, files={"image": ("x.png", png_bytes(), "image/png")})
     assert missing_field.status_code == 422 and missing_field.json()["detail"][0]["loc"] == ["body", "file"]
-    no_such_epoch = client.post("/experiments/1/predict", params={"epoch": 7}, files={"file": ("x.png", png_bytes())})
+    no_such_epoch = client.post(url, params={"epoch": 7}, files={"file": ("x.png", png_bytes())})
     assert no_such_epoch.status_code == 404 and "epoch 7" in no_such_epoch.json()["detail"]
     assert client.get("/healthz").status_code == 200
     assert snapshot(client) == before
 
 
-def test_healthz_stays_fast_while_bombs_arrive(api_only: Deployment, client_for) -> None:
-    client = client_for(api_only)
-    assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
-    train_in_process(api_only)
+def test_healthz_stays_fast_while_bombs_arrive(predicting: tuple[Deployment, int], client_for) -> None:
+    dep, experiment_id = predicting
+    client = client_for(dep)
+    url = f"/experiments/{experiment_id}/predict"
     bomb = png_bytes((20000, 20000))  # a few hundred kB that would decode to 400M pixels
     assert len(bomb) < 2_000_000
 
     def send_bomb(_: int) -> int:
-        with httpx.Client(base_url=api_only.url, timeout=60) as c:
-            return c.post("/experiments/1/predict", files={"file": ("b.png", bomb, "image/png")}).status_code
+        with httpx.Client(base_url=dep.url, timeout=60) as c:
+            return c.post(url, files={"file": ("b.png", bomb, "image/png")}).status_code
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         bombs = pool.map(send_bomb, range(32))
@@ -229,23 +238,25 @@ def test_healthz_stays_fast_while_bombs_arrive(api_only: Deployment, client_for)
     assert sorted(latencies)[len(latencies) // 2] < 0.5, latencies
 
 
-def test_concurrent_predictions_are_batched_and_each_gets_its_own_answer(api_only: Deployment, client_for) -> None:
-    client = client_for(api_only)
-    assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
-    train_in_process(api_only)
-    images = load_dataset(DatasetSpec(name="digits"), api_only.root).val.images[:24]
+def test_concurrent_predictions_are_batched_and_each_gets_its_own_answer(
+    predicting: tuple[Deployment, int], client_for
+) -> None:
+    dep, experiment_id = predicting
+    client = client_for(dep)
+    images = load_dataset(DatasetSpec(name="digits"), dep.root).val.images[:24]
     uploads = []
     for pixels in images:
         buffer = io.BytesIO()
         Image.fromarray(pixels[0].numpy()).save(buffer, format="PNG")
-        uploads.append(("1", {"file": ("d.png", buffer.getvalue(), "image/png")}))
+        uploads.append((experiment_id, {"file": ("d.png", buffer.getvalue(), "image/png")}))
     # Bad requests mixed in: each must get its own answer, and spoil nobody else's.
-    uploads += [("1", {"file": ("x.png", b"not an image", "image/png")}), ("99", {"file": ("d.png", png_bytes())})]
+    bad = [(experiment_id, {"file": ("x.png", b"not an image", "image/png")}), (999, {"file": ("d.png", png_bytes())})]
+    uploads += bad
     expected = [client.post(f"/experiments/{i}/predict", files=files) for i, files in uploads]
     assert [r.status_code for r in expected] == [200] * 24 + [415, 404]
 
-    def send(upload: tuple[str, dict]) -> httpx.Response:
-        with httpx.Client(base_url=api_only.url, timeout=30) as c:
+    def send(upload: tuple[int, dict]) -> httpx.Response:
+        with httpx.Client(base_url=dep.url, timeout=30) as c:
             return c.post(f"/experiments/{upload[0]}/predict", files=upload[1])
 
     def counts() -> tuple[float, float]:

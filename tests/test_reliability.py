@@ -74,10 +74,10 @@ def assert_history_is_sequential(client: httpx.Client, experiment_id: int) -> li
 def test_kill_9_resumes_on_another_worker_and_matches_an_uninterrupted_run(
     tmp_path: Path, db_url: str, client_for, uninterrupted: list[dict], kill_after_epoch: int
 ) -> None:
-    with deployment(tmp_path, db_url, **FAST_LEASES) as dep:
+    with deployment(tmp_path, db_url, workers=1, **FAST_LEASES) as dep:
         client = client_for(dep)
         experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
-        first = dep.start_worker()
+        first = dep.workers()[0]
         if kill_after_epoch:
             wait_until(lambda: len(metrics(client, experiment_id)) >= kill_after_epoch)
         else:  # training has started (the device is recorded first), no epoch finished yet
@@ -102,10 +102,10 @@ def test_kill_9_resumes_on_another_worker_and_matches_an_uninterrupted_run(
 def test_sigterm_mid_epoch_hands_back_a_checkpoint_that_finishes_the_epoch_exactly(
     tmp_path: Path, db_url: str, client_for, uninterrupted: list[dict]
 ) -> None:
-    with deployment(tmp_path, db_url) as dep:
+    with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
         experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
-        first = dep.start_worker()
+        first = dep.workers()[0]
         wait_until(lambda: metrics(client, experiment_id))
         time.sleep(0.5)  # into epoch 2
         first.send_signal(signal.SIGTERM)
@@ -125,10 +125,10 @@ def test_sigterm_mid_epoch_hands_back_a_checkpoint_that_finishes_the_epoch_exact
 def test_resume_skips_a_truncated_checkpoint_and_trains_that_epoch_again(
     tmp_path: Path, db_url: str, client_for, uninterrupted: list[dict]
 ) -> None:
-    with deployment(tmp_path, db_url, **FAST_LEASES) as dep:
+    with deployment(tmp_path, db_url, workers=1, **FAST_LEASES) as dep:
         client = client_for(dep)
         experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
-        first = dep.start_worker()
+        first = dep.workers()[0]
         wait_until(lambda: len(metrics(client, experiment_id)) >= 2)
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -149,11 +149,11 @@ def test_resume_skips_a_truncated_checkpoint_and_trains_that_epoch_again(
 
 
 def test_a_frozen_worker_that_lost_its_lease_records_nothing_more(tmp_path: Path, db_url: str, client_for) -> None:
-    with deployment(tmp_path, db_url, **FAST_LEASES) as dep:
+    with deployment(tmp_path, db_url, workers=1, **FAST_LEASES) as dep:
         client = client_for(dep)
         experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
-        frozen = dep.start_worker()
-        frozen_log = dep.processes[-1][1]
+        frozen = dep.workers()[0]
+        frozen_log = next(log for process, log in dep.processes if process is frozen)
         wait_until(lambda: metrics(client, experiment_id))
         frozen.send_signal(signal.SIGSTOP)  # a laptop lid, a long GC pause, a network partition
         try:
