@@ -36,27 +36,33 @@ def test_downgrade_and_upgrade_again(tmp_path: Path, db_url: str) -> None:
         assert result.returncode == 0, result.stderr
 
 
-def test_api_and_worker_refuse_a_database_that_is_behind(tmp_path: Path, db_url: str) -> None:
-    env = make_env(tmp_path, db_url)
-    api = subprocess.run(
+def start_api_and_worker(env: dict[str, str]) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    """Both processes started at once (their imports overlap), each run until it exits."""
+    commands = (
         [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(free_port())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "worker"],
+    )
+    processes = [
+        subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    results = []
+    for command, process in zip(commands, processes, strict=True):
+        stdout, stderr = process.communicate(timeout=120)
+        results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    return results[0], results[1]
+
+
+def test_api_and_worker_refuse_a_database_that_is_behind(tmp_path: Path, db_url: str) -> None:
+    api, worker = start_api_and_worker(make_env(tmp_path, db_url))
     assert api.returncode != 0
     assert "alembic upgrade head" in api.stderr
-    worker = subprocess.run(
-        [sys.executable, "-m", "worker"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
     assert worker.returncode == 2
     assert "refusing to start" in worker.stderr and "alembic upgrade head" in worker.stderr
 
 
 def test_api_and_worker_refuse_to_load_checkpoints_with_full_pickle(tmp_path: Path, db_url: str) -> None:
     env = {**make_env(tmp_path, migrated(db_url)), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    api = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(free_port())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    api, worker = start_api_and_worker(env)
     assert api.returncode != 0 and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set" in api.stderr
-    worker = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO, env=env, capture_output=True, text=True)
     assert worker.returncode == 2 and "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set" in worker.stderr
