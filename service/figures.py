@@ -101,9 +101,10 @@ def render_gallery(images: torch.Tensor, captions: Sequence[str], title: str, co
     )
 
 
-# An image's longer side, the gap between images and a line of caption, in inches.
+# In inches: an image's longer side, the gap between images, a line of caption; the bands for the title and the
+# row labels, the margins; the narrowest figure (a title over one or two images stays whole).
 _CELL_IN, _GAP_IN, _CAPTION_IN = 1.2, 0.08, 0.14
-_TITLE_IN, _LABELS_IN, _MARGIN_IN = 0.45, 0.9, 0.05
+_TITLE_IN, _LABELS_IN, _MARGIN_IN, _MIN_WIDTH_IN = 0.45, 0.9, 0.05, 6.0
 
 
 def _image_grid(
@@ -140,9 +141,13 @@ def _image_grid(
 
     left = _LABELS_IN if row_labels else _MARGIN_IN
     plot_width, plot_height = mosaic.shape[2] * inches_per_pixel, mosaic.shape[1] * inches_per_pixel
-    figure = _figure(left + plot_width + _MARGIN_IN, _TITLE_IN + plot_height + _MARGIN_IN, layout=None)
-    ax = figure.add_axes((left / figure.get_figwidth(), _MARGIN_IN / figure.get_figheight(),
-                          plot_width / figure.get_figwidth(), plot_height / figure.get_figheight()))  # fmt: skip
+    figure_width = max(left + plot_width + _MARGIN_IN, _MIN_WIDTH_IN)
+    left += (figure_width - left - plot_width - _MARGIN_IN) / 2  # centred when the minimum width applies
+    figure_height = _TITLE_IN + plot_height + _MARGIN_IN
+    figure = _figure(figure_width, figure_height, layout=None)
+    ax = figure.add_axes(
+        (left / figure_width, _MARGIN_IN / figure_height, plot_width / figure_width, plot_height / figure_height)
+    )
     ax.axis("off")
     if channels == 1:
         ax.imshow(mosaic[0].numpy(), cmap="gray", vmin=0, vmax=255)
