@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+
+if TYPE_CHECKING:  # the worker raises these errors too, and does not import the web framework
+    from fastapi import FastAPI, Request
 
 
 class TrainlabError(Exception):
@@ -62,6 +64,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 
 def install_error_handler(app: FastAPI) -> None:
+    from fastapi.responses import JSONResponse
+
     @app.exception_handler(TrainlabError)
     async def _handle(_: Request, exc: TrainlabError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content=exc.body())
