@@ -120,7 +120,7 @@ def _image_grid(
     to lay out and draw, the mosaic ~60 ms (docs/PERFORMANCE.md)."""
     images = [image for row in rows for image in row]
     if not images:
-        figure = _figure(6, 1.2, layout=None)
+        figure = _figure(_MIN_WIDTH_IN, 1.2, layout=None)
         figure.suptitle(title)
         figure.text(0.5, 0.4, "nothing to show", ha="center", va="center")
         return _png(figure)

@@ -47,9 +47,15 @@ def start_api_and_worker(env: dict[str, str]) -> tuple[subprocess.CompletedProce
         for c in commands
     ]
     results = []
-    for command, process in zip(commands, processes, strict=True):
-        stdout, stderr = process.communicate(timeout=120)
-        results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    try:
+        for command, process in zip(commands, processes, strict=True):
+            stdout, stderr = process.communicate(timeout=120)
+            results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    finally:  # one that did not refuse (it hung or serves) is stopped, not left running after the test
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return results[0], results[1]
 
 
