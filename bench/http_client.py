@@ -1,11 +1,12 @@
 """One load-generating client of bench.predict_latency, in a process of its own.
 
-    python -m bench.http_client URL PATH PNG_DIR START_AT COUNT
+    python -m bench.http_client URL PATH PNG_DIR START_AT COUNT [multipart|body]
 
 Connects, sends one request to warm up, waits for the wall-clock time START_AT (shared by every client, so they
-start together), then sends COUNT requests back to back: a POST of the PNGs under PNG_DIR in turn, or a GET of PATH
-when PNG_DIR is "-". Prints {"latencies": [...seconds], "finished_at": wall-clock time} as JSON. Imports httpx
-only, so that sixteen of these start in seconds and never wait on one another's GIL.
+start together), then sends COUNT requests back to back: a POST of the PNGs under PNG_DIR in turn (as a multipart
+form's file, or as the body itself), or a GET of PATH when PNG_DIR is "-". Prints {"latencies": [...seconds],
+"finished_at": wall-clock time} as JSON. Imports httpx only, so that sixteen of these start in seconds and never
+wait on one another's GIL.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 import httpx
 
 
-def request(client: httpx.Client, path: str, pngs: list[bytes] | None, i: int) -> None:
-    """The benchmark's i-th request: a POST of the i-th PNG (in turn) to `path`, or a GET of `path` without PNGs."""
-    if pngs:
+def request(client: httpx.Client, path: str, pngs: list[bytes] | None, i: int, as_body: bool = False) -> None:
+    """The benchmark's i-th request: a POST of the i-th PNG (in turn) to `path`, as a multipart form's file or as
+    the body itself; or a GET of `path` without PNGs."""
+    if pngs and as_body:
+        client.post(path, content=pngs[i % len(pngs)], headers={"Content-Type": "image/png"}).raise_for_status()
+    elif pngs:
         client.post(path, files={"file": ("x.png", pngs[i % len(pngs)], "image/png")}).raise_for_status()
     else:
         client.get(path).raise_for_status()
@@ -28,14 +32,15 @@ def request(client: httpx.Client, path: str, pngs: list[bytes] | None, i: int) -
 
 def main() -> None:
     url, path, png_dir, start_at, count = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
+    as_body = sys.argv[6:] == ["body"]
     pngs = [p.read_bytes() for p in sorted(Path(png_dir).glob("*.png"))] if png_dir != "-" else None
     latencies = []
     with httpx.Client(base_url=url, timeout=30) as client:
-        request(client, path, pngs, 0)
+        request(client, path, pngs, 0, as_body)
         time.sleep(max(0.0, start_at - time.time()))
         for i in range(count):
             t = time.perf_counter()
-            request(client, path, pngs, i)
+            request(client, path, pngs, i, as_body)
             latencies.append(time.perf_counter() - t)
     json.dump({"latencies": latencies, "finished_at": time.time()}, sys.stdout)
 

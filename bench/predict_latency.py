@@ -3,8 +3,9 @@
     python -m bench.predict_latency [--requests 400]
 
 The model is examples/mnist-cnn.json trained for one epoch by a real worker; the images are 200 real 28x28 PNGs
-from mnist-10k's validation split. Concurrency 1 (one httpx client, sequential) and 16 (16 threads, each its own
-httpx client), each after a warm-up; 16 clients both as 16 threads of this process and as 16 processes
+from mnist-10k's validation split, sent as a multipart form's file (as a browser does) and, where marked, as the
+body itself (as trainlab's client does). Concurrency 1 (one httpx client, sequential) and 16 (16 threads, each its
+own httpx client), each after a warm-up; 16 clients both as 16 threads of this process and as 16 processes
 (bench/http_client.py), whose tails differ by the threads' turns at one GIL; then GET /healthz the same two ways,
 the floor of each harness. Prints p50 / p99 latency and requests/s, the bare in-process p50, and the API's peak
 RSS with the model cached. The clients run on the same cores as the server.
@@ -45,15 +46,17 @@ def real_pngs(spec: ExperimentSpec, count: int) -> list[bytes]:
     return out
 
 
-def sequential(url: str, path: str, pngs: list[bytes], n: int) -> tuple[list[float], float]:
-    latencies = []
+def sequential(url: str, path: str, pngs: list[bytes], n: int) -> list[tuple[list[float], float]]:
+    """One client sending each image as a multipart form's file, then as the body, in turn (so that the two
+    forms share the machine's drift): the (latencies, requests/s) of each form."""
+    forms = ((False, []), (True, []))
     with httpx.Client(base_url=url, timeout=30) as client:
-        started = time.perf_counter()
         for i in range(n):
-            t = time.perf_counter()
-            request(client, path, pngs, i)
-            latencies.append(time.perf_counter() - t)
-    return latencies, n / (time.perf_counter() - started)
+            for as_body, latencies in forms:
+                t = time.perf_counter()
+                request(client, path, pngs, i, as_body)
+                latencies.append(time.perf_counter() - t)
+    return [(latencies, len(latencies) / sum(latencies)) for _, latencies in forms]
 
 
 def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: int) -> tuple[list[float], float]:
@@ -79,14 +82,16 @@ def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: i
     return latencies, n / (time.perf_counter() - started)
 
 
-def client_processes(url: str, path: str, png_dir: Path | None, n: int, clients: int) -> tuple[list[float], float]:
+def client_processes(
+    url: str, path: str, png_dir: Path | None, n: int, clients: int, as_body: bool = False
+) -> tuple[list[float], float]:
     """As `concurrent`, but each client a process of its own (bench/http_client.py), started together once every
     one has connected and sent a first request."""
     start_at = time.time() + 3.0 + 0.25 * clients  # time for each to import httpx and warm up
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "bench.http_client", url, path, str(png_dir or "-"), str(start_at),
-             str(len(range(k, n, clients)))],
+             str(len(range(k, n, clients))), "body" if as_body else "multipart"],
             cwd=REPO, stdout=subprocess.PIPE,
         )  # fmt: skip
         for k in range(clients)
@@ -130,20 +135,24 @@ def main() -> None:
             bare.append(time.perf_counter() - t)
 
         sequential(url, path, pngs, 50)  # warm-up: the API loads and caches the model
-        one = sequential(url, path, pngs, args.requests)
+        one, one_body = sequential(url, path, pngs, args.requests)
         concurrent(url, path, pngs, 64, 16)
         sixteen = concurrent(url, path, pngs, args.requests, 16)
         floor = concurrent(url, "/healthz", None, args.requests, 16)
         sixteen_processes = client_processes(url, path, png_dir, args.requests, 16)
+        sixteen_processes_body = client_processes(url, path, png_dir, args.requests, 16, as_body=True)
         floor_processes = client_processes(url, "/healthz", None, args.requests, 16)
         print(f"{'':<27} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'req/s':>9}")
         row("in-process (bare)", bare, len(bare) / sum(bare))
         row("HTTP, 1 client", *one)
+        row("HTTP, 1 client, body", *one_body)
         row("HTTP, 16 client threads", *sixteen)
         row("GET /healthz, 16 threads", *floor)
         row("HTTP, 16 client processes", *sixteen_processes)
+        row("HTTP, 16 processes, body", *sixteen_processes_body)
         row("GET /healthz, 16 processes", *floor_processes)
-        print(f"# p50 over bare at 1 client: +{(percentile(one[0], 50) - median(bare)) * 1000:.2f} ms")
+        over = [(percentile(latencies, 50) - median(bare)) * 1000 for latencies, _ in (one, one_body)]
+        print(f"# p50 over bare at 1 client: +{over[0]:.2f} ms (multipart), +{over[1]:.2f} ms (image as the body)")
         print(f"# API peak RSS with the model cached: {peak_rss_mb(processes[0].pid):.0f} MB")
 
 

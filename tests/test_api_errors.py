@@ -216,6 +216,39 @@ def test_bad_uploads(predicting: tuple[Deployment, int], client_for) -> None:
     assert snapshot(client) == before
 
 
+def test_the_image_can_be_the_body(predicting: tuple[Deployment, int], client_for) -> None:
+    """`curl --data-binary @x.png -H "Content-Type: image/png"`: the same answer as the multipart upload, and the
+    same 4xx for bad images; a body of another type is a 415 that says what to send."""
+    dep, experiment_id = predicting
+    client = client_for(dep)
+    url = f"/experiments/{experiment_id}/predict"
+    image = io.BytesIO()
+    Image.new("L", (28, 28), 255).save(image, format="JPEG")
+
+    def predict(content: bytes, media_type: str = "image/png", **params):
+        return client.post(url, params=params, content=content, headers={"Content-Type": media_type})
+
+    for data, media_type in ((png_bytes(), "image/png"), (image.getvalue(), "image/jpeg")):
+        as_form = client.post(url, params={"top_k": 3}, files={"file": ("x", data, media_type)})
+        for sent_as in (media_type, "application/octet-stream", f"{media_type.upper()}; q=1"):
+            as_body = predict(data, sent_as, top_k=3)
+            assert as_body.status_code == 200 and as_body.json() == as_form.json(), (sent_as, as_body.text)
+    assert len(as_body.json()["probabilities"]) == 3
+    empty = predict(b"")
+    assert empty.status_code == 422 and empty.json()["detail"][0]["msg"] == "the uploaded file is empty"
+    pdf = predict(b"%PDF-1.7\n%%EOF\n")
+    assert pdf.status_code == 415 and "PNG or JPEG" in pdf.json()["detail"]
+    oversized = predict(b"\x89PNG" + b"\0" * (10 * 1024 * 1024 + 1))
+    assert oversized.status_code == 413
+    for media_type in ("text/plain", "application/json", "image/gif", ""):
+        wrong = predict(png_bytes(), media_type)
+        assert wrong.status_code == 415 and "multipart/form-data" in wrong.json()["detail"], (media_type, wrong.text)
+    assert predict(png_bytes(), epoch=7).status_code == 404
+    assert client.post(url, data={"file": "not a file"}).status_code == 415  # a urlencoded form
+    spec = client.get("/openapi.json").json()["paths"]["/experiments/{experiment_id}/predict"]["post"]
+    assert {"multipart/form-data", "image/png", "image/jpeg"} <= spec["requestBody"]["content"].keys()
+
+
 def test_healthz_stays_fast_while_bombs_arrive(predicting: tuple[Deployment, int], client_for) -> None:
     dep, experiment_id = predicting
     client = client_for(dep)
