@@ -96,7 +96,10 @@ def client_processes(
         )  # fmt: skip
         for k in range(clients)
     ]
-    results = [json.loads(process.communicate(timeout=300)[0]) for process in processes]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    if failed := [process.returncode for process in processes if process.returncode]:
+        raise RuntimeError(f"{len(failed)} client process(es) failed (exit {failed[0]}); their tracebacks are above")
+    results = [json.loads(output) for output in outputs]
     latencies = [t for result in results for t in result["latencies"]]
     return latencies, n / (max(result["finished_at"] for result in results) - start_at)
 
