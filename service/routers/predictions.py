@@ -50,16 +50,14 @@ async def uploaded_image(request: Request, limit: int) -> bytes:
             file = form.get("file")
             if not isinstance(file, UploadFile):
                 raise InvalidInput("the form has no file named 'file'", loc=["body", "file"])
-            if file.size is not None and file.size > limit:
-                raise PayloadTooLarge(f"upload is {file.size} bytes; the limit is {limit}")
-            data = await file.read(limit + 1)
+            data = await file.read(limit + 1)  # one byte past the limit is enough to refuse it below
     else:
         raise UnsupportedMediaType(
             f"send the image as the body (Content-Type {', '.join(RAW_IMAGE_TYPES)}) or as the field 'file' of a "
             f"multipart/form-data upload, not {media_type or 'a body without a Content-Type'}"
         )
     if len(data) > limit:
-        raise PayloadTooLarge(f"upload is over {limit} bytes")
+        raise PayloadTooLarge(f"the image is over {limit:,} bytes (TRAINLAB_MAX_UPLOAD_BYTES)")
     return data
 
 
