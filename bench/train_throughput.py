@@ -8,8 +8,9 @@ eager, in a fresh Python process as a user's script runs (glibc's default malloc
 
     python -m bench.train_throughput [--device auto|cpu|cuda] [--epochs 3] [--rounds 3] [--full] [--compile]
 
-The four variants run alternately, `--rounds` times; samples/s is the median over every epoch of every round
-(training only, evaluation excluded, for all four), accuracy the median final validation accuracy.
+The four variants run alternately, `--rounds` times, round r with seed r for all of them; samples/s is the median
+over every epoch of every round (training only, evaluation excluded, for all four), accuracy the median final
+validation accuracy over the seeds, each seed's printed below it.
 `--full` adds the full Fashion-MNIST (54k training images) when its files are present; `--compile` a fifth
 variant, the engine with `compile: true`, whose compile seconds are printed apart from its samples/s. On CUDA,
 the engine also runs with its CUDA graphs off (`fit(cuda_graphs=False)`), to show what they give.
@@ -129,10 +130,35 @@ def main() -> None:
         compare(args, device, untuned)
 
 
+def variants(
+    args: argparse.Namespace,
+    fp32: ExperimentSpec,
+    dataset: Dataset,
+    device: torch.device,
+    untuned: multiprocessing.pool.Pool,
+    compile_s: list[float],
+) -> dict[str, Callable[[], tuple[list[float], float]]]:
+    """What one round runs, in this order: each variant's samples/s per epoch and final validation accuracy."""
+    auto = fp32.model_copy(update={"precision": "auto"})
+    runs: dict[str, Callable[[], tuple[list[float], float]]] = {
+        "classic": lambda: untuned.apply(classic_by_name, (fp32.model_dump(mode="json"), str(device))),
+        "classic*": lambda: classic(fp32, dataset, device),
+        "fp32": lambda: engine(fp32, dataset, device),
+        "auto": lambda: engine(auto, dataset, device),
+    }
+    if device.type == "cuda":  # what CUDA graphs of the training step give
+        runs["fp32 eager"] = lambda: engine(fp32, dataset, device, cuda_graphs=False)
+        runs["auto eager"] = lambda: engine(auto, dataset, device, cuda_graphs=False)
+    if args.compile:
+        compiled = auto.model_copy(update={"compile": True})
+        runs["compiled"] = lambda: engine(compiled, dataset, device, compile_s)
+    return runs
+
+
 def compare(args: argparse.Namespace, device: torch.device, untuned: multiprocessing.pool.Pool) -> None:
     header(device, "train_throughput: classic DataLoader loop vs the worker's engine")
     datasets = ["mnist-10k"] + (["fashion-mnist"] if args.full else [])
-    print(f"# batch 64, {args.epochs} epochs, {args.rounds} alternating rounds, Adam 1e-3, seed 0")
+    print(f"# batch 64, {args.epochs} epochs, {args.rounds} alternating rounds (seeds 0-{args.rounds - 1}), Adam 1e-3")
     print("# classic*: the classic loop in the engine's process, with malloc tuned as the worker tunes it")
     print(
         f"{'dataset':<14} {'model':<5} {'classic/s':>10} {'classic*/s':>11} {'engine fp32/s':>14} "
@@ -147,34 +173,30 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
             continue
         for model_name, model in MODELS.items():
             base = {"dataset": {"name": dataset_name}, "model": model, "epochs": args.epochs, "device": args.device}
-            fp32 = ExperimentSpec.model_validate({**base, "precision": "fp32"})
-            auto = fp32.model_copy(update={"precision": "auto"})
-            variants: dict[str, Callable[[], tuple[list[float], float]]] = {
-                "classic": lambda: untuned.apply(classic_by_name, (fp32.model_dump(mode="json"), str(device))),
-                "classic*": lambda: classic(fp32, dataset, device),
-                "fp32": lambda: engine(fp32, dataset, device),
-                "auto": lambda: engine(auto, dataset, device),
-            }
-            if device.type == "cuda":  # what CUDA graphs of the training step give
-                variants["fp32 eager"] = lambda: engine(fp32, dataset, device, cuda_graphs=False)
-                variants["auto eager"] = lambda: engine(auto, dataset, device, cuda_graphs=False)
+            rates: dict[str, list[float]] = {}
+            accuracy: dict[str, list[float]] = {}
             compile_s: list[float] = []
-            if args.compile:
-                compiled = auto.model_copy(update={"compile": True})
-                variants["compiled"] = lambda: engine(compiled, dataset, device, compile_s)
-            rates: dict[str, list[float]] = {k: [] for k in variants}
-            accuracy: dict[str, list[float]] = {k: [] for k in variants}
-            for _ in range(args.rounds):
-                for key, run in variants.items():
+            # Round r trains every variant with seed r: the same seed within a round, and accuracies over several
+            # seeds (one seed repeated gives the same accuracy every round: the engine is deterministic).
+            for seed in range(args.rounds):
+                fp32 = ExperimentSpec.model_validate({**base, "precision": "fp32", "seed": seed})
+                for key, run in variants(args, fp32, dataset, device, untuned, compile_s).items():
                     r, a = run()
-                    rates[key] += r
-                    accuracy[key].append(a)
+                    rates.setdefault(key, []).extend(r)
+                    accuracy.setdefault(key, []).append(a)
             m = {k: median(v) for k, v in rates.items()}
             acc = {k: median(v) for k, v in accuracy.items()}
             print(
                 f"{dataset_name:<14} {model_name:<5} {m['classic']:>10.0f} {m['classic*']:>11.0f} {m['fp32']:>14.0f} "
                 f"{m['auto']:>14.0f} {m['auto'] / m['classic']:>12.2f}x {m['fp32'] / m['classic']:>12.2f}x "
                 f"{m['auto'] / m['classic*']:>13.2f}x {acc['classic']:>12.4f} {acc['fp32']:>9.4f} {acc['auto']:>9.4f}"
+            )
+            per_seed = zip(accuracy["classic"], accuracy["fp32"], accuracy["auto"], strict=True)
+            gap = max(abs(a - f) for f, a in zip(accuracy["fp32"], accuracy["auto"], strict=True))
+            print(
+                f"#   {model_name} accuracy by seed, classic / fp32 / auto: "
+                + "; ".join(f"{seed}: {c:.4f} / {f:.4f} / {a:.4f}" for seed, (c, f, a) in enumerate(per_seed))
+                + f"; largest |auto - fp32| at one seed {gap * 100:.2f} pp"
             )
             if device.type == "cuda":
                 print(
