@@ -131,14 +131,14 @@ def main() -> None:
 
 
 def variants(
-    args: argparse.Namespace,
     fp32: ExperimentSpec,
     dataset: Dataset,
     device: torch.device,
     untuned: multiprocessing.pool.Pool,
-    compile_s: list[float],
+    compile_s: list[float] | None,
 ) -> dict[str, Callable[[], tuple[list[float], float]]]:
-    """What one round runs, in this order: each variant's samples/s per epoch and final validation accuracy."""
+    """What one round runs, in this order: each variant's samples/s per epoch and final validation accuracy. With
+    `compile_s`, also the engine with `compile: true`, whose compile seconds go there."""
     auto = fp32.model_copy(update={"precision": "auto"})
     runs: dict[str, Callable[[], tuple[list[float], float]]] = {
         "classic": lambda: untuned.apply(classic_by_name, (fp32.model_dump(mode="json"), str(device))),
@@ -149,7 +149,7 @@ def variants(
     if device.type == "cuda":  # what CUDA graphs of the training step give
         runs["fp32 eager"] = lambda: engine(fp32, dataset, device, cuda_graphs=False)
         runs["auto eager"] = lambda: engine(auto, dataset, device, cuda_graphs=False)
-    if args.compile:
+    if compile_s is not None:
         compiled = auto.model_copy(update={"compile": True})
         runs["compiled"] = lambda: engine(compiled, dataset, device, compile_s)
     return runs
@@ -175,12 +175,12 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
             base = {"dataset": {"name": dataset_name}, "model": model, "epochs": args.epochs, "device": args.device}
             rates: dict[str, list[float]] = {}
             accuracy: dict[str, list[float]] = {}
-            compile_s: list[float] = []
+            compile_s: list[float] | None = [] if args.compile else None
             # Round r trains every variant with seed r: the same seed within a round, and accuracies over several
             # seeds (one seed repeated gives the same accuracy every round: the engine is deterministic).
             for seed in range(args.rounds):
                 fp32 = ExperimentSpec.model_validate({**base, "precision": "fp32", "seed": seed})
-                for key, run in variants(args, fp32, dataset, device, untuned, compile_s).items():
+                for key, run in variants(fp32, dataset, device, untuned, compile_s).items():
                     r, a = run()
                     rates.setdefault(key, []).extend(r)
                     accuracy.setdefault(key, []).append(a)
@@ -206,7 +206,7 @@ def compare(args: argparse.Namespace, device: torch.device, untuned: multiproces
                     f"auto {m['auto'] / m['auto eager']:.2f}x; acc fp32 {acc['fp32 eager']:.4f}, "
                     f"auto {acc['auto eager']:.4f}"
                 )
-            if args.compile:
+            if compile_s is not None:
                 # The first round compiles; later rounds reuse this process's compiled graphs (as a worker does).
                 print(
                     f"#   {model_name} with compile: true (auto): {m['compiled']:.0f}/s = "
