@@ -18,15 +18,24 @@ class LRUCache(Generic[V]):
 
     def get(self, key: Hashable, build: Callable[[], V]) -> V:
         """The value for `key`, built by `build()` on a miss."""
+        value = self.peek(key)
+        if value is None:
+            # Built outside the lock: a slow build must not hold up hits on other keys.
+            value = build()
+            self.put(key, value)
+        return value
+
+    def peek(self, key: Hashable) -> V | None:
+        """The value for `key` if it is cached, else None."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        # Built outside the lock: a slow build must not hold up hits on other keys.
-        value = build()
+        return None
+
+    def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
             while len(self._items) > self._max_size:
                 self._items.popitem(last=False)
-        return value

@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from service.cache import LRUCache
 from service.errors import Conflict, InvalidInput, NotFound
 from service.schemas import (
     AttemptPublic,
@@ -59,6 +60,8 @@ from service.schemas import (
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# find_checkpoint answers kept per Store: a few dozen bytes each.
+FINAL_CHECKPOINTS_CACHED = 4096
 
 # Which status may follow which. running -> queued is a worker handing its job back (shutdown); a running job
 # whose lease expired is claimed again as it is (running -> running, attempt + 1), or failed after max_attempts.
@@ -383,6 +386,8 @@ class Store:
         self.url = url
         self.engine = create_db_engine(url)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True)
+        # find_checkpoint's answers for finished experiments, keyed by (experiment id, epoch or None).
+        self._final_checkpoints: LRUCache[CheckpointRef] = LRUCache(FINAL_CHECKPOINTS_CACHED)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -587,7 +592,10 @@ class Store:
             return _public(row)
 
     def find_checkpoint(self, experiment_id: int, epoch: int | None = None) -> CheckpointRef:
-        """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None."""
+        """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None. Remembered once
+        the experiment has finished."""
+        if (cached := self._final_checkpoints.peek((experiment_id, epoch))) is not None:
+            return cached
         # One statement, built once: this runs on every /predict, and building it cost more than running it.
         query = _find_checkpoint_statement()
         with self.engine.connect() as conn:  # Core, not an ORM Session: half the cost
@@ -611,7 +619,12 @@ class Store:
                     f"experiment {experiment_id} has no checkpoint for epoch {wanted}; "
                     f"kept: {', '.join(map(str, kept)) or 'none'} (spec.checkpoints says which are kept)"
                 )
-            return CheckpointRef(experiment_id, wanted, sha256)
+            ref = CheckpointRef(experiment_id, wanted, sha256)
+        if not TRANSITIONS[Status(status)]:
+            # No status follows this one, and every checkpoint write is fenced on the job still running: no process
+            # can change this answer any more. (The query was 0.4 ms of a 3.8 ms /predict at one client.)
+            self._final_checkpoints.put((experiment_id, epoch), ref)
+        return ref
 
     def checkpoint_data(self, ref: CheckpointRef) -> bytes:
         """The checkpoint's bytes, verified against the SHA-256 recorded when it was written."""

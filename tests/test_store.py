@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from service.errors import Conflict, InvalidInput
+from service.errors import Conflict, InvalidInput, NotFound
 from service.schemas import Status
 from service.specs import EpochMetrics, ExperimentSpec
 from service.store import CheckpointRow, CorruptCheckpoint, Idempotency, LeaseLost, Store
@@ -90,6 +90,28 @@ def test_epoch_records_metrics_checkpoint_and_best(store: Store) -> None:
     with pytest.raises(IntegrityError):
         store.record_epoch(job, metrics(2, 0.9), b"again")
     assert store.get_experiment(job.id).best.epoch == 1
+
+
+def test_the_best_checkpoint_follows_a_running_job_and_stays_once_it_has_finished(store: Store) -> None:
+    # Another process's view of the same database (an API), looking while the worker writes.
+    api = Store(store.url)
+    submit(store)
+    job = store.claim("w", **LEASE)
+    store.record_epoch(job, metrics(1, 0.6), b"one")
+    assert api.find_checkpoint(job.id).epoch == 1
+    store.record_epoch(job, metrics(2, 0.7), b"two")
+    assert api.find_checkpoint(job.id).epoch == 2  # not a remembered answer while it runs
+    store.finish(job, Status.succeeded)
+    for _ in range(2):  # found, then remembered
+        assert api.find_checkpoint(job.id) == store.find_checkpoint(job.id)
+        assert api.checkpoint_data(api.find_checkpoint(job.id)) == b"two"
+        assert api.find_checkpoint(job.id, epoch=2) == api.find_checkpoint(job.id)
+        with pytest.raises(NotFound, match="kept: 2"):  # epoch 1's, deleted by the retention policy
+            api.find_checkpoint(job.id, epoch=1)
+    with pytest.raises(LeaseLost):  # why remembering is safe: nothing is written after the end
+        store.record_epoch(job, metrics(3, 0.9), b"three")
+    assert api.find_checkpoint(job.id).epoch == store.find_checkpoint(job.id).epoch == 2
+    api.close()
 
 
 def test_writes_from_a_stale_attempt_are_refused(store: Store) -> None:
