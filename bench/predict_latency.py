@@ -7,8 +7,9 @@ from mnist-10k's validation split, sent as a multipart form's file (as a browser
 body itself (as trainlab's client does). Concurrency 1 (one httpx client, sequential) and 16 (16 threads, each its
 own httpx client), each after a warm-up; 16 clients both as 16 threads of this process and as 16 processes
 (bench/http_client.py), whose tails differ by the threads' turns at one GIL; then GET /healthz the same two ways,
-the floor of each harness. Prints p50 / p99 latency and requests/s, the bare in-process p50, and the API's peak
-RSS with the model cached. The clients run on the same cores as the server.
+the floor of each harness. Prints p50 / p99 latency and requests/s, the bare in-process p50 (at the machine's
+default torch threads, the target's reference, and at the API's own), and the API's peak RSS with the model
+cached. The clients run on the same cores as the server.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import httpx
 import torch
 from PIL import Image
 
-from bench.common import REPO, header, median, peak_rss_mb, percentile
+from bench.common import REPO, header, peak_rss_mb, percentile
 from bench.http_client import request
 from bench.service import running_service
 from service.images import decode_image
+from service.settings import Settings
 from service.specs import ExperimentSpec
 from worker.datasets import load_dataset
 from worker.inference import Predictor
@@ -46,17 +48,40 @@ def real_pngs(spec: ExperimentSpec, count: int) -> list[bytes]:
     return out
 
 
-def sequential(url: str, path: str, pngs: list[bytes], n: int) -> list[tuple[list[float], float]]:
-    """One client sending each image as a multipart form's file, then as the body, in turn (so that the two
-    forms share the machine's drift): the (latencies, requests/s) of each form."""
-    forms = ((False, []), (True, []))
+def in_process(predictor: Predictor, pngs: list[bytes], images: range, threads: int) -> list[float]:
+    """The bare work of a request for each of `images`: decode + preprocess + forward, on `threads` torch threads."""
+    torch.set_num_threads(threads)
+    latencies = []
+    for i in images:
+        t = time.perf_counter()
+        predictor.predict(decode_image(pngs[i % len(pngs)], max_pixels=4096 * 4096), top_k=5)
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def one_client(
+    url: str, path: str, pngs: list[bytes], predictor: Predictor, n: int, api_threads: int, rounds: int = 4
+) -> list[tuple[list[float], float]]:
+    """The bare work in this process (at the machine's default torch threads, the target's reference, then at the
+    API's), then one HTTP client sending each image as a multipart form's file and as the body in turn; `rounds`
+    such blocks, so that all four share the machine's drift. The (latencies, requests/s) of each, in that order."""
+    default_threads = torch.get_num_threads()
+    bare, bare_api, multipart, body = [], [], [], []
     with httpx.Client(base_url=url, timeout=30) as client:
-        for i in range(n):
-            for as_body, latencies in forms:
-                t = time.perf_counter()
-                request(client, path, pngs, i, as_body)
-                latencies.append(time.perf_counter() - t)
-    return [(latencies, len(latencies) / sum(latencies)) for _, latencies in forms]
+        for i in range(50):  # warm-up: the API loads and caches the model
+            request(client, path, pngs, i, as_body=i % 2 == 1)
+        in_process(predictor, pngs, range(50), default_threads)
+        for r in range(rounds):
+            block = range(r * n // rounds, (r + 1) * n // rounds)
+            bare += in_process(predictor, pngs, block, default_threads)
+            bare_api += in_process(predictor, pngs, block, api_threads)
+            for i in block:
+                for as_body, latencies in ((False, multipart), (True, body)):
+                    t = time.perf_counter()
+                    request(client, path, pngs, i, as_body)
+                    latencies.append(time.perf_counter() - t)
+    torch.set_num_threads(default_threads)
+    return [(latencies, len(latencies) / sum(latencies)) for latencies in (bare, bare_api, multipart, body)]
 
 
 def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: int) -> tuple[list[float], float]:
@@ -131,14 +156,8 @@ def main() -> None:
         path = f"/experiments/{experiment_id}/predict"
 
         predictor = Predictor(store.checkpoint_data(store.find_checkpoint(experiment_id)))
-        bare = []
-        for i in range(args.requests):
-            t = time.perf_counter()
-            predictor.predict(decode_image(pngs[i % len(pngs)], max_pixels=4096 * 4096), top_k=5)
-            bare.append(time.perf_counter() - t)
-
-        sequential(url, path, pngs, 50)  # warm-up: the API loads and caches the model
-        one, one_body = sequential(url, path, pngs, args.requests)
+        api_threads = Settings().inference_threads  # TRAINLAB_INFERENCE_THREADS
+        bare, bare_api, one, one_body = one_client(url, path, pngs, predictor, args.requests, api_threads)
         concurrent(url, path, pngs, 64, 16)
         sixteen = concurrent(url, path, pngs, args.requests, 16)
         floor = concurrent(url, "/healthz", None, args.requests, 16)
@@ -146,7 +165,8 @@ def main() -> None:
         sixteen_processes_body = client_processes(url, path, png_dir, args.requests, 16, as_body=True)
         floor_processes = client_processes(url, "/healthz", None, args.requests, 16)
         print(f"{'':<27} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>8} {'req/s':>9}")
-        row("in-process (bare)", bare, len(bare) / sum(bare))
+        row("in-process (bare)", *bare)
+        row(f"in-process, threads={api_threads}", *bare_api)
         row("HTTP, 1 client", *one)
         row("HTTP, 1 client, body", *one_body)
         row("HTTP, 16 client threads", *sixteen)
@@ -154,7 +174,7 @@ def main() -> None:
         row("HTTP, 16 client processes", *sixteen_processes)
         row("HTTP, 16 processes, body", *sixteen_processes_body)
         row("GET /healthz, 16 processes", *floor_processes)
-        over = [(percentile(latencies, 50) - median(bare)) * 1000 for latencies, _ in (one, one_body)]
+        over = [(percentile(latencies, 50) - percentile(bare[0], 50)) * 1000 for latencies, _ in (one, one_body)]
         print(f"# p50 over bare at 1 client: +{over[0]:.2f} ms (multipart), +{over[1]:.2f} ms (image as the body)")
         print(f"# API peak RSS with the model cached: {peak_rss_mb(processes[0].pid):.0f} MB")
 
