@@ -26,7 +26,7 @@ class LRUCache(Generic[V]):
         return value
 
     def peek(self, key: Hashable) -> V | None:
-        """The value for `key` if it is cached, else None."""
+        """The value for `key` if it is cached, else None (which is never a value)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
