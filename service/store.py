@@ -60,7 +60,7 @@ from service.schemas import (
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# find_checkpoint answers kept per Store: a few dozen bytes each.
+# find_checkpoint answers kept per Store: ~380 bytes each, 1.5 MB when full.
 FINAL_CHECKPOINTS_CACHED = 4096
 
 # Which status may follow which. running -> queued is a worker handing its job back (shutdown); a running job
