@@ -8,8 +8,9 @@ body itself (as trainlab's client does). Concurrency 1 (one httpx client, sequen
 own httpx client), each after a warm-up; 16 clients both as 16 threads of this process and as 16 processes
 (bench/http_client.py), whose tails differ by the threads' turns at one GIL; then GET /healthz the same two ways,
 the floor of each harness. Prints p50 / p99 latency and requests/s, the bare in-process p50 (at the machine's
-default torch threads, the target's reference, and at the API's own), and the API's peak RSS with the model
-cached. The clients run on the same cores as the server.
+default torch threads, the target's reference, and at the API's own), the tail of one fixed piece of arithmetic
+timed between the 1-client requests (what this machine gives work that never varies: the floor under p99/p50),
+and the API's peak RSS with the model cached. The clients run on the same cores as the server.
 """
 
 from __future__ import annotations
@@ -59,14 +60,37 @@ def in_process(predictor: Predictor, pngs: list[bytes], images: range, threads: 
     return latencies
 
 
+def timed(f, *args) -> float:
+    t = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t
+
+
+def arithmetic(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def fixed_work_size(target_s: float = 0.003) -> int:
+    """How many `arithmetic` steps take about `target_s` on this machine now (a request's order of time)."""
+    n = 10_000
+    took = min(timed(arithmetic, n) for _ in range(5))
+    return max(1, round(n * target_s / took))
+
+
 def one_client(
     url: str, path: str, pngs: list[bytes], predictor: Predictor, n: int, api_threads: int, rounds: int = 4
 ) -> list[tuple[list[float], float]]:
     """The bare work in this process (at the machine's default torch threads, the target's reference, then at the
-    API's), then one HTTP client sending each image as a multipart form's file and as the body in turn; `rounds`
-    such blocks, so that all four share the machine's drift. The (latencies, requests/s) of each, in that order."""
+    API's), then one HTTP client sending each image as a multipart form's file and as the body in turn, then as
+    many runs of one fixed piece of arithmetic (about 3 ms: the tail the machine itself gives work that never
+    varies); `rounds` such blocks, so that all five share the machine's drift. The (latencies, requests/s) of
+    each, in that order."""
     default_threads = torch.get_num_threads()
-    bare, bare_api, multipart, body = [], [], [], []
+    steps = fixed_work_size()
+    bare, bare_api, multipart, body, fixed = [], [], [], [], []
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(50):  # warm-up: the API loads and caches the model
             request(client, path, pngs, i, as_body=i % 2 == 1)
@@ -80,8 +104,9 @@ def one_client(
                     t = time.perf_counter()
                     request(client, path, pngs, i, as_body)
                     latencies.append(time.perf_counter() - t)
+            fixed += [timed(arithmetic, steps) for _ in block]
     torch.set_num_threads(default_threads)
-    return [(latencies, len(latencies) / sum(latencies)) for latencies in (bare, bare_api, multipart, body)]
+    return [(latencies, len(latencies) / sum(latencies)) for latencies in (bare, bare_api, multipart, body, fixed)]
 
 
 def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: int) -> tuple[list[float], float]:
@@ -157,7 +182,7 @@ def main() -> None:
 
         predictor = Predictor(store.checkpoint_data(store.find_checkpoint(experiment_id)))
         api_threads = Settings().inference_threads  # TRAINLAB_INFERENCE_THREADS
-        bare, bare_api, one, one_body = one_client(url, path, pngs, predictor, args.requests, api_threads)
+        bare, bare_api, one, one_body, fixed = one_client(url, path, pngs, predictor, args.requests, api_threads)
         concurrent(url, path, pngs, 64, 16)
         sixteen = concurrent(url, path, pngs, args.requests, 16)
         floor = concurrent(url, "/healthz", None, args.requests, 16)
@@ -169,6 +194,7 @@ def main() -> None:
         row(f"in-process, threads={api_threads}", *bare_api)
         row("HTTP, 1 client", *one)
         row("HTTP, 1 client, body", *one_body)
+        row("fixed work (this VM's tail)", *fixed)
         row("HTTP, 16 client threads", *sixteen)
         row("GET /healthz, 16 threads", *floor)
         row("HTTP, 16 client processes", *sixteen_processes)
