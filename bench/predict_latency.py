@@ -50,22 +50,21 @@ def real_pngs(spec: ExperimentSpec, count: int) -> list[bytes]:
     return out
 
 
-def in_process(predictor: Predictor, pngs: list[bytes], images: range, threads: int) -> list[float]:
-    """The bare work of a request for each of `images`: decode + preprocess + forward, on `threads` torch threads."""
-    torch.set_num_threads(threads)
-    latencies = []
-    for i in images:
-        t = time.perf_counter()
-        predictor.predict(decode_image(pngs[i % len(pngs)], max_pixels=4096 * 4096), top_k=5)
-        latencies.append(time.perf_counter() - t)
-    return latencies
-
-
-def timed(f: Callable[[int], object], *args: int) -> float:
+def timed(f: Callable[..., object], *args: object) -> float:
     """Seconds that `f(*args)` took."""
     t = time.perf_counter()
     f(*args)
     return time.perf_counter() - t
+
+
+def in_process(predictor: Predictor, pngs: list[bytes], images: range, threads: int) -> list[float]:
+    """The bare work of a request for each of `images`: decode + preprocess + forward, on `threads` torch threads."""
+    torch.set_num_threads(threads)
+
+    def work(png: bytes) -> None:
+        predictor.predict(decode_image(png, max_pixels=4096 * 4096), top_k=5)
+
+    return [timed(work, pngs[i % len(pngs)]) for i in images]
 
 
 def arithmetic(n: int) -> int:
@@ -103,9 +102,7 @@ def one_client(
             bare_api += in_process(predictor, pngs, block, api_threads)
             for i in block:
                 for as_body, latencies in ((False, multipart), (True, body)):
-                    t = time.perf_counter()
-                    request(client, path, pngs, i, as_body)
-                    latencies.append(time.perf_counter() - t)
+                    latencies.append(timed(request, client, path, pngs, i, as_body))
             fixed += [timed(arithmetic, steps) for _ in block]
     torch.set_num_threads(default_threads)
     return [(latencies, len(latencies) / sum(latencies)) for latencies in (bare, bare_api, multipart, body, fixed)]
