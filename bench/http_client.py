@@ -14,9 +14,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+
+def timed(f: Callable[..., object], *args: object) -> float:
+    """Seconds that `f(*args)` took."""
+    t = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t
 
 
 def request(client: httpx.Client, path: str, pngs: list[bytes] | None, i: int, as_body: bool = False) -> None:
@@ -34,14 +42,10 @@ def main() -> None:
     url, path, png_dir, start_at, count = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
     as_body = sys.argv[6:] == ["body"]
     pngs = [p.read_bytes() for p in sorted(Path(png_dir).glob("*.png"))] if png_dir != "-" else None
-    latencies = []
     with httpx.Client(base_url=url, timeout=30) as client:
         request(client, path, pngs, 0, as_body)
         time.sleep(max(0.0, start_at - time.time()))
-        for i in range(count):
-            t = time.perf_counter()
-            request(client, path, pngs, i, as_body)
-            latencies.append(time.perf_counter() - t)
+        latencies = [timed(request, client, path, pngs, i, as_body) for i in range(count)]
     json.dump({"latencies": latencies, "finished_at": time.time()}, sys.stdout)
 
 

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 
 from bench.common import REPO, header, peak_rss_mb, percentile
-from bench.http_client import request
+from bench.http_client import request, timed
 from bench.service import running_service
 from service.images import decode_image
 from service.settings import Settings
@@ -48,13 +47,6 @@ def real_pngs(spec: ExperimentSpec, count: int) -> list[bytes]:
         Image.fromarray(pixels[0].numpy(), mode="L").save(buffer, format="PNG")
         out.append(buffer.getvalue())
     return out
-
-
-def timed(f: Callable[..., object], *args: object) -> float:
-    """Seconds that `f(*args)` took."""
-    t = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - t
 
 
 def in_process(predictor: Predictor, pngs: list[bytes], images: range, threads: int) -> list[float]:
@@ -118,9 +110,7 @@ def concurrent(url: str, path: str, pngs: list[bytes] | None, n: int, clients: i
     def one_client(k: int) -> None:
         with httpx.Client(base_url=url, timeout=30) as client:
             for i in range(k, n, clients):
-                t = time.perf_counter()
-                request(client, path, pngs, i)
-                latencies.append(time.perf_counter() - t)  # list.append is atomic under the GIL
+                latencies.append(timed(request, client, path, pngs, i))  # list.append is atomic under the GIL
 
     threads = [threading.Thread(target=one_client, args=(k,)) for k in range(clients)]
     started = time.perf_counter()
