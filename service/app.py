@@ -24,7 +24,7 @@ from service.predictions import ImagePredictions
 from service.routers import datasets, experiments, monitoring, predictions, sweeps, watch
 from service.routers.monitoring import metrics_registry
 from service.settings import Settings
-from service.store import SchemaOutOfDate, Store
+from service.store import DatabaseUnavailable, SchemaOutOfDate, Store
 from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
 
 log = logging.getLogger("trainlab.api")
@@ -49,8 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(settings.database_url)
         try:
             store.check_schema()
-        except SchemaOutOfDate as exc:
-            log.error("refusing to start: %s", exc)
+        except (SchemaOutOfDate, DatabaseUnavailable) as exc:
+            log.error("refusing to start: %s", getattr(exc, "reason", exc))
             store.close()
             raise
         app.state.store = store

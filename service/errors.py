@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
@@ -15,6 +15,7 @@ class TrainlabError(Exception):
     """A failure the caller can act on. `status_code` is what the API answers; everything else is a 500."""
 
     status_code = 400
+    headers: ClassVar[dict[str, str] | None] = None  # sent with the answer
 
     def __init__(self, detail: str, *, loc: Sequence[str | int] | None = None) -> None:
         super().__init__(detail)
@@ -49,6 +50,13 @@ class UnsupportedMediaType(TrainlabError):
     status_code = 415
 
 
+class ServiceUnavailable(TrainlabError):
+    """Something the service depends on (its database) cannot be reached for now: retry later."""
+
+    status_code = 503
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
 class ErrorBody(BaseModel):
     detail: str
 
@@ -60,6 +68,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     409: {"model": ErrorBody, "description": "Not possible in the resource's current state (e.g. no checkpoint yet)"},
     413: {"model": ErrorBody, "description": "The body or the image is over this server's limits"},
     415: {"model": ErrorBody, "description": "The upload is not a PNG or JPEG image"},
+    503: {"model": ErrorBody, "description": "The database cannot be reached for now: retry (see Retry-After)"},
 }
 
 
@@ -68,4 +77,4 @@ def install_error_handler(app: FastAPI) -> None:
 
     @app.exception_handler(TrainlabError)
     async def _handle(_: Request, exc: TrainlabError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.body())
+        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=exc.headers)

@@ -41,12 +41,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from service.cache import LRUCache
-from service.errors import Conflict, InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from service.schemas import (
     AttemptPublic,
     BestEpoch,
@@ -336,9 +336,31 @@ class LeaseLost(RuntimeError):
     """The job is no longer this worker's (re-claimed, cancelled or finished): its write was refused."""
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached (a server restarting, a dropped connection, a lock held past its timeout).
+    The call's transaction was rolled back, unless the connection dropped during its very commit; a repeated
+    epoch write is then refused by the primary key, never stored twice. The driver's error is the `__cause__`."""
+
+    @property
+    def reason(self) -> str:
+        """What the driver said (e.g. "connection refused"), for logs; the API answers only `detail`, since the
+        driver's words can name hosts and users."""
+        return str(self.__cause__ or self).strip().partition("\n")[0][:300]
+
+
+def _unavailable(context: ExceptionContext) -> DatabaseUnavailable | None:
+    """Every operational failure of the database, however it surfaces, as the one error callers handle."""
+    if context.is_pre_ping:  # the pool reconnects after a failed ping by itself
+        return None
+    if context.is_disconnect or isinstance(context.sqlalchemy_exception, OperationalError):
+        return DatabaseUnavailable("the database cannot be reached for now; try again shortly")
+    return None
+
+
 def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     engine = _sqlite_engine(url) if parsed.get_backend_name() == "sqlite" else create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "handle_error", _unavailable)
     # A forked child must not reuse its parent's connections; it opens its own.
     weak = weakref.ref(engine)
     os.register_at_fork(after_in_child=lambda: (e := weak()) is not None and e.dispose(close=False))

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from service.settings import Settings
-from service.store import SchemaOutOfDate, Store
+from service.store import DatabaseUnavailable, SchemaOutOfDate, Store
 from worker.allocator import keep_freed_memory
 from worker.checkpoints import UnsafeEnvironment, refuse_unsafe_loading
 from worker.loop import Worker
@@ -30,8 +30,8 @@ def main() -> int:
     try:
         refuse_unsafe_loading()
         store.check_schema()
-    except (SchemaOutOfDate, UnsafeEnvironment) as exc:
-        logging.getLogger("trainlab.worker").error("refusing to start: %s", exc)
+    except (SchemaOutOfDate, UnsafeEnvironment, DatabaseUnavailable) as exc:
+        logging.getLogger("trainlab.worker").error("refusing to start: %s", getattr(exc, "reason", exc))
         store.close()
         return 2
 

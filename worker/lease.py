@@ -6,9 +6,7 @@ import logging
 import threading
 import time
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from service.store import ClaimedJob, LeaseLost, Store
+from service.store import ClaimedJob, DatabaseUnavailable, LeaseLost, Store
 from worker.logs import job_log
 
 log = logging.getLogger("trainlab.worker")
@@ -49,5 +47,5 @@ class Lease:
                 job_log(self.job.id).warning("experiment %d: %s; stopping it", self.job.id, exc)
                 self.lost.set()
                 return
-            except SQLAlchemyError as exc:  # the database is briefly unreachable: try again, the lease has slack
-                log.warning("experiment %d: heartbeat failed (%s); retrying", self.job.id, exc)
+            except DatabaseUnavailable as exc:  # e.g. its server restarting: try again, the lease has slack
+                log.warning("experiment %d: heartbeat failed (%s); retrying", self.job.id, exc.reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from service.store import Store
+from service.store import DatabaseUnavailable, Store
 
 log = logging.getLogger("trainlab.worker")
 
@@ -27,5 +27,7 @@ class ExperimentLogHandler(logging.Handler):
             return
         try:
             self.store.log(experiment_id, record.levelname, record.getMessage())
+        except DatabaseUnavailable:
+            pass  # the line is still in the worker's own output; a traceback per line would bury it
         except Exception:  # noqa: BLE001 (logging must never take the job down)
             self.handleError(record)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -20,7 +21,7 @@ from service.catalogue import open_dataset
 from service.schemas import Status
 from service.settings import Settings
 from service.specs import EpochMetrics, ExperimentSpec, FromExperiment
-from service.store import ClaimedJob, CorruptCheckpoint, LeaseLost, Store
+from service.store import ClaimedJob, CorruptCheckpoint, DatabaseUnavailable, LeaseLost, Store
 from worker.checkpoints import CheckpointContent, UnreadableCheckpoint, load_checkpoint
 from worker.datasets import Dataset
 from worker.engine import Interrupted, fit, resolve_device, runtime_environment
@@ -36,6 +37,9 @@ log = logging.getLogger("trainlab.worker")
 VAL_METRICS = {"val_accuracy", "val_mae", "val_rmse", "val_r2"}
 # How often a worker tells the database it is alive (GET /experiments/{id}/events says why a job waits).
 SEEN_EVERY_S = 5.0
+# While the database cannot be reached: the first wait before trying again, doubled up to the last.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,33 +92,62 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id or new_worker_id()
         self.stopping = threading.Event()
+        self._seen_at = 0.0  # when this worker last told the database it is alive
 
     def run(self, *, once: bool = False) -> None:
-        """Serve jobs until `stopping` is set (or, with `once`, until the queue is empty)."""
+        """Serve jobs until `stopping` is set (or, with `once`, until the queue is empty). While the database
+        cannot be reached, wait for it: a restart of the database server costs no job and no worker."""
         log.info("worker %s ready (polling every %.1fs)", self.worker_id, self.settings.poll_interval_s)
         handler = ExperimentLogHandler(self.store)
         log.addHandler(handler)
         device = str(resolve_device("auto"))
-        seen = 0.0
         try:
             while not self.stopping.is_set():
-                if time.monotonic() - seen >= SEEN_EVERY_S:
-                    self.store.worker_seen(self.worker_id, device)
-                    seen = time.monotonic()
-                job = self.store.claim(
-                    self.worker_id, lease_s=self.settings.lease_s, max_attempts=self.settings.max_attempts
-                )
+                try:
+                    job = self._until_reachable(lambda: self._claim(device), "polling the queue")
+                except DatabaseUnavailable:  # only once stopping
+                    break
                 if job is None:
                     if once:
                         return
                     self.stopping.wait(self.settings.poll_interval_s)
                     continue
-                self.store.worker_seen(self.worker_id, device, job.id)
+                try:
+                    self.store.worker_seen(self.worker_id, device, job.id)
+                except DatabaseUnavailable:
+                    pass  # only what GET .../events says about workers; the job's lease thread retries its own writes
                 self.run_job(job)
-                seen = 0.0
+                self._seen_at = 0.0
         finally:
             log.removeHandler(handler)
-            self.store.worker_gone(self.worker_id)
+            try:
+                self.store.worker_gone(self.worker_id)
+            except DatabaseUnavailable as exc:
+                log.warning("could not record this worker's exit: %s", exc.reason)
+
+    def _claim(self, device: str) -> ClaimedJob | None:
+        if time.monotonic() - self._seen_at >= SEEN_EVERY_S:
+            self.store.worker_seen(self.worker_id, device)
+            self._seen_at = time.monotonic()
+        return self.store.claim(self.worker_id, lease_s=self.settings.lease_s, max_attempts=self.settings.max_attempts)
+
+    def _until_reachable(self, call: Callable[[], T], what: str) -> T:
+        """`call()`, tried again while the database cannot be reached, until it answers or the worker is stopping
+        (then DatabaseUnavailable). Retrying a job's write is safe: each is fenced on the job's attempt, so if
+        another worker took the job over meanwhile, the write is refused with LeaseLost."""
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                return call()
+            except DatabaseUnavailable as exc:
+                if self.stopping.is_set():
+                    raise
+                # Not job_log: its lines are stored in the very database that cannot be reached.
+                log.warning("%s: the database cannot be reached (%s); trying again in %.1fs", what, exc.reason,
+                            wait)  # fmt: skip
+                if self.stopping.wait(wait):
+                    raise
+                wait = min(2 * wait, RETRY_MAX_S)
 
     def run_job(self, job: ClaimedJob) -> None:
         job_log(job.id).info("experiment %d attempt %d: claimed (%s)", job.id, job.attempt, job.spec.name)
@@ -133,6 +166,10 @@ class Worker:
                         job.id, exc.epoch, exc.progress.batches,
                     )  # fmt: skip
                     self._finish(job, Status.queued, resume_point=(exc.epoch, exc.checkpoint))
+            except DatabaseUnavailable as exc:  # not the job's fault: it is trained again from its last checkpoint
+                log.warning("experiment %d: the database cannot be reached (%s); handing it back to the queue",
+                            job.id, exc.reason)  # fmt: skip
+                self._finish(job, Status.queued)
             except Exception as exc:  # a failed job must never take the worker down with it
                 job_log(job.id).error("experiment %d failed:\n%s", job.id, traceback.format_exc())
                 error = f"{type(exc).__name__}: {exc}"
@@ -222,7 +259,11 @@ class Worker:
         spec = job.spec
 
         def record(metrics: EpochMetrics, checkpoint: bytes) -> None:
-            self.store.record_epoch(job, metrics, checkpoint)
+            # Training goes on meanwhile; the next epoch's end waits for this write (InOrderRecorder).
+            self._until_reachable(
+                lambda: self.store.record_epoch(job, metrics, checkpoint),
+                f"experiment {job.id}: recording epoch {metrics.epoch}",
+            )
             if run_log is not None:
                 run_log.epoch(metrics)
             values = metrics.model_dump(include=VAL_METRICS | {"train_loss", "val_loss", "duration_s", "samples_per_s"})
@@ -236,6 +277,8 @@ class Worker:
                 self.store.progress(job, **data)
             except LeaseLost:
                 pass  # the lease thread notices and stops the job
+            except DatabaseUnavailable:
+                pass  # progress is throttled and passing: the next update, or the epoch's record, says it
 
         with InOrderRecorder(record) as recorder:
             result = fit(
@@ -266,6 +309,10 @@ class Worker:
 
     def _finish(self, job: ClaimedJob, status: Status, error: str | None = None, **outcome) -> None:
         try:
-            self.store.finish(job, status, error, **outcome)
+            self._until_reachable(
+                lambda: self.store.finish(job, status, error, **outcome), f"experiment {job.id}: marking it {status}"
+            )
         except LeaseLost as exc:
             job_log(job.id).warning("experiment %d: could not mark it %s: %s", job.id, status, exc)
+        except DatabaseUnavailable:  # stopping: its lease expires and another worker resumes it from its checkpoint
+            log.warning("experiment %d: left to its lease; the database could not be told it is %s", job.id, status)
