@@ -23,6 +23,8 @@ from service.schemas import ExperimentList, ExperimentPublic, Prediction, Status
 from service.specs import EpochMetrics, ExperimentSpec
 
 FINISHED = {Status.succeeded, Status.failed, Status.cancelled}
+POLL_S = 0.5  # `wait`'s polling interval
+RETRY_503_S = 1.0  # after a 503 (the server's database unreachable for a while), ask again this soon
 
 
 class ClientError(Exception):
@@ -136,7 +138,8 @@ class Client:
 
     def stream(self, experiment_id: int, *, last_event_id: int | None = None, retries: int = 5) -> Iterator[Event]:
         """The experiment's events, from its history, until it finishes. A dropped connection is resumed where
-        it broke (Last-Event-ID), up to `retries` times in a row."""
+        it broke (Last-Event-ID), up to `retries` times in a row; 503s (the server's database unreachable for a
+        while) are waited through."""
         failures = 0
         while True:
             headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
@@ -153,6 +156,10 @@ class Client:
                             last_event_id = event.id
                         yield event
                 return  # the server ends the stream once the experiment has finished
+            except APIError as exc:
+                if exc.status_code != 503:
+                    raise
+                time.sleep(RETRY_503_S)  # the server answered: not a broken connection, so not counted
             except httpx.TransportError as exc:
                 failures += 1
                 if failures > retries:
@@ -160,13 +167,23 @@ class Client:
                 time.sleep(min(2.0**failures * 0.1, 5.0))
 
     def wait(self, experiment_id: int, *, timeout: float | None = None) -> ExperimentPublic:
-        """Block until the experiment has finished (succeeded, failed or cancelled); its final state."""
+        """Block until the experiment has finished (succeeded, failed or cancelled); its final state. Waits through
+        503s (the server's database briefly unreachable)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while (experiment := self.get(experiment_id)).status not in FINISHED:
+        status = "unknown"
+        while True:
+            try:
+                experiment = self.get(experiment_id)
+            except APIError as exc:
+                if exc.status_code != 503:
+                    raise
+            else:
+                if experiment.status in FINISHED:
+                    return experiment
+                status = experiment.status
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"experiment {experiment_id} is still {experiment.status} after {timeout}s")
-            time.sleep(0.5)
-        return experiment
+                raise TimeoutError(f"experiment {experiment_id} is still {status} after {timeout}s")
+            time.sleep(POLL_S)
 
 
 def _body(spec: ExperimentSpec | dict) -> dict:

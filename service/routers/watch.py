@@ -23,7 +23,7 @@ from service.routers.experiments import ExperimentId, parse_ids
 from service.schemas import ExperimentPublic, Status
 from service.settings import Settings
 from service.specs import EpochMetrics
-from service.store import Store
+from service.store import DatabaseUnavailable, Store
 
 router = APIRouter(prefix="/experiments", tags=["watch"], responses=ERROR_RESPONSES)
 
@@ -90,27 +90,34 @@ async def _events(
     experiment_id: int, last: int, request: Request, store: Store, settings: Settings
 ) -> AsyncIterator[str]:
     queue_said: dict | None = None
-    quiet_since = asyncio.get_running_loop().time()
+    clock = asyncio.get_running_loop().time
+    quiet_since = clock()
     while not await request.is_disconnected():
-        events = await run_in_threadpool(store.events, experiment_id, after=last)
-        finished = False
-        for event in events:
-            yield _sse(event.kind, event.data, event.id)
-            last = event.id
-            finished = event.kind == "status" and event.data["status"] in FINISHED
+        try:
+            # The experiment before its events: once it has finished, the events read next include how it ended.
+            experiment = await run_in_threadpool(store.get_experiment, experiment_id)
+            events = await run_in_threadpool(store.events, experiment_id, after=last)
+            queued = experiment.status is Status.queued and not events
+            said = await run_in_threadpool(waiting_for, experiment, store) if queued else None
+        except DatabaseUnavailable:  # e.g. its server restarting: the stream stays open, and reads again
+            events, said = [], None
+        else:
+            finished = False
+            for event in events:
+                yield _sse(event.kind, event.data, event.id)
+                last = event.id
+                finished = event.kind == "status" and event.data["status"] in FINISHED
+            if finished or (not events and experiment.status.value in FINISHED):
+                return
         if events:
-            quiet_since = asyncio.get_running_loop().time()
-        experiment = await run_in_threadpool(store.get_experiment, experiment_id)
-        if finished or (not events and experiment.status.value in FINISHED):
-            return
-        if experiment.status is Status.queued:
-            said = await run_in_threadpool(waiting_for, experiment, store)
+            quiet_since = clock()
+        if said is not None:
             if said != queue_said:
                 yield _sse("queue", said)
                 queue_said = said
-        elif asyncio.get_running_loop().time() - quiet_since > KEEPALIVE_S:
+        elif clock() - quiet_since > KEEPALIVE_S:
             yield ": keep-alive\n\n"
-            quiet_since = asyncio.get_running_loop().time()
+            quiet_since = clock()
         await asyncio.sleep(settings.events_poll_s)
 
 
