@@ -146,6 +146,24 @@ def new_database(backend: str, root: Path) -> Iterator[str]:
         admin.dispose()
 
 
+@contextmanager
+def database_outage(db_url: str) -> Iterator[None]:
+    """No connection to the PostgreSQL database `db_url` for the block: new ones refused, open ones dropped, as when
+    its server restarts."""
+    name = make_url(db_url).database
+    admin = create_engine(os.environ["TRAINLAB_TEST_POSTGRES_URL"], isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                         {"name": name})  # fmt: skip
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request, tmp_path: Path) -> Iterator[str]:
     """An empty database: a SQLite file, then a PostgreSQL database."""

@@ -10,17 +10,29 @@ import random
 import re
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 import torch
 from sqlalchemy import select, update
 
+from service.client import Client
 from service.schemas import Status
 from service.specs import ExperimentSpec
 from service.store import CheckpointRow, Store
-from tests.conftest import deployment, load_bundled, malicious_checkpoint, tiny_spec, wait_for_status
+from tests.conftest import (
+    database_outage,
+    deployment,
+    load_bundled,
+    malicious_checkpoint,
+    new_database,
+    tiny_spec,
+    wait_for_status,
+)
 from worker.engine import fit
 
 # Short leases so that a dead worker's job is taken over within seconds.
@@ -37,6 +49,7 @@ KILL_SPEC = {
 }
 EPOCHS = list(range(1, KILL_SPEC["epochs"] + 1))
 COMPARED = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +133,51 @@ def test_sigterm_mid_epoch_hands_back_a_checkpoint_that_finishes_the_epoch_exact
         assert re.search(r"resuming epoch 2 at batch [1-9]\d*", dep.logs("worker")), dep.logs("worker")
         attempts = assert_history_is_sequential(client, experiment_id)
         assert [a["outcome"] for a in attempts] == ["released", "succeeded"]
+
+
+def watch(url: str, how: Callable[[Client], T]) -> T:
+    with Client(url) as sdk:
+        return how(sdk)
+
+
+def test_a_database_outage_costs_no_epoch_no_job_and_no_worker(
+    tmp_path: Path, client_for, uninterrupted: list[dict]
+) -> None:
+    """PostgreSQL refuses and drops every connection for a while (as a restart does), once while an epoch is being
+    recorded and once while the worker polls an empty queue: the API answers 503 meanwhile and stores nothing; the
+    worker waits, then records the same epochs an uninterrupted run does and claims the next job."""
+    with new_database("postgresql", tmp_path) as db_url, deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        worker = dep.workers()[0]
+        experiment_id = client.post("/experiments", json=KILL_SPEC).json()["id"]
+        wait_until(lambda: metrics(client, experiment_id))
+        # Watching through it with the SDK: its event stream and its wait.
+        pool = ThreadPoolExecutor(2)
+        streamed = pool.submit(watch, dep.url, lambda sdk: [event.kind for event in sdk.stream(experiment_id)])
+        waited = pool.submit(watch, dep.url, lambda sdk: sdk.wait(experiment_id, timeout=180))
+        with database_outage(db_url):
+            for answer in (client.get(f"/experiments/{experiment_id}"), client.post("/experiments", json=KILL_SPEC),
+                           client.get("/healthz")):  # fmt: skip
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "5"
+            assert "database cannot be reached" in answer.json()["detail"]
+            # Epoch 2 ends within seconds: hold the outage until its write has failed at least once.
+            wait_until(lambda: "recording epoch 2: the database cannot be reached" in dep.logs("worker"), timeout=60)
+        done = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)
+        assert done["status"] == "succeeded" and done["attempt"] == 1, dep.logs("worker")
+        assert [{k: r[k] for k in COMPARED} for r in metrics(client, experiment_id)] == uninterrupted
+        assert waited.result(timeout=60).status == "succeeded"
+        kinds = streamed.result(timeout=60)
+        assert kinds.count("epoch") == len(EPOCHS) and kinds[-1] == "status", kinds
+        pool.shutdown()
+        assert client.get("/experiments").json()["total"] == 1  # the POST during the outage stored nothing
+
+        with database_outage(db_url):
+            wait_until(lambda: "polling the queue: the database cannot be reached" in dep.logs("worker"), timeout=30)
+        tiny = client.post("/experiments", json=tiny_spec()).json()["id"]
+        assert wait_for_status(client, tiny, {"succeeded", "failed"}, timeout=120)["status"] == "succeeded"
+        assert worker.poll() is None and len(dep.workers()) == 1, dep.logs("worker")
+        assert "Traceback" not in dep.logs(), dep.logs()
 
 
 def test_resume_skips_a_truncated_checkpoint_and_trains_that_epoch_again(
