@@ -348,11 +348,32 @@ class DatabaseUnavailable(ServiceUnavailable):
         return str(self.__cause__ or self).strip().partition("\n")[0][:300]
 
 
+# Failures of the database rather than of the statement, which the same statement may get past later. PostgreSQL's
+# SQLSTATE classes: connection (08), rollback on a serialization failure or deadlock (40), resources such as a full
+# disk (53), a lock or a database not available now (55), operator intervention such as a shutdown (57), system
+# I/O (58). Left out: e.g. a statement over the server's limits (54), which would fail forever if retried.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "55", "57", "58")
+# SQLite's, by primary result code (extended names such as SQLITE_IOERR_WRITE start with them); not SQLITE_ERROR,
+# which is also "no such table" and bad SQL.
+_TRANSIENT_SQLITE_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM", "SQLITE_IOERR", "SQLITE_FULL",
+                           "SQLITE_CANTOPEN", "SQLITE_PROTOCOL")  # fmt: skip
+
+
 def _unavailable(context: ExceptionContext) -> DatabaseUnavailable | None:
-    """Every operational failure of the database, however it surfaces, as the one error callers handle."""
+    """An operational failure of the database, wherever it surfaces, as the one error callers handle."""
     if context.is_pre_ping:  # the pool reconnects after a failed ping by itself
         return None
-    if context.is_disconnect or isinstance(context.sqlalchemy_exception, OperationalError):
+    if not context.is_disconnect and not isinstance(context.sqlalchemy_exception, OperationalError):
+        return None  # the statement's own error (a constraint, bad data): not the database's
+    error = context.original_exception
+    sqlstate: str | None = getattr(error, "sqlstate", None)  # psycopg: None when no server answered
+    sqlite_code: str | None = getattr(error, "sqlite_errorname", None)
+    if (
+        context.is_disconnect
+        or (sqlstate is not None and sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES))
+        or (sqlite_code is not None and sqlite_code.startswith(_TRANSIENT_SQLITE_CODES))
+        or (sqlstate is None and sqlite_code is None)  # connecting failed: refused, or turned away by the server
+    ):
         return DatabaseUnavailable("the database cannot be reached for now; try again shortly")
     return None
 

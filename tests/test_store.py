@@ -8,13 +8,13 @@ import time
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.schemas import Status
 from service.specs import EpochMetrics, ExperimentSpec
-from service.store import CheckpointRow, CorruptCheckpoint, Idempotency, LeaseLost, Store
-from tests.conftest import migrated
+from service.store import CheckpointRow, CorruptCheckpoint, DatabaseUnavailable, Idempotency, LeaseLost, Store
+from tests.conftest import free_port, migrated
 
 SPEC = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": {"kind": "mlp"}, "epochs": 2})
 LEASE = {"lease_s": 30.0, "max_attempts": 3}
@@ -219,3 +219,24 @@ def test_idempotent_submission(store: Store) -> None:
     with pytest.raises(InvalidInput, match="different request body"):
         store.create_experiment(SPEC, idempotency=Idempotency("retry-me", hashlib.sha256(b"other").hexdigest()))
     assert store.list_experiments(status=None, limit=10, offset=0)[1] == 1
+
+
+def test_only_failures_of_the_database_itself_are_database_unavailable(db_url: str, tmp_path) -> None:
+    """A database that cannot be reached is DatabaseUnavailable (a 503; workers wait it out). A statement's own
+    error, such as a missing table, is not: retrying it would never end."""
+    unmigrated = Store(db_url)
+    try:
+        with pytest.raises(DBAPIError, match="no such table|does not exist"):
+            unmigrated.list_experiments(status=None, limit=1, offset=0)
+    finally:
+        unmigrated.close()
+    # SQLite: a directory where the file should be; PostgreSQL: a port nothing listens on.
+    nowhere = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/trainlab"
+    unreachable = Store(f"sqlite:///{tmp_path}" if db_url.startswith("sqlite") else nowhere)
+    try:
+        with pytest.raises(DatabaseUnavailable) as raised:
+            unreachable.list_experiments(status=None, limit=1, offset=0)
+        assert "unable to open database file" in raised.value.reason or "refused" in raised.value.reason
+        assert raised.value.status_code == 503
+    finally:
+        unreachable.close()
