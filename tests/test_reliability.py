@@ -166,6 +166,8 @@ def test_a_database_outage_costs_no_epoch_no_job_and_no_worker(
         done = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)
         assert done["status"] == "succeeded" and done["attempt"] == 1, dep.logs("worker")
         assert [{k: r[k] for k in COMPARED} for r in metrics(client, experiment_id)] == uninterrupted
+        lease_lines = [line for line in dep.logs("worker").splitlines() if "lease cannot be renewed" in line]
+        assert len(lease_lines) == 1 and "the database answers again" in dep.logs("worker")  # once, not each second
         assert waited.result(timeout=60).status == "succeeded"
         kinds = streamed.result(timeout=60)
         assert kinds.count("epoch") == len(EPOCHS) and kinds[-1] == "status", kinds

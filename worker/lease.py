@@ -36,6 +36,7 @@ class Lease:
 
     def _run(self) -> None:
         last_beat = time.monotonic()
+        unreachable_since: float | None = None  # while the database cannot be reached: since when
         while not self._done.wait(min(CHECK_S, self.heartbeat_s)):
             try:
                 if time.monotonic() - last_beat >= self.heartbeat_s:
@@ -47,5 +48,13 @@ class Lease:
                 job_log(self.job.id).warning("experiment %d: %s; stopping it", self.job.id, exc)
                 self.lost.set()
                 return
-            except DatabaseUnavailable as exc:  # e.g. its server restarting: try again, the lease has slack
-                log.warning("experiment %d: heartbeat failed (%s); retrying", self.job.id, exc.reason)
+            except DatabaseUnavailable as exc:  # e.g. its server restarting: keep trying, the lease has slack
+                if unreachable_since is None:  # one line per outage, not one a second
+                    unreachable_since = time.monotonic()
+                    log.warning("experiment %d: the lease cannot be renewed (%s); trying every %.1fs",
+                                self.job.id, exc.reason, min(CHECK_S, self.heartbeat_s))  # fmt: skip
+                continue
+            if unreachable_since is not None:
+                log.info("experiment %d: the database answers again, after %.1fs", self.job.id,
+                         time.monotonic() - unreachable_since)  # fmt: skip
+                unreachable_since = None
