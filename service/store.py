@@ -360,22 +360,24 @@ _TRANSIENT_SQLITE_CODES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_NOMEM", "SQLI
 
 
 def _unavailable(context: ExceptionContext) -> DatabaseUnavailable | None:
-    """An operational failure of the database, wherever it surfaces, as the one error callers handle."""
+    """A failure of the database, wherever it surfaces, as the one error callers handle."""
     if context.is_pre_ping:  # the pool reconnects after a failed ping by itself
         return None
-    if not context.is_disconnect and not isinstance(context.sqlalchemy_exception, OperationalError):
-        return None  # the statement's own error (a constraint, bad data): not the database's
-    error = context.original_exception
-    sqlstate: str | None = getattr(error, "sqlstate", None)  # psycopg: None when no server answered
-    sqlite_code: str | None = getattr(error, "sqlite_errorname", None)
-    if (
-        context.is_disconnect
-        or (sqlstate is not None and sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES))
-        or (sqlite_code is not None and sqlite_code.startswith(_TRANSIENT_SQLITE_CODES))
-        or (sqlstate is None and sqlite_code is None)  # connecting failed: refused, or turned away by the server
-    ):
+    if context.is_disconnect or _transient(context):
         return DatabaseUnavailable("the database cannot be reached for now; try again shortly")
     return None
+
+
+def _transient(context: ExceptionContext) -> bool:
+    if not isinstance(context.sqlalchemy_exception, OperationalError):
+        return False  # the statement's own error (a constraint, bad data): not the database's
+    sqlstate: str | None = getattr(context.original_exception, "sqlstate", None)  # psycopg's
+    sqlite_code: str | None = getattr(context.original_exception, "sqlite_errorname", None)
+    if sqlstate is None and sqlite_code is None:
+        return True  # connecting failed: refused, or turned away by the server (psycopg gives no SQLSTATE)
+    if sqlstate is not None:
+        return sqlstate.startswith(_TRANSIENT_SQLSTATE_CLASSES)
+    return sqlite_code is not None and sqlite_code.startswith(_TRANSIENT_SQLITE_CODES)
 
 
 def create_db_engine(url: str) -> Engine:

@@ -278,7 +278,7 @@ class Worker:
             except LeaseLost:
                 pass  # the lease thread notices and stops the job
             except DatabaseUnavailable:
-                pass  # progress is throttled and passing: the next update, or the epoch's record, says it
+                pass  # only a progress event: the next one, or the epoch's record, follows
 
         with InOrderRecorder(record) as recorder:
             result = fit(
