@@ -31,10 +31,22 @@ def run_migrations_online() -> None:
     engine = create_db_engine(_url())
     try:
         with engine.connect() as connection:
-            # Batch mode lets later migrations alter SQLite tables (copy-and-move).
-            context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+            sqlite = connection.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode alters a SQLite table by copying it and dropping the original. With foreign keys on,
+                # that DROP first deletes every row that references it (ON DELETE CASCADE): recreating
+                # `experiments` would take all metrics and checkpoints with it. SQLite ignores this pragma inside
+                # a transaction, so it goes to the driver before one begins; the engine is disposed afterwards.
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            # Batch mode lets later migrations alter SQLite tables (copy-and-move). SQLite's DDL is transactional
+            # too (the engine issues BEGIN itself): the whole upgrade commits at once, after the check below.
+            context.configure(
+                connection=connection, target_metadata=target_metadata, render_as_batch=True, transactional_ddl=True
+            )
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
+                    raise RuntimeError(f"nothing migrated: rows point at nothing (table, rowid, parent): {broken[:5]}")
     finally:
         engine.dispose()
 

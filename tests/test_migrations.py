@@ -8,6 +8,7 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, text
 
 from service.store import Base, Store
 from tests.conftest import REPO, free_port, make_env, migrated
@@ -29,11 +30,48 @@ def test_upgrade_head_matches_the_models(tmp_path: Path, db_url: str) -> None:
         store.close()
 
 
-def test_downgrade_and_upgrade_again(tmp_path: Path, db_url: str) -> None:
+# Rows as revision 0002 stores them: a run with its metrics and checkpoint, and a sweep with one trial.
+SEED_0002 = """
+INSERT INTO sweeps (id, name, request, created_at) VALUES (1, 'lr', '{}', '2026-11-26 10:00:00');
+INSERT INTO experiments (id, name, spec, status, created_at, attempt, current_epoch, warnings, sweep_id)
+    VALUES (1, 'run', '{}', 'succeeded', '2026-11-26 10:00:00', 1, 1, '[]', NULL),
+           (2, 'trial', '{}', 'succeeded', '2026-11-26 10:00:00', 1, 1, '[]', 1);
+INSERT INTO metrics (experiment_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, duration_s,
+                     samples_per_s, created_at)
+    VALUES (1, 1, 0.5, 0.9, 0.4, 0.9, 0.001, 1.0, 100.0, '2026-11-26 10:00:01');
+INSERT INTO checkpoints (experiment_id, epoch, data, sha256, size_bytes, created_at)
+    VALUES (1, 1, :blob, 'x', 1, '2026-11-26 10:00:01');
+"""
+STORED = {"experiments": 2, "sweeps": 1, "metrics": 1, "checkpoints": 1}
+
+
+def test_upgrades_and_downgrades_keep_every_stored_row(tmp_path: Path, db_url: str) -> None:
+    """On SQLite, batch mode recreates a table to alter it; with foreign keys on, dropping the old `experiments`
+    used to delete every metric and checkpoint (ON DELETE CASCADE) on the way from 0002 to 0003."""
     env = make_env(tmp_path, db_url)
-    for step in (["upgrade", "head"], ["downgrade", "base"], ["upgrade", "head"]):
+
+    def alembic(*step: str) -> None:
         result = subprocess.run([sys.executable, "-m", "alembic", *step], cwd=REPO, env=env, capture_output=True)
         assert result.returncode == 0, result.stderr
+
+    def counts() -> dict[str, int]:
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            found = {t: conn.scalar(text(f"SELECT count(*) FROM {t}")) for t in STORED}
+        engine.dispose()
+        return found
+
+    alembic("upgrade", "0002")
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        for statement in SEED_0002.split(";")[:-1]:
+            conn.execute(text(statement), {"blob": b"x"} if ":blob" in statement else {})
+    engine.dispose()
+    for step in (["upgrade", "head"], ["downgrade", "0002"], ["upgrade", "head"]):
+        alembic(*step)
+        assert counts() == STORED, step
+    alembic("downgrade", "base")
+    alembic("upgrade", "head")
 
 
 def start_api_and_worker(env: dict[str, str]) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
