@@ -33,6 +33,12 @@ class LRUCache(Generic[V]):
                 return self._items[key]
         return None
 
+    def discard(self, where: Callable[[Hashable], bool]) -> None:
+        """Drop every item whose key satisfies `where`."""
+        with self._lock:
+            for key in [k for k in self._items if where(k)]:
+                del self._items[key]
+
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._items[key] = value

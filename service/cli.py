@@ -242,6 +242,13 @@ def cancel(experiment_id: int, url: Url = DEFAULT_URL) -> None:
 
 
 @app.command()
+def delete(experiment_id: int, url: Url = DEFAULT_URL) -> None:
+    """Delete a finished experiment: its metrics, checkpoints, logs and TensorBoard files."""
+    _call(url, lambda c: c.delete(experiment_id))
+    out.print(f"experiment {experiment_id}: deleted")
+
+
+@app.command()
 def datasets(url: Url = DEFAULT_URL) -> None:
     """The datasets this server has: built in and uploaded."""
     table = Table(Column("name", no_wrap=True), "source", Column("task", no_wrap=True), "classes", "input", "size",

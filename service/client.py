@@ -111,6 +111,10 @@ class Client:
     def cancel(self, experiment_id: int) -> ExperimentPublic:
         return ExperimentPublic.model_validate(self._request("POST", f"/experiments/{experiment_id}/cancel").json())
 
+    def delete(self, experiment_id: int) -> None:
+        """A finished experiment and all that was recorded of it (APIError 409 while it is queued or running)."""
+        self._request("DELETE", f"/experiments/{experiment_id}")
+
     def logs(self, experiment_id: int) -> list[dict]:
         return self._request("GET", f"/experiments/{experiment_id}/logs").json()
 

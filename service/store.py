@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -60,8 +61,10 @@ from service.schemas import (
 from service.specs import EpochMetrics, ExperimentSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# find_checkpoint answers kept per Store: ~380 bytes each, 1.5 MB when full.
+# find_checkpoint answers kept per Store: ~380 bytes each, 1.5 MB when full. Each is trusted for a few seconds:
+# another API process may delete the experiment, and must not find it still answering /predict here.
 FINAL_CHECKPOINTS_CACHED = 4096
+FINAL_CHECKPOINT_TTL_S = 5.0
 
 # Which status may follow which. running -> queued is a worker handing its job back (shutdown); a running job
 # whose lease expired is claimed again as it is (running -> running, attempt + 1), or failed after max_attempts.
@@ -113,6 +116,7 @@ class ExperimentRow(Base):
         CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in Status)})", name="status"),
         # The claim query: oldest queued first.
         Index("ix_experiments_status_id", "status", "id"),
+        {"sqlite_autoincrement": True},  # a deleted experiment's id (and URLs) never passes to a new one
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -154,6 +158,7 @@ class ExperimentRow(Base):
 
 class SweepRow(Base):
     __tablename__ = "sweeps"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -431,8 +436,9 @@ class Store:
         self.url = url
         self.engine = create_db_engine(url)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True)
-        # find_checkpoint's answers for finished experiments, keyed by (experiment id, epoch or None).
-        self._final_checkpoints: LRUCache[CheckpointRef] = LRUCache(FINAL_CHECKPOINTS_CACHED)
+        # find_checkpoint's answers for finished experiments, keyed by (experiment id, epoch or None), with the
+        # monotonic time they expire.
+        self._final_checkpoints: LRUCache[tuple[CheckpointRef, float]] = LRUCache(FINAL_CHECKPOINTS_CACHED)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -636,11 +642,49 @@ class Store:
             session.flush()
             return _public(row)
 
+    def delete_experiment(self, experiment_id: int) -> None:
+        """A finished experiment and everything recorded of it: metrics, checkpoints, events, attempts. 409 while
+        it is queued or running, or while a queued or running experiment is to start from its weights."""
+        with self._write() as session:
+            row = session.get(ExperimentRow, experiment_id, with_for_update=True, populate_existing=True)
+            if row is None:
+                raise NotFound(f"experiment {experiment_id} not found")
+            if TRANSITIONS[Status(row.status)]:
+                raise Conflict(
+                    f"experiment {experiment_id} is {row.status}: cancel it first "
+                    f"(POST /experiments/{experiment_id}/cancel), or wait for it to finish"
+                )
+            _refuse_if_weights_needed(session, {experiment_id})
+            session.execute(delete(ExperimentRow).where(ExperimentRow.id == experiment_id))
+        self._final_checkpoints.discard(lambda key: key[0] == experiment_id)
+
+    def delete_sweep(self, sweep_id: int) -> list[int]:
+        """A sweep and all its trials, as delete_experiment deletes one; the trials' ids."""
+        with self._write() as session:
+            if session.get(SweepRow, sweep_id, with_for_update=True) is None:
+                raise NotFound(f"sweep {sweep_id} not found")
+            trials = session.execute(
+                select(ExperimentRow.id, ExperimentRow.status).where(ExperimentRow.sweep_id == sweep_id)
+                .order_by(ExperimentRow.id).with_for_update()
+            ).all()  # fmt: skip
+            if unfinished := [i for i, status in trials if TRANSITIONS[Status(status)]]:
+                raise Conflict(
+                    f"sweep {sweep_id} has queued or running trials ({', '.join(map(str, unfinished))}): "
+                    "cancel them first, or wait for them to finish"
+                )
+            ids = {i for i, _ in trials}
+            _refuse_if_weights_needed(session, ids)
+            session.execute(delete(ExperimentRow).where(ExperimentRow.sweep_id == sweep_id))
+            session.execute(delete(SweepRow).where(SweepRow.id == sweep_id))
+        self._final_checkpoints.discard(lambda key: key[0] in ids)
+        return sorted(ids)
+
     def find_checkpoint(self, experiment_id: int, epoch: int | None = None) -> CheckpointRef:
         """The checkpoint of `epoch`, or of the best validation epoch so far when `epoch` is None. Remembered once
-        the experiment has finished."""
-        if (cached := self._final_checkpoints.peek((experiment_id, epoch))) is not None:
-            return cached
+        the experiment has finished, for FINAL_CHECKPOINT_TTL_S."""
+        cached = self._final_checkpoints.peek((experiment_id, epoch))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         # One statement, built once: this runs on every /predict, and building it cost more than running it.
         query = _find_checkpoint_statement()
         with self.engine.connect() as conn:  # Core, not an ORM Session: half the cost
@@ -666,9 +710,9 @@ class Store:
                 )
             ref = CheckpointRef(experiment_id, wanted, sha256)
         if not TRANSITIONS[Status(status)]:
-            # No status follows this one, and every checkpoint write is fenced on the job still running: no process
-            # can change this answer any more. (The query was 0.4 ms of a 3.8 ms /predict at one client.)
-            self._final_checkpoints.put((experiment_id, epoch), ref)
+            # No status follows this one, and every checkpoint write is fenced on the job still running: only a
+            # deletion can change this answer now. (The query was 0.4 ms of a 3.8 ms /predict at one client.)
+            self._final_checkpoints.put((experiment_id, epoch), (ref, time.monotonic() + FINAL_CHECKPOINT_TTL_S))
         return ref
 
     def checkpoint_data(self, ref: CheckpointRef) -> bytes:
@@ -956,8 +1000,11 @@ class Store:
 
     def log(self, experiment_id: int, level: str, message: str) -> None:
         """One of the worker's log lines about an experiment (not fenced: a dropped worker's last words count)."""
-        with self._write() as session:
-            _event(session, experiment_id, "log", utcnow(), level=level, message=message)
+        try:
+            with self._write() as session:
+                _event(session, experiment_id, "log", utcnow(), level=level, message=message)
+        except IntegrityError:
+            pass  # the experiment was deleted after a cancel, while its worker was still stopping
 
     def events(self, experiment_id: int, *, after: int = 0, kinds: Sequence[str] | None = None,
                limit: int = 1000) -> list[EventPublic]:  # fmt: skip
@@ -1035,6 +1082,21 @@ class Store:
             if hashlib.sha256(row.data).hexdigest() != row.sha256:
                 raise CorruptCheckpoint(f"the mid-epoch checkpoint of experiment {experiment_id} is damaged")
             return row.epoch, row.data
+
+
+def _refuse_if_weights_needed(session: Session, ids: set[int]) -> None:
+    """409 if a queued or running experiment is to start from the weights of one of `ids` (pretrained)."""
+    active = [Status.queued.value, Status.running.value]
+    specs = session.execute(
+        select(ExperimentRow.id, ExperimentRow.spec).where(ExperimentRow.status.in_(active)).order_by(ExperimentRow.id)
+    ).all()
+    for user, spec in specs:
+        source = spec["model"].get("pretrained")
+        if isinstance(source, dict) and source.get("experiment") in ids:
+            raise Conflict(
+                f"experiment {user} is queued or running and starts from experiment {source['experiment']}'s "
+                "weights: cancel it first, or wait for it to finish"
+            )
 
 
 def _update_owned(session: Session, job: ClaimedJob, **values) -> None:

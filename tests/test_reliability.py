@@ -240,6 +240,8 @@ def test_cancel_queued_and_running_experiments(tmp_path: Path, db_url: str, clie
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
 
         wait_until(lambda: metrics(client, running_id))
+        refused = client.delete(f"/experiments/{running_id}")
+        assert refused.status_code == 409 and "is running: cancel it first" in refused.json()["detail"]
         response = client.post(f"/experiments/{running_id}/cancel")
         assert response.status_code == 200 and response.json()["status"] == "cancelled"
         recorded = len(metrics(client, running_id))
@@ -258,6 +260,19 @@ def test_cancel_queued_and_running_experiments(tmp_path: Path, db_url: str, clie
         next_id = client.post("/experiments", json=tiny_spec()).json()["id"]
         assert wait_for_status(client, next_id, {"succeeded", "failed"})["status"] == "succeeded"
         assert [a["outcome"] for a in client.get(f"/experiments/{queued_id}/attempts").json()] == []
+
+        # Deleting it takes its checkpoints, metrics, log and TensorBoard files; nothing else changes.
+        tensorboard = tmp_path / "runs" / str(running_id)
+        assert tensorboard.is_dir()
+        assert client.delete(f"/experiments/{running_id}").status_code == 204
+        for view in ("", "/metrics", "/logs", "/checkpoints", "/curves.png"):
+            assert client.get(f"/experiments/{running_id}{view}").status_code == 404, view
+        gone = client.post(f"/experiments/{running_id}/predict", files={"file": ("7.png", image, "image/png")})
+        assert gone.status_code == 404 and f"experiment {running_id} not found" in gone.json()["detail"]
+        assert not tensorboard.exists()
+        assert client.delete(f"/experiments/{running_id}").status_code == 404
+        listed = client.get("/experiments").json()
+        assert sorted(e["id"] for e in listed["items"]) == [queued_id, next_id] and listed["total"] == 2
 
 
 def test_damaged_or_malicious_checkpoints_are_refused_by_predict(tmp_path: Path, db_url: str, client_for) -> None:

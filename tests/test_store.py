@@ -7,13 +7,21 @@ import multiprocessing
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.schemas import Status
 from service.specs import EpochMetrics, ExperimentSpec
-from service.store import CheckpointRow, CorruptCheckpoint, DatabaseUnavailable, Idempotency, LeaseLost, Store
+from service.store import (
+    CheckpointRow,
+    CorruptCheckpoint,
+    DatabaseUnavailable,
+    Idempotency,
+    LeaseLost,
+    Store,
+    Trial,
+)
 from tests.conftest import free_port, migrated
 
 SPEC = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": {"kind": "mlp"}, "epochs": 2})
@@ -190,6 +198,65 @@ def test_cancel_queued_and_running_and_refuse_finished(store: Store) -> None:
     with pytest.raises(Conflict, match="cancelled"):
         store.cancel(running)
     assert store.list_attempts(running)[0].outcome == "cancelled"
+
+
+def test_deleting_takes_all_that_was_recorded_and_never_hands_the_id_on(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr("service.store.FINAL_CHECKPOINT_TTL_S", 0.5)
+    api = Store(store.url)  # another API process, which remembers the finished experiment's checkpoint
+    done, queued = submit(store), submit(store)
+    job = store.claim("w", **LEASE)
+    store.record_epoch(job, metrics(1), b"one")
+    store.log(done, "INFO", "a line")
+    store.finish(job, Status.succeeded)
+    assert store.find_checkpoint(done) == api.find_checkpoint(done)  # remembered by both
+
+    with pytest.raises(Conflict, match="is queued: cancel it first"):
+        store.delete_experiment(queued)
+    transfer = ExperimentSpec.model_validate(
+        {"dataset": {"name": "digits"}, "model": {"kind": "resnet18", "pretrained": {"experiment": done}}}
+    )
+    starts_from_done = submit(store, transfer)
+    with pytest.raises(Conflict, match=f"experiment {starts_from_done} is queued or running and starts from"):
+        store.delete_experiment(done)
+    store.cancel(starts_from_done)
+    rerun = store.create_experiment(SPEC, rerun_of=done)[0].id
+    store.cancel(rerun)
+
+    store.delete_experiment(done)
+    for read in (store.get_experiment, store.list_metrics, store.list_attempts, store.events, store.find_checkpoint):
+        with pytest.raises(NotFound):
+            read(done)
+    with store.engine.connect() as conn:
+        for table in ("metrics", "checkpoints", "events", "attempts"):
+            assert conn.scalar(text(f"SELECT count(*) FROM {table} WHERE experiment_id = {done}")) == 0, table
+    assert store.get_experiment(rerun).rerun_of is None
+    store.log(done, "INFO", "its worker's last words, after a cancel")  # dropped, not an error
+    # The other process answers from memory until its remembered lookup expires, then says it is gone.
+    assert api.find_checkpoint(done).epoch == 1
+    time.sleep(0.6)
+    with pytest.raises(NotFound):
+        api.find_checkpoint(done)
+    with pytest.raises(NotFound):
+        store.delete_experiment(done)
+
+    store.delete_experiment(rerun)  # the newest: its id is not handed to the next experiment
+    assert submit(store) == rerun + 1
+    api.close()
+
+
+def test_deleting_a_sweep_takes_its_trials(store: Store) -> None:
+    trials = [Trial(SPEC.model_copy(update={"seed": seed}), {"seed": seed}, []) for seed in range(3)]
+    sweep_id, _ = store.create_sweep("seeds", {}, trials)
+    ids = [e.id for e in store.get_sweep(sweep_id)[2]]
+    store.finish(store.claim("w", **LEASE), Status.succeeded)
+    with pytest.raises(Conflict, match=f"queued or running trials \\({ids[1]}, {ids[2]}\\)"):
+        store.delete_sweep(sweep_id)
+    for trial in ids[1:]:
+        store.cancel(trial)
+    assert store.delete_sweep(sweep_id) == ids
+    with pytest.raises(NotFound):
+        store.get_sweep(sweep_id)
+    assert store.list_experiments(status=None, limit=10, offset=0)[1] == 0
 
 
 def test_damaged_checkpoints_are_detected_and_rewinding_forgets_later_epochs(store: Store) -> None:

@@ -178,3 +178,7 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         unreadable = _cli("submit", str(tmp_path / "missing.json"), url=dep.url, cwd=REPO)
         assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr
         assert _cli("cancel", "1", url=dep.url, cwd=REPO).returncode == 4  # finished already: 409
+        deleted = _cli("delete", "1", url=dep.url, cwd=REPO)
+        assert deleted.returncode == 0 and "experiment 1: deleted" in deleted.stdout
+        gone = _cli("show", "1", url=dep.url, cwd=REPO)
+        assert gone.returncode == 4 and "experiment 1 not found" in gone.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -164,6 +165,22 @@ def cancel_experiment(experiment_id: ExperimentId, store: StoreDep):
     """A queued experiment is cancelled at once; a running one stops at its next batch boundary (within about a
     second), records nothing more and keeps its checkpoints for /predict. 409 once it has finished."""
     return store.cancel(experiment_id)
+
+
+@router.delete("/{experiment_id}", status_code=204, response_class=Response)
+def delete_experiment(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep):
+    """A finished experiment and all that was recorded of it: metrics, checkpoints, events, logs, the claim
+    history, and its TensorBoard files where this API shares TRAINLAB_RUNS_DIR with the workers. Its id is never
+    given to another experiment. 409 while it is queued or running (cancel it first), or while a queued or
+    running experiment is to start from its weights."""
+    store.delete_experiment(experiment_id)
+    remove_run_files(settings, [experiment_id])
+
+
+def remove_run_files(settings: Settings, experiment_ids: list[int]) -> None:
+    """The TensorBoard folders of deleted experiments, where workers on this machine wrote them."""
+    for experiment_id in experiment_ids:
+        shutil.rmtree(settings.runs_dir / str(experiment_id), ignore_errors=True)
 
 
 class CheckpointPublic(BaseModel):

@@ -11,6 +11,7 @@ from service.compare import Metric
 from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency, mark_replayed, replayed
 from service.errors import ERROR_RESPONSES
 from service.figures import PNG_RESPONSE, png_response, render_comparison
+from service.routers.experiments import remove_run_files
 from service.schemas import SweepSummary
 from service.store import Trial
 from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
@@ -52,6 +53,13 @@ def list_sweeps(
 def get_sweep(sweep_id: SweepId, store: StoreDep):
     """The trials, best validation accuracy first."""
     return sweep_public(sweep_id, *store.get_sweep(sweep_id))
+
+
+@router.delete("/{sweep_id}", status_code=204, response_class=Response)
+def delete_sweep(sweep_id: SweepId, store: StoreDep, settings: SettingsDep):
+    """The sweep and all its trials, each deleted as DELETE /experiments/{id} does. 409 while a trial is queued
+    or running (cancel them first), or while a queued or running experiment is to start from a trial's weights."""
+    remove_run_files(settings, store.delete_sweep(sweep_id))
 
 
 @router.get("/{sweep_id}/compare.png", response_class=Response, responses=PNG_RESPONSE)
