@@ -1,5 +1,6 @@
 """The web dashboard in a real browser (Debian's headless Chromium, driven by Playwright): submit from the form,
-watch a curve point appear live, upload an image and read the prediction. A screenshot is written on failure."""
+watch a curve point appear live, upload an image and read the prediction, cancel and delete a run. A screenshot is
+written on failure."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import REPO, deployment
@@ -70,3 +72,16 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#experiments")).to_contain_text("from the browser")
         page.goto(f"{dep.url}/#/compare?ids=1&metric=val_loss")
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
+
+        # Steering: a run too long to wait for is cancelled from its page, then deleted.
+        long_id = httpx.post(f"{dep.url}/experiments", json={**spec, "name": "too long", "epochs": 50}).json()["id"]
+        page.goto(f"{dep.url}/#/experiments/{long_id}")
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("running", timeout=60_000)
+        page.click("#cancel")
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("cancelled")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete")
+        page.wait_for_url(f"{dep.url}/#/")
+        sync_api.expect(page.locator('#experiments tr[data-id="1"]')).to_be_visible()
+        sync_api.expect(page.locator(f'#experiments tr[data-id="{long_id}"]')).to_have_count(0)
+        assert httpx.get(f"{dep.url}/experiments/{long_id}").status_code == 404

@@ -38,6 +38,7 @@ function describe(detail) {
   return detail ? String(detail) : "";
 }
 
+const FINISHED = ["succeeded", "failed", "cancelled"];
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 const badge = (status) => h("span", {class: `badge ${status}`, "data-status": status}, status);
 
@@ -114,8 +115,8 @@ async function experimentView(id) {
     header.replaceChildren(...[h("h1", {}, `#${e.id} ${e.name} `, badge(e.status)),
       h("p", {}, `epoch ${e.current_epoch}/${e.epochs} · best ${bestText(e)} · ${e.spec.dataset.name} · `,
         `${e.spec.model.kind} · ${e.device || "no device yet"} · `, h("a", {href: `/experiments/${e.id}/metrics.csv`}, "metrics.csv")),
-      e.error ? h("p", {class: "error"}, e.error) : null, e.stop_reason ? h("p", {}, e.stop_reason) : null]
-      .filter(Boolean));
+      e.error ? h("p", {class: "error"}, e.error) : null, e.stop_reason ? h("p", {}, e.stop_reason) : null,
+      actions(e)].filter(Boolean));
   }
   renderHeader(experiment);
   drawCurves(curves, rows, experiment.spec.task);
@@ -140,13 +141,31 @@ async function experimentView(id) {
   source.addEventListener("status", async () => {
     const e = await api(`/experiments/${id}`);
     renderHeader(e);
-    if (["succeeded", "failed", "cancelled"].includes(e.status)) {
+    if (FINISHED.includes(e.status)) {
       source.close();
       progress.textContent = "";
       showExtras(extras, e);
     }
   });
   cleanup = () => source.close();
+}
+
+// Cancel while it is queued or running (the event stream then shows it cancelled); delete, once confirmed, when it
+// has finished.
+function actions(e) {
+  const message = h("span", {class: "error"});
+  const attempt = (request) => async () => {
+    try { await request(); } catch (err) { message.textContent = err.message; }
+  };
+  const button = FINISHED.includes(e.status)
+    ? h("button", {id: "delete", onclick: attempt(async () => {
+      if (!confirm(`Delete experiment #${e.id} with its metrics, checkpoints and logs? This cannot be undone.`)) return;
+      await api(`/experiments/${e.id}`, {method: "DELETE"});
+      location.hash = "#/";
+    })}, "Delete")
+    : h("button", {id: "cancel", onclick: attempt(() => api(`/experiments/${e.id}/cancel`, {method: "POST"}))},
+      "Cancel");
+  return h("p", {class: "actions"}, button, " ", message);
 }
 
 async function showExtras(box, e) {
