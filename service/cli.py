@@ -220,6 +220,20 @@ def curves(
 
 
 @app.command()
+def checkpoint(
+    experiment_id: int,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="default: experiment-ID-epoch-N.pt")] = None,
+    epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Download a trained model's checkpoint (torch.load(f, weights_only=True) reads it)."""
+    found = _call(url, lambda c: c.checkpoint(experiment_id, epoch=epoch))
+    output = output or Path(f"experiment-{experiment_id}-epoch-{found.epoch}.pt")
+    output.write_bytes(found.data)
+    out.print(f"wrote {output} (epoch {found.epoch}, sha256 {found.sha256[:16]}...)")
+
+
+@app.command()
 def predict(
     experiment_id: int, image: Path, top_k: Annotated[int, typer.Option(min=1)] = 5, url: Url = DEFAULT_URL
 ) -> None:

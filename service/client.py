@@ -50,6 +50,15 @@ def _describe(detail: Any) -> str:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file as the server stores it: `worker.inference.Predictor(data)` serves it."""
+
+    epoch: int
+    sha256: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Event:
     """One Server-Sent Event: `status`, `epoch`, `progress`, `log` (with `id`), or `queue` (without)."""
 
@@ -121,6 +130,13 @@ class Client:
     def curves(self, experiment_id: int) -> bytes:
         """The loss and metric curves as a PNG."""
         return self._request("GET", f"/experiments/{experiment_id}/curves.png").content
+
+    def checkpoint(self, experiment_id: int, *, epoch: int | None = None) -> Checkpoint:
+        """The best epoch's checkpoint (or that of `epoch`)."""
+        params = {} if epoch is None else {"epoch": epoch}
+        response = self._request("GET", f"/experiments/{experiment_id}/checkpoint.pt", params=params)
+        headers = response.headers
+        return Checkpoint(int(headers["x-trainlab-epoch"]), headers["etag"].strip('"'), response.content)
 
     def predict(self, experiment_id: int, image: str | Path | bytes, *, top_k: int = 5) -> Prediction:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()

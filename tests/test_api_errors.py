@@ -172,9 +172,11 @@ def test_list_is_newest_first_with_paging_and_filter(seeded) -> None:
     }  # fmt: skip
 
 
-def test_predict_before_any_checkpoint_is_409(seeded) -> None:
+def test_predict_or_download_before_any_checkpoint_is_409(seeded) -> None:
     _, client = seeded
     response = client.post("/experiments/1/predict", files={"file": ("a.png", png_bytes(), "image/png")})
+    assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"]
+    response = client.get("/experiments/1/checkpoint.pt")
     assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"]
 
 

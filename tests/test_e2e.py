@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -14,6 +15,7 @@ from PIL import Image
 from service.specs import DatasetSpec
 from tests.conftest import REPO, deployment, tiny_spec, wait_for_status
 from worker.datasets import load_dataset
+from worker.inference import Predictor
 
 
 def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, db_url: str, client_for) -> None:
@@ -100,6 +102,22 @@ def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, db_url: str, client_fo
         assert best["epoch"] == 2  # so epoch 1 was neither best nor last:
         response = client.post(f"/experiments/{experiment_id}/predict", params={"epoch": 1}, files=jpeg)
         assert response.status_code == 404 and "kept: 2" in response.json()["detail"]
+
+        # The trained model leaves as a file that plain torch reads, and that answers as /predict does.
+        download = client.get(f"/experiments/{experiment_id}/checkpoint.pt")
+        assert download.status_code == 200 and download.headers["x-trainlab-epoch"] == "2"
+        sha256 = hashlib.sha256(download.content).hexdigest()
+        assert download.headers["etag"] == f'"{sha256}"'
+        assert client.get(f"/experiments/{experiment_id}/checkpoints").json() == [{"epoch": 2, "sha256": sha256}]
+        assert f'filename="experiment-{experiment_id}-epoch-2.pt"' in download.headers["content-disposition"]
+        raw = torch.load(io.BytesIO(download.content), weights_only=True)
+        assert {"model", "spec", "preprocess", "class_names"} <= set(raw) and raw["class_names"] == list("0123456789")
+        seven = REPO / "examples" / "images" / "mnist-val-7.png"
+        served = client.post(f"/experiments/{experiment_id}/predict", files={"file": seven.read_bytes()}).json()
+        local = Predictor(download.content).predict(Image.open(seven))
+        assert [s.label for s in local] == [p["label"] for p in served["probabilities"]]
+        assert [s.probability for s in local] == pytest.approx([p["probability"] for p in served["probabilities"]])
+        assert client.get(f"/experiments/{experiment_id}/checkpoint.pt", params={"epoch": 1}).status_code == 404
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a worker without CUDA to make a job fail")

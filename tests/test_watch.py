@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -169,6 +170,11 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert predicted.returncode == 0 and predicted.stdout.startswith("7 "), predicted.stdout
         curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
         assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
+        saved = _cli("checkpoint", "1", url=dep.url, cwd=tmp_path)  # named after the best epoch
+        with Client(dep.url) as sdk:
+            best = sdk.get(1).best.epoch
+        assert saved.returncode == 0 and f"wrote experiment-1-epoch-{best}.pt" in saved.stdout, saved.stdout
+        assert torch.load(tmp_path / f"experiment-1-epoch-{best}.pt", weights_only=True)["epoch"] == best
         assert "mnist-10k" in _cli("datasets", url=dep.url, cwd=REPO).stdout
 
         bad = tmp_path / "bad.json"

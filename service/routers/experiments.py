@@ -195,6 +195,36 @@ def list_checkpoints(experiment_id: ExperimentId, store: StoreDep):
     return [CheckpointPublic(epoch=ref.epoch, sha256=ref.sha256) for ref in store.list_checkpoints(experiment_id)]
 
 
+@router.get(
+    "/{experiment_id}/checkpoint.pt",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "the checkpoint file",
+            "headers": {
+                "ETag": {"description": "its SHA-256", "schema": {"type": "string"}},
+                "X-Trainlab-Epoch": {"description": "the epoch it was written after", "schema": {"type": "integer"}},
+            },
+        }
+    },
+)
+def download_checkpoint(experiment_id: ExperimentId, store: StoreDep, epoch: Epoch | None = None):
+    """The best epoch's checkpoint (or that of `epoch`) as stored, checked against its SHA-256 (the ETag): the
+    model's state_dict, the optimizer's, the spec, the preprocessing and the class names. It loads with
+    `torch.load(f, weights_only=True)`; `worker.inference.Predictor(data)` rebuilds the model from it."""
+    ref = store.find_checkpoint(experiment_id, epoch)
+    return Response(
+        store.checkpoint_data(ref),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="experiment-{experiment_id}-epoch-{ref.epoch}.pt"',
+            "ETag": f'"{ref.sha256}"',
+            "X-Trainlab-Epoch": str(ref.epoch),
+        },
+    )
+
+
 @router.get("/{experiment_id}/attempts", response_model=list[AttemptPublic])
 def list_attempts(experiment_id: ExperimentId, store: StoreDep):
     """Each claim by a worker, oldest first: who ran it, when, and how that attempt ended."""
