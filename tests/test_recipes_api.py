@@ -164,6 +164,11 @@ def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
     [summary] = [s for s in client.get("/sweeps").json() if s["id"] == sweep["id"]]
     assert summary["trials"] == summary["finished"] == 4 and summary["best_val_accuracy"] == scores[0]
 
+    assert client.delete(f"/sweeps/{sweep['id']}").status_code == 204  # with all its trials
+    assert client.get(f"/sweeps/{sweep['id']}").status_code == 404
+    assert all(client.get(f"/experiments/{t['experiment_id']}").status_code == 404 for t in sweep["trials"])
+    assert sweep["id"] not in [s["id"] for s in client.get("/sweeps").json()]
+
 
 @pytest.mark.parametrize(
     ("patch", "needle"),
@@ -194,6 +199,8 @@ def test_random_search_draws_within_the_space(service) -> None:
     }
     sweep = client.post("/sweeps", json=request).json()
     assert len(sweep["trials"]) == 3
+    refused = client.delete(f"/sweeps/{sweep['id']}")  # its trials have only just been queued
+    assert refused.status_code == 409 and "queued or running trials" in refused.json()["detail"]
     for trial in sweep["trials"]:
         assert 1e-4 <= trial["params"]["optimizer.lr"] <= 1e-1 and trial["params"]["batch_size"] in (16, 32)
     again = client.post("/sweeps", json=request).json()
