@@ -491,6 +491,11 @@ class Store:
         False)."""
 
         def insert(session: Session) -> int:
+            # The experiment rerun may have been deleted since it was read; KEY SHARE holds a delete off until this
+            # commits (PostgreSQL; SQLite's writers take turns).
+            held = {"read": True, "key_share": True}
+            if rerun_of is not None and session.get(ExperimentRow, rerun_of, with_for_update=held) is None:
+                raise NotFound(f"experiment {rerun_of} not found")
             row = _new_experiment(spec, warnings, rerun_of=rerun_of)
             if idempotency is not None:
                 row.idempotency_key, row.request_hash = idempotency.key, idempotency.request_hash

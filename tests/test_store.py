@@ -238,6 +238,8 @@ def test_deleting_takes_all_that_was_recorded_and_never_hands_the_id_on(store: S
         api.find_checkpoint(done)
     with pytest.raises(NotFound):
         store.delete_experiment(done)
+    with pytest.raises(NotFound):  # a rerun whose original was deleted since it was read
+        store.create_experiment(SPEC, rerun_of=done)
 
     store.delete_experiment(rerun)  # the newest: its id is not handed to the next experiment
     assert submit(store) == rerun + 1
