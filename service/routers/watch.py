@@ -101,6 +101,8 @@ async def _events(
             said = await run_in_threadpool(waiting_for, experiment, store) if queued else None
         except DatabaseUnavailable:  # e.g. its server restarting: the stream stays open, and reads again
             events, said = [], None
+        except NotFound:  # deleted meanwhile (only a finished experiment can be): nothing more will happen to it
+            return
         else:
             finished = False
             for event in events:
