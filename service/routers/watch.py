@@ -188,9 +188,12 @@ def get_tensorboard(experiment_id: ExperimentId, store: StoreDep, settings: Sett
             "them where TRAINLAB_TENSORBOARD is on, on its own machine"
         )
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in files:
-            archive.write(path, f"{experiment_id}/{path.relative_to(folder).as_posix()}")
+    try:
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, f"{experiment_id}/{path.relative_to(folder).as_posix()}")
+    except FileNotFoundError:  # the experiment was deleted meanwhile
+        raise NotFound(f"experiment {experiment_id} not found") from None
     return Response(
         buffer.getvalue(),
         media_type="application/zip",
