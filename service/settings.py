@@ -49,3 +49,7 @@ class Settings(BaseSettings):
     # Budgets a spec must fit before it is queued.
     max_parameters: Annotated[int, Field(ge=1)] = 50_000_000
     max_train_samples: Annotated[int, Field(ge=1)] = 50_000_000  # epochs x training-set size
+
+    def run_dir(self, experiment_id: int) -> Path:
+        """Where the experiment's TensorBoard files are written (by its worker) and read (by the API)."""
+        return self.runs_dir / str(experiment_id)

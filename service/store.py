@@ -783,15 +783,10 @@ class Store:
 
     def delete_dataset(self, name: str) -> None:
         """409 while a queued or running experiment trains on it."""
-        active = [Status.queued.value, Status.running.value]
         with self._write() as session:
             if session.get(DatasetRow, name) is None:
                 raise NotFound(f"no uploaded dataset named {name!r}")
-            running = session.execute(
-                select(ExperimentRow.id, ExperimentRow.spec).where(ExperimentRow.status.in_(active))
-                .order_by(ExperimentRow.id)
-            ).all()  # fmt: skip
-            using = [i for i, spec in running if spec["dataset"]["name"] == name]
+            using = [i for i, spec in _active_specs(session) if spec["dataset"]["name"] == name]
             if using:
                 raise Conflict(
                     f"dataset {name!r} is used by queued or running experiments {', '.join(map(str, using))}: "
@@ -1089,13 +1084,16 @@ class Store:
             return row.epoch, row.data
 
 
+def _active_specs(session: Session) -> list[tuple[int, dict]]:
+    """(id, spec) of every queued or running experiment, oldest first: what still needs its inputs."""
+    active = [Status.queued.value, Status.running.value]
+    query = select(ExperimentRow.id, ExperimentRow.spec).where(ExperimentRow.status.in_(active))
+    return [(i, spec) for i, spec in session.execute(query.order_by(ExperimentRow.id))]
+
+
 def _refuse_if_weights_needed(session: Session, ids: set[int]) -> None:
     """409 if a queued or running experiment is to start from the weights of one of `ids` (pretrained)."""
-    active = [Status.queued.value, Status.running.value]
-    specs = session.execute(
-        select(ExperimentRow.id, ExperimentRow.spec).where(ExperimentRow.status.in_(active)).order_by(ExperimentRow.id)
-    ).all()
-    for user, spec in specs:
+    for user, spec in _active_specs(session):
         source = spec["model"].get("pretrained")
         if isinstance(source, dict) and source.get("experiment") in ids:
             raise Conflict(

@@ -236,7 +236,7 @@ class Worker:
         run_log = None
         if self.settings.tensorboard:
             try:
-                run_log = RunLog(self.settings.runs_dir, job.id, job.spec)
+                run_log = RunLog(self.settings.run_dir(job.id), job.spec)
                 run_log.images(dataset.train.images)
             except ImportError as exc:
                 job_log(job.id).warning("experiment %d: no TensorBoard files (%s)", job.id, exc)

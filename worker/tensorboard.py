@@ -23,11 +23,11 @@ TAGS = {
 
 
 class RunLog:
-    def __init__(self, runs_dir: Path, experiment_id: int, spec: ExperimentSpec) -> None:
+    def __init__(self, folder: Path, spec: ExperimentSpec) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported where used: it pulls in TensorBoard
 
         self.spec = spec
-        self.writer = SummaryWriter(log_dir=str(runs_dir / str(experiment_id)), flush_secs=5)
+        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=5)
 
     def images(self, images: torch.Tensor, limit: int = 32) -> None:
         """A grid of uint8 (N, C, H, W) training images, as the model gets them before normalisation."""

@@ -180,7 +180,7 @@ def delete_experiment(experiment_id: ExperimentId, store: StoreDep, settings: Se
 def remove_run_files(settings: Settings, experiment_ids: list[int]) -> None:
     """The TensorBoard folders of deleted experiments, where workers on this machine wrote them."""
     for experiment_id in experiment_ids:
-        shutil.rmtree(settings.runs_dir / str(experiment_id), ignore_errors=True)
+        shutil.rmtree(settings.run_dir(experiment_id), ignore_errors=True)
 
 
 class CheckpointPublic(BaseModel):

@@ -180,7 +180,7 @@ def compare_png(
 def get_tensorboard(experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep):
     """The TensorBoard event files the worker wrote for this experiment: unzip and `tensorboard --logdir .`."""
     store.get_experiment(experiment_id)
-    folder = settings.runs_dir / str(experiment_id)
+    folder = settings.run_dir(experiment_id)
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
     if not files:
         raise NotFound(
