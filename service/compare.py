@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
+from service.errors import InvalidInput
 from service.schemas import ExperimentPublic
-from service.specs import EpochMetrics
+from service.specs import TASK_METRICS, EpochMetrics
 
 Metric = Literal[
     "train_loss", "train_accuracy", "val_loss", "val_accuracy", "train_mae", "val_mae", "val_rmse", "val_r2", "lr"
 ]
 COMPARED_METRICS: tuple[str, ...] = get_args(Metric)
+# What each task records per epoch (the others stay null), and the metric its best epoch is chosen by.
+RECORDED: dict[str, tuple[str, ...]] = {
+    "classification": ("train_loss", "train_accuracy", *TASK_METRICS["classification"], "lr"),
+    "regression": ("train_loss", "train_mae", *TASK_METRICS["regression"], "lr"),
+}
+HEADLINE = {"classification": "val_accuracy", "regression": "val_loss"}
+
+
+def chart_metric(tasks: Collection[str], metric: str | None) -> str:
+    """The metric to draw for experiments of these tasks: by default their best epochs' metric (val_loss when
+    the tasks differ); one that a task does not record is a 422, not an empty chart."""
+    if metric is None:
+        return HEADLINE[next(iter(tasks))] if len(set(tasks)) == 1 else "val_loss"
+    for task in sorted(set(tasks)):
+        if metric not in RECORDED[task]:
+            raise InvalidInput(
+                f"{task} experiments do not record {metric}; they record {', '.join(RECORDED[task])}",
+                loc=["query", "metric"],
+            )
+    return metric
 
 
 class SpecDifference(BaseModel):
@@ -29,9 +51,12 @@ class Comparison(BaseModel):
     experiments: list[ExperimentPublic]
     spec_differences: list[SpecDifference]
     epochs: list[EpochComparison]
+    # Each experiment's best epoch (highest validation accuracy; lowest validation loss for a regression): its
+    # validation accuracy and loss, and those minus the first experiment's.
     best_val_accuracy: list[float | None]
-    # Each experiment's best validation accuracy minus the first one's.
     best_val_accuracy_vs_first: list[float | None]
+    best_val_loss: list[float | None]
+    best_val_loss_vs_first: list[float | None]
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -64,12 +89,19 @@ def compare(experiments: list[ExperimentPublic], metrics: list[list[EpochMetrics
         )
         for epoch in epochs
     ]
-    best = [e.best.val_accuracy if e.best else None for e in experiments]
-    first = best[0]
+    accuracy = [e.best.val_accuracy if e.best else None for e in experiments]
+    loss = [e.best.val_loss if e.best else None for e in experiments]
     return Comparison(
         experiments=experiments,
         spec_differences=differences,
         epochs=rows,
-        best_val_accuracy=best,
-        best_val_accuracy_vs_first=[None if b is None or first is None else b - first for b in best],
+        best_val_accuracy=accuracy,
+        best_val_accuracy_vs_first=_minus_first(accuracy),
+        best_val_loss=loss,
+        best_val_loss_vs_first=_minus_first(loss),
     )
+
+
+def _minus_first(values: list[float | None]) -> list[float | None]:
+    first = values[0]
+    return [None if v is None or first is None else v - first for v in values]

@@ -98,7 +98,9 @@ class SweepSummary(BaseModel):
     created_at: datetime
     trials: int
     finished: int
+    # Over the trials' best epochs: the highest validation accuracy (classification), the lowest validation loss.
     best_val_accuracy: float | None
+    best_val_loss: float | None
 
 
 class EventPublic(BaseModel):

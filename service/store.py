@@ -571,7 +571,7 @@ class Store:
             return sweep.name, sweep.request, [_public(row) for row in rows]
 
     def list_sweeps(self, *, limit: int, offset: int) -> list[SweepSummary]:
-        """Newest first, each with its trial counts and best validation accuracy so far."""
+        """Newest first, each with its trial counts and best validation accuracy and loss so far."""
         done = ExperimentRow.status.in_([Status.succeeded.value, Status.failed.value, Status.cancelled.value])
         query = (
             select(
@@ -581,6 +581,7 @@ class Store:
                 func.count(ExperimentRow.id).label("trials"),
                 func.count(case((done, 1))).label("finished"),
                 func.max(ExperimentRow.best_val_accuracy).label("best_val_accuracy"),
+                func.min(ExperimentRow.best_val_loss).label("best_val_loss"),
             )
             .join(ExperimentRow, ExperimentRow.sweep_id == SweepRow.id, isouter=True)
             .group_by(SweepRow.id, SweepRow.name, SweepRow.created_at)

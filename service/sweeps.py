@@ -70,7 +70,8 @@ class SweepPublic(BaseModel):
     id: int
     name: str
     request: SweepCreate
-    trials: list[TrialPublic]  # best validation accuracy first; trials without a finished epoch last
+    # Best first (validation accuracy; validation loss for a regression); trials without a finished epoch last.
+    trials: list[TrialPublic]
 
 
 def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
@@ -141,7 +142,15 @@ def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[Expe
             best_val_accuracy=e.best.val_accuracy if e.best else None,
             best_val_loss=e.best.val_loss if e.best else None,
         )
-        for e in experiments
+        for e in sorted(experiments, key=_best_first)
     ]
-    trials.sort(key=lambda t: (t.best_val_accuracy is None, -(t.best_val_accuracy or 0.0), t.experiment_id))
     return SweepPublic(id=sweep_id, name=name, request=SweepCreate.model_validate(request), trials=trials)
+
+
+def _best_first(experiment: ExperimentPublic) -> tuple[bool, float, int]:
+    """By the metric the trial's best epoch was chosen by; trials without a finished epoch last."""
+    best = experiment.best
+    if best is None:
+        return True, 0.0, experiment.id
+    regression = experiment.spec.task == "regression"
+    return False, best.val_loss if regression else -(best.val_accuracy or 0.0), experiment.id

@@ -293,6 +293,16 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert runs[0]["best"] == {"epoch": best["epoch"], "val_accuracy": None, "val_loss": best["val_loss"]}
         assert client.get(f"/experiments/{ids[0]}/curves.png").status_code == 200
         assert client.get(f"/experiments/{ids[0]}/confusion").status_code == 409
+        # Compared on what a regression records: by default val_loss, by which its best epoch is chosen.
+        pair = {"ids": f"{ids[0]},{ids[2]}"}
+        compared = client.get("/experiments/compare", params=pair).json()
+        assert compared["best_val_loss"] == [runs[0]["best"]["val_loss"], runs[2]["best"]["val_loss"]]
+        assert compared["best_val_loss_vs_first"][1] == runs[2]["best"]["val_loss"] - runs[0]["best"]["val_loss"]
+        chart = client.get("/experiments/compare.png", params=pair)
+        assert chart.content == client.get("/experiments/compare.png", params={**pair, "metric": "val_loss"}).content
+        refused = client.get("/experiments/compare.png", params={**pair, "metric": "val_accuracy"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "metric"]
+        assert "regression experiments do not record val_accuracy" in refused.text and "val_r2" in refused.text
 
         rows = [[59, 2, 32.1, 101, 157, 93.2, 38, 4, 4.8598, 87], [48, 1, 21.6, 87, 183, 103.2, 70, 3, 3.8918, 69]]
         predicted = client.post(f"/experiments/{ids[0]}/predict/rows", json={"rows": rows})

@@ -72,6 +72,15 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#experiments")).to_contain_text("from the browser")
         page.goto(f"{dep.url}/#/compare?ids=1&metric=val_loss")
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
+        # A regression is compared on what it records, by default the loss its best epoch is chosen by.
+        line = json.loads((REPO / "examples" / "diabetes-linear-regression.json").read_text()) | {"epochs": 2}
+        line_id = httpx.post(f"{dep.url}/experiments", json=line).json()["id"]
+        page.goto(f"{dep.url}/#/experiments/{line_id}")
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=60_000)
+        page.goto(f"{dep.url}/#/compare?ids={line_id}")
+        sync_api.expect(page.locator("#metric")).to_have_value("val_loss")
+        assert "val_accuracy" not in page.locator("#metric option").all_inner_texts()
+        sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
 
         # Steering: a run too long to wait for is cancelled from its page, then deleted.
         long_id = httpx.post(f"{dep.url}/experiments", json={**spec, "name": "too long", "epochs": 50}).json()["id"]

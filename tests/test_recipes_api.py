@@ -170,6 +170,25 @@ def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
     assert sweep["id"] not in [s["id"] for s in client.get("/sweeps").json()]
 
 
+def test_a_regression_sweep_ranks_its_trials_by_validation_loss(service) -> None:
+    dep, client = service
+    line = json.loads((REPO / "examples" / "diabetes-linear-regression.json").read_text()) | {"epochs": 3}
+    request = {"name": "line", "base": line, "grid": {"optimizer.lr": [0.0001, 0.01]}, "max_trials": 2}
+    sweep = client.post("/sweeps", json=request).json()
+    for trial in sweep["trials"]:
+        finished(client, trial["experiment_id"], dep)
+    ranked = client.get(f"/sweeps/{sweep['id']}").json()["trials"]
+    losses = [t["best_val_loss"] for t in ranked]
+    assert losses == sorted(losses) and ranked[0]["params"] == {"optimizer.lr": 0.01}, ranked
+    assert all(t["best_val_accuracy"] is None for t in ranked)
+    [summary] = [s for s in client.get("/sweeps").json() if s["id"] == sweep["id"]]
+    assert summary["best_val_loss"] == losses[0] and summary["best_val_accuracy"] is None
+    chart = client.get(f"/sweeps/{sweep['id']}/compare.png")  # the metric the trials are ranked by
+    assert chart.content == client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "val_loss"}).content
+    refused = client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "train_accuracy"})
+    assert refused.status_code == 422 and "do not record train_accuracy" in refused.text
+
+
 @pytest.mark.parametrize(
     ("patch", "needle"),
     [

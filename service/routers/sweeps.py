@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 
 from service.catalogue import check_spec
-from service.compare import Metric
+from service.compare import Metric, chart_metric
 from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency, mark_replayed, replayed
 from service.errors import ERROR_RESPONSES
 from service.figures import PNG_RESPONSE, png_response, render_comparison
@@ -51,7 +51,7 @@ def list_sweeps(
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
 def get_sweep(sweep_id: SweepId, store: StoreDep):
-    """The trials, best validation accuracy first."""
+    """The trials, best first: by validation accuracy, or validation loss for a regression."""
     return sweep_public(sweep_id, *store.get_sweep(sweep_id))
 
 
@@ -63,9 +63,10 @@ def delete_sweep(sweep_id: SweepId, store: StoreDep, settings: SettingsDep):
 
 
 @router.get("/{sweep_id}/compare.png", response_class=Response, responses=PNG_RESPONSE)
-def compare_sweep(sweep_id: SweepId, store: StoreDep, metric: Metric = "val_accuracy"):
-    """Every trial's `metric` per epoch, overlaid."""
+def compare_sweep(sweep_id: SweepId, store: StoreDep, metric: Metric | None = None):
+    """Every trial's `metric` per epoch, overlaid; by default the metric the trials are ranked by."""
     name, _, experiments = store.get_sweep(sweep_id)
+    metric = chart_metric({e.spec.task for e in experiments}, metric)
     series = [(_label(e.sweep_params), store.list_metrics(e.id)) for e in experiments]
     return png_response(render_comparison(series, metric, f"sweep #{sweep_id} {name}: {metric}"))
 

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.compare import Metric
+from service.compare import Metric, chart_metric
 from service.deps import SettingsDep, StoreDep
 from service.errors import ERROR_RESPONSES, NotFound
 from service.figures import PNG_RESPONSE, png_response, render_comparison
@@ -164,11 +164,14 @@ def get_metrics_csv(experiment_id: ExperimentId, store: StoreDep):
 def compare_png(
     store: StoreDep,
     ids: Annotated[str, Query(description="comma-separated experiment ids, e.g. 3,4", max_length=400)],
-    metric: Metric = "val_accuracy",
+    metric: Metric | None = None,
 ):
-    """One curve per experiment: `metric` per epoch (val_loss, val_mae, val_r2, ... for regressions)."""
+    """One curve per experiment: `metric` per epoch; by default the metric their best epochs are chosen by
+    (val_accuracy for classifiers, val_loss for regressions). A metric their task does not record: 422."""
     wanted = parse_ids(ids, minimum=1)
-    series = [(f"#{e.id} {e.name}", store.list_metrics(e.id)) for e in (store.get_experiment(i) for i in wanted)]
+    experiments = [store.get_experiment(i) for i in wanted]
+    metric = chart_metric({e.spec.task for e in experiments}, metric)
+    series = [(f"#{e.id} {e.name}", store.list_metrics(e.id)) for e in experiments]
     return png_response(render_comparison(series, metric, f"{metric}: experiments {', '.join(map(str, wanted))}"))
 
 

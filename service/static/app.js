@@ -263,20 +263,29 @@ function submitView() {
 
 // -- compare --------------------------------------------------------------------------------------------------
 
+// What each task records, its best epochs' metric first (as GET /experiments/compare.png chooses).
+const RECORDED = {
+  classification: ["val_accuracy", "val_loss", "train_loss", "train_accuracy", "lr"],
+  regression: ["val_loss", "val_mae", "val_rmse", "val_r2", "train_loss", "train_mae", "lr"],
+};
+
 async function compareView(params) {
   const ids = (params.get("ids") || "").split(",").filter(Boolean);
-  const metric = params.get("metric") || "val_accuracy";
-  const metrics = ["val_accuracy", "val_loss", "train_loss", "train_accuracy", "val_mae", "val_r2", "lr"];
+  const runs = await Promise.all(ids.map(async (id) => {
+    const [e, rows] = await Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/metrics`)]);
+    return {label: `#${e.id} ${e.name}`, task: e.spec.task, rows};
+  }));
+  const tasks = [...new Set(runs.map((r) => r.task))];
+  const metrics = tasks.length ? RECORDED[tasks[0]].filter((m) => tasks.every((t) => RECORDED[t].includes(m)))
+    : RECORDED.classification;
+  const metric = metrics.includes(params.get("metric")) ? params.get("metric") : metrics[0];
   const select = h("select", {id: "metric", onchange: (ev) => { location.hash = `#/compare?ids=${ids.join(",")}&metric=${ev.target.value}`; }},
     metrics.map((m) => h("option", {value: m, selected: m === metric}, m)));
   const box = h("div", {id: "comparison", class: "charts"});
   view.replaceChildren(h("h1", {}, "Compare"), h("p", {}, "Metric: ", select,
     ids.length ? ` experiments ${ids.join(", ")}` : " — tick experiments in the table, then “Compare selected”."), box);
   if (!ids.length) return;
-  const series = await Promise.all(ids.map(async (id) => {
-    const [e, rows] = await Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/metrics`)]);
-    return {label: `#${e.id} ${e.name}`, points: rows.map((r) => [r.epoch, r[metric]])};
-  }));
+  const series = runs.map((r) => ({label: r.label, points: r.rows.map((row) => [row.epoch, row[metric]])}));
   box.replaceChildren(lineChart(series, {title: metric, width: 720, height: 360}));
 }
 
