@@ -26,10 +26,15 @@ def main() -> None:
         client = httpx.Client(base_url=base, timeout=60)
         for name in ("mnist-cnn.json", "quickstart-mlp-fashion.json", "diabetes-linear-regression.json"):
             client.post("/experiments", json=json.loads((REPO / "examples" / name).read_text())).raise_for_status()
+        sweep = {"name": "lr x batch size on digits", "grid": {"optimizer.lr": [0.0003, 0.003, 0.03],
+                 "batch_size": [32, 128]}, "base": {"dataset": {"name": "digits"}, "model": {"kind": "mlp",
+                 "hidden": [64]}, "epochs": 8}}  # fmt: skip
+        client.post("/sweeps", json=sweep).raise_for_status()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.set_default_timeout(300_000)
+            expect.set_options(timeout=300_000)  # its own default, 5 s, is less than a run takes
             page.goto(f"{base}/#/experiments/1")
             expect(page.locator(".exp-header .badge")).to_have_text("succeeded")
             page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
@@ -46,6 +51,10 @@ def main() -> None:
             page.click("#validate")
             expect(page.locator("#layers")).to_be_visible()
             page.screenshot(path=str(OUT / "submit.png"), full_page=True)
+            page.goto(f"{base}/#/sweeps/1")
+            expect(page.locator("#trials [data-status=succeeded]")).to_have_count(6)
+            expect(page.locator("#delete-sweep")).to_be_visible()  # drawn with the final ranking
+            page.screenshot(path=str(OUT / "sweep.png"), full_page=True)
             browser.close()
     print(f"wrote {', '.join(p.name for p in sorted(OUT.glob('*.png')))} in {OUT}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from service.client import APIError, Client, ServerUnavailable
+from service.client import FINISHED, APIError, Client, ServerUnavailable
 from service.schemas import ExperimentPublic, Status
 from service.specs import EpochMetrics
+from service.sweeps import SweepPublic
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 out = Console()
@@ -51,7 +53,7 @@ def _call(url: str, action):
             raise _fail(f"the server refused it: {exc}", EXIT_REFUSED) from None
 
 
-def _load_spec(path: Path) -> dict:
+def _load_spec(path: Path, what: str = "one experiment spec") -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -61,7 +63,7 @@ def _load_spec(path: Path) -> dict:
     except (ValueError, yaml.YAMLError) as exc:
         raise _fail(f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", EXIT_USAGE)
     if not isinstance(spec, dict):
-        raise _fail(f"{path} must hold one experiment spec (an object)", EXIT_USAGE)
+        raise _fail(f"{path} must hold {what} (an object)", EXIT_USAGE)
     return spec
 
 
@@ -155,6 +157,8 @@ def _epoch_line(row: EpochMetrics, epochs: int) -> str:
 
 
 def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -260,6 +264,70 @@ def delete(experiment_id: int, url: Url = DEFAULT_URL) -> None:
     """Delete a finished experiment: its metrics, checkpoints, logs and TensorBoard files."""
     _call(url, lambda c: c.delete(experiment_id))
     out.print(f"experiment {experiment_id}: deleted")
+
+
+@app.command()
+def sweep(
+    request_file: Annotated[Path, typer.Argument(help="a sweep: base spec, grid and/or random, .json or .yaml")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="wait for every trial, then rank them")] = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Queue a sweep: one experiment per trial."""
+    request = _load_spec(request_file, "one sweep (base, grid, random, max_trials)")
+    queued = _call(url, lambda c: c.submit_sweep(request))
+    ids = ", ".join(str(t.experiment_id) for t in sorted(queued.trials, key=lambda t: t.experiment_id))
+    out.print(f"sweep [bold]{queued.id}[/] queued: {queued.name}, {len(queued.trials)} trials (experiments {ids})")
+    if watch:
+        final = _call(url, lambda c: _wait_for_trials(c, queued.id))
+        out.print(_trials_table(final))
+        if any(t.status != Status.succeeded.value for t in final.trials):
+            raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def sweeps(
+    sweep_id: Annotated[int | None, typer.Argument(help="one sweep's trials, best first")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """The newest sweeps, or one sweep's trials ranked."""
+    if sweep_id is not None:
+        out.print(_trials_table(_call(url, lambda c: c.sweep(sweep_id))))
+        return
+    table = Table("id", "name", "trials", "best val acc", "best val loss", "created")
+    for s in _call(url, lambda c: c.sweeps()):
+        table.add_row(str(s.id), s.name, f"{s.finished}/{s.trials} finished", _fmt(s.best_val_accuracy),
+                      _fmt(s.best_val_loss), s.created_at.strftime("%Y-%m-%d %H:%M"))  # fmt: skip
+    out.print(table)
+
+
+def _wait_for_trials(client: Client, sweep_id: int) -> SweepPublic:
+    """Poll until every trial has finished, with a bar of trials done."""
+    with Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), console=out, transient=True) as bar:
+        task = bar.add_task("trials", total=None)
+        while True:
+            try:
+                current = client.sweep(sweep_id)
+            except APIError as exc:
+                if exc.status_code != 503:  # the server's database briefly unreachable: ask again
+                    raise
+            else:
+                done = sum(t.status in FINISHED for t in current.trials)
+                bar.update(task, completed=done, total=len(current.trials))
+                if done == len(current.trials):
+                    return current
+            time.sleep(1.0)
+
+
+def _trials_table(found: SweepPublic) -> Table:
+    """The trials best first: the values tried, status, best epoch and its validation metrics."""
+    paths = list(dict.fromkeys(path for t in found.trials for path in t.params))
+    table = Table("rank", "experiment", *paths, "status", "best epoch", "val acc", "val loss",
+                  title=f"sweep {found.id}: {found.name}")  # fmt: skip
+    for rank, t in enumerate(found.trials, 1):
+        values = [_fmt(t.params.get(path)) for path in paths]
+        table.add_row(str(rank), str(t.experiment_id), *values, t.status, _fmt(t.best_epoch),
+                      _fmt(t.best_val_accuracy), _fmt(t.best_val_loss))  # fmt: skip
+    return table
 
 
 @app.command()

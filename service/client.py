@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx
 
-from service.schemas import ExperimentList, ExperimentPublic, Prediction, Status
+from service.schemas import ExperimentList, ExperimentPublic, Prediction, Status, SweepSummary
 from service.specs import EpochMetrics, ExperimentSpec
+from service.sweeps import SweepCreate, SweepPublic
 
 FINISHED = {Status.succeeded, Status.failed, Status.cancelled}
 POLL_S = 0.5  # `wait`'s polling interval
@@ -153,6 +154,26 @@ class Client:
 
     def datasets(self) -> list[dict]:
         return self._request("GET", "/datasets").json()
+
+    # -- sweeps --------------------------------------------------------------------------------------------
+
+    def submit_sweep(self, request: SweepCreate | dict, *, idempotency_key: str | None = None) -> SweepPublic:
+        """Queue one experiment per trial of a grid and/or random search over spec paths (all or none)."""
+        body = request.model_dump(mode="json") if isinstance(request, SweepCreate) else request
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return SweepPublic.model_validate(self._request("POST", "/sweeps", json=body, headers=headers).json())
+
+    def sweep(self, sweep_id: int) -> SweepPublic:
+        """The sweep's trials, best first."""
+        return SweepPublic.model_validate(self._request("GET", f"/sweeps/{sweep_id}").json())
+
+    def sweeps(self, *, limit: int = 50, offset: int = 0) -> list[SweepSummary]:
+        response = self._request("GET", "/sweeps", params={"limit": limit, "offset": offset})
+        return [SweepSummary.model_validate(row) for row in response.json()]
+
+    def delete_sweep(self, sweep_id: int) -> None:
+        """The sweep and all its trials (APIError 409 while a trial is queued or running)."""
+        self._request("DELETE", f"/sweeps/{sweep_id}")
 
     # -- watching ------------------------------------------------------------------------------------------
 

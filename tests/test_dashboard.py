@@ -1,6 +1,6 @@
 """The web dashboard in a real browser (Debian's headless Chromium, driven by Playwright): submit from the form,
-watch a curve point appear live, upload an image and read the prediction, cancel and delete a run. A screenshot is
-written on failure."""
+watch a curve point appear live, upload an image and read the prediction, compare runs, follow and delete a sweep,
+cancel and delete a run. A screenshot is written on failure."""
 
 from __future__ import annotations
 
@@ -81,6 +81,21 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#metric")).to_have_value("val_loss")
         assert "val_accuracy" not in page.locator("#metric option").all_inner_texts()
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
+
+        # A sweep: listed, its trials ranked as they finish, their curves overlaid, then deleted with its trials.
+        base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}
+        sweep = {"name": "two lrs", "base": base, "grid": {"optimizer.lr": [0.00001, 0.01]}}
+        sweep_id = httpx.post(f"{dep.url}/sweeps", json=sweep).json()["id"]
+        page.goto(f"{dep.url}/#/sweeps")
+        page.click(f'#sweeps tr[data-id="{sweep_id}"] a')
+        sync_api.expect(page.locator("#trials [data-status=succeeded]")).to_have_count(2, timeout=60_000)
+        sync_api.expect(page.locator("#trials tr").nth(1)).to_contain_text("0.01")  # the better lr ranks first
+        sync_api.expect(page.locator("#comparison circle.point")).to_have_count(4)  # 2 trials x 2 epochs
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete-sweep")
+        page.wait_for_url(f"{dep.url}/#/sweeps")
+        sync_api.expect(page.locator(f'#sweeps tr[data-id="{sweep_id}"]')).to_have_count(0)
+        assert httpx.get(f"{dep.url}/sweeps/{sweep_id}").status_code == 404
 
         # Steering: a run too long to wait for is cancelled from its page, then deleted.
         long_id = httpx.post(f"{dep.url}/experiments", json={**spec, "name": "too long", "epochs": 50}).json()["id"]

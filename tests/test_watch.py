@@ -177,6 +177,17 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert torch.load(tmp_path / f"experiment-1-epoch-{best}.pt", weights_only=True)["epoch"] == best
         assert "mnist-10k" in _cli("datasets", url=dep.url, cwd=REPO).stdout
 
+        sweep_file = tmp_path / "sweep.yaml"
+        sweep_file.write_text("name: two lrs\nbase: {dataset: {name: digits}, model: {kind: mlp, hidden: [32]}, "
+                              "epochs: 2}\ngrid: {optimizer.lr: [0.00001, 0.01]}\n")  # fmt: skip
+        swept = _cli("sweep", str(sweep_file), "--watch", url=dep.url, cwd=REPO)
+        assert swept.returncode == 0, swept.stdout + swept.stderr
+        assert "sweep 1 queued: two lrs, 2 trials (experiments 2, 3)" in swept.stdout
+        ranked = [line for line in swept.stdout.splitlines() if "succeeded" in line]
+        assert len(ranked) == 2 and "0.01 " in ranked[0] and "1e-05" in ranked[1], swept.stdout  # best first
+        assert "2/2 finished" in _cli("sweeps", url=dep.url, cwd=REPO).stdout
+        assert _cli("sweeps", "1", url=dep.url, cwd=REPO).stdout.count("succeeded") == 2
+
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))
         refused = _cli("submit", str(bad), url=dep.url, cwd=REPO)

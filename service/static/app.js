@@ -150,22 +150,25 @@ async function experimentView(id) {
   cleanup = () => source.close();
 }
 
+// A button whose request's error shows beside it.
+function actionButton(id, label, request) {
+  const message = h("span", {class: "error"});
+  const button = h("button", {id, onclick: async () => {
+    try { await request(); } catch (err) { message.textContent = err.message; }
+  }}, label);
+  return h("p", {class: "actions"}, button, " ", message);
+}
+
 // Cancel while it is queued or running (the event stream then shows it cancelled); delete, once confirmed, when it
 // has finished.
 function actions(e) {
-  const message = h("span", {class: "error"});
-  const attempt = (request) => async () => {
-    try { await request(); } catch (err) { message.textContent = err.message; }
-  };
-  const button = FINISHED.includes(e.status)
-    ? h("button", {id: "delete", onclick: attempt(async () => {
+  return FINISHED.includes(e.status)
+    ? actionButton("delete", "Delete", async () => {
       if (!confirm(`Delete experiment #${e.id} with its metrics, checkpoints and logs? This cannot be undone.`)) return;
       await api(`/experiments/${e.id}`, {method: "DELETE"});
       location.hash = "#/";
-    })}, "Delete")
-    : h("button", {id: "cancel", onclick: attempt(() => api(`/experiments/${e.id}/cancel`, {method: "POST"}))},
-      "Cancel");
-  return h("p", {class: "actions"}, button, " ", message);
+    })
+    : actionButton("cancel", "Cancel", () => api(`/experiments/${e.id}/cancel`, {method: "POST"}));
 }
 
 async function showExtras(box, e) {
@@ -269,8 +272,8 @@ const RECORDED = {
   regression: ["val_loss", "val_mae", "val_rmse", "val_r2", "train_loss", "train_mae", "lr"],
 };
 
-async function compareView(params) {
-  const ids = (params.get("ids") || "").split(",").filter(Boolean);
+// Each experiment with its metrics rows, and the metrics all their tasks record.
+async function loadRuns(ids) {
   const runs = await Promise.all(ids.map(async (id) => {
     const [e, rows] = await Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/metrics`)]);
     return {label: `#${e.id} ${e.name}`, task: e.spec.task, rows};
@@ -278,15 +281,81 @@ async function compareView(params) {
   const tasks = [...new Set(runs.map((r) => r.task))];
   const metrics = tasks.length ? RECORDED[tasks[0]].filter((m) => tasks.every((t) => RECORDED[t].includes(m)))
     : RECORDED.classification;
+  return {runs, metrics};
+}
+
+function comparisonChart(runs, metric) {
+  const series = runs.map((r) => ({label: r.label, points: r.rows.map((row) => [row.epoch, row[metric]])}));
+  return lineChart(series, {title: metric, width: 720, height: 360});
+}
+
+async function compareView(params) {
+  const ids = (params.get("ids") || "").split(",").filter(Boolean);
+  const {runs, metrics} = await loadRuns(ids);
   const metric = metrics.includes(params.get("metric")) ? params.get("metric") : metrics[0];
   const select = h("select", {id: "metric", onchange: (ev) => { location.hash = `#/compare?ids=${ids.join(",")}&metric=${ev.target.value}`; }},
     metrics.map((m) => h("option", {value: m, selected: m === metric}, m)));
   const box = h("div", {id: "comparison", class: "charts"});
   view.replaceChildren(h("h1", {}, "Compare"), h("p", {}, "Metric: ", select,
     ids.length ? ` experiments ${ids.join(", ")}` : " — tick experiments in the table, then “Compare selected”."), box);
-  if (!ids.length) return;
-  const series = runs.map((r) => ({label: r.label, points: r.rows.map((row) => [row.epoch, row[metric]])}));
-  box.replaceChildren(lineChart(series, {title: metric, width: 720, height: 360}));
+  if (ids.length) box.replaceChildren(comparisonChart(runs, metric));
+}
+
+// -- sweeps -----------------------------------------------------------------------------------------------------
+
+function sweepsView() {
+  const body = h("tbody");
+  view.replaceChildren(h("h1", {}, "Sweeps"),
+    h("p", {class: "muted"}, "One base spec, values to try at spec paths, one experiment per trial: ",
+      "POST /sweeps, or trainlab sweep FILE (examples/sweep-*.json)."),
+    h("table", {id: "sweeps"}, h("thead", {}, h("tr", {}, ["id", "name", "finished", "best val acc", "best val loss",
+      "created"].map((c) => h("th", {}, c)))), body));
+  async function refresh() {
+    const sweeps = await api("/sweeps?limit=100");
+    body.replaceChildren(...sweeps.map((s) => h("tr", {"data-id": s.id},
+      h("td", {}, h("a", {href: `#/sweeps/${s.id}`}, s.id)), h("td", {}, h("a", {href: `#/sweeps/${s.id}`}, s.name)),
+      h("td", {}, `${s.finished}/${s.trials}`), h("td", {}, fmt(s.best_val_accuracy)), h("td", {}, fmt(s.best_val_loss)),
+      h("td", {}, new Date(s.created_at).toLocaleString()))));
+    if (!sweeps.length) body.append(h("tr", {}, h("td", {colspan: 6}, "No sweeps yet.")));
+  }
+  refresh();
+  const timer = setInterval(refresh, 2000);
+  cleanup = () => clearInterval(timer);
+}
+
+// A sweep's trials best first, the values each tried, and their curves of the metric they are ranked by. Fetched
+// whole, then drawn at once; fetched again 2 s after each drawing until every trial has finished.
+async function sweepView(id) {
+  let shown = true;  // until another view replaces this one
+  let timer = null;
+  cleanup = () => { shown = false; clearTimeout(timer); };
+  for (;;) {
+    const s = await api(`/sweeps/${id}`);
+    const ids = s.trials.map((t) => t.experiment_id);
+    const {runs, metrics} = await loadRuns(ids);
+    if (!shown) return;
+    const paths = [...new Set(s.trials.flatMap((t) => Object.keys(t.params)))];
+    const values = (t) => paths.map((p) => JSON.stringify(t.params[p] ?? null));
+    // Labelled by the values tried, in the table's column order: the legend has room for a few characters only.
+    runs.forEach((r, i) => { r.label = `#${ids[i]} ${values(s.trials[i]).join(", ")}`; });
+    const finished = s.trials.every((t) => FINISHED.includes(t.status));
+    view.replaceChildren(h("h1", {}, `Sweep #${s.id} ${s.name}`),
+      h("p", {}, `${s.trials.length} trials, best first · `, h("a", {href: `#/compare?ids=${ids.join(",")}`}, "compare")),
+      finished ? actionButton("delete-sweep", "Delete sweep", async () => {
+        if (!confirm(`Delete sweep #${s.id} and its ${ids.length} experiments? This cannot be undone.`)) return;
+        await api(`/sweeps/${s.id}`, {method: "DELETE"});
+        location.hash = "#/sweeps";
+      }) : "",
+      h("table", {id: "trials"}, h("tr", {}, ["rank", "experiment", ...paths, "status", "best epoch", "val acc",
+        "val loss"].map((c) => h("th", {}, c))),
+        ...s.trials.map((t, i) => h("tr", {"data-id": t.experiment_id}, h("td", {}, i + 1),
+          h("td", {}, h("a", {href: `#/experiments/${t.experiment_id}`}, `#${t.experiment_id}`)),
+          ...values(t).map((v) => h("td", {}, v)), h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
+          h("td", {}, fmt(t.best_val_accuracy)), h("td", {}, fmt(t.best_val_loss))))),
+      h("div", {id: "comparison", class: "charts"}, comparisonChart(runs, metrics[0])));
+    if (finished) return;
+    await new Promise((resolve) => { timer = setTimeout(resolve, 2000); });
+  }
 }
 
 // -- datasets ---------------------------------------------------------------------------------------------------
@@ -311,7 +380,10 @@ async function route() {
   const params = new URLSearchParams(query || "");
   const match = path.match(/^\/experiments\/(\d+)$/);
   try {
+    const sweep = path.match(/^\/sweeps\/(\d+)$/);
     if (match) await experimentView(match[1]);
+    else if (sweep) await sweepView(sweep[1]);
+    else if (path === "/sweeps") sweepsView();
     else if (path === "/submit") submitView();
     else if (path === "/compare") await compareView(params);
     else if (path === "/datasets") await datasetsView();
