@@ -97,11 +97,16 @@ def submit(
 @app.command("list")
 def list_(
     status: Annotated[Status | None, typer.Option(help="only these")] = None,
+    dataset: Annotated[str | None, typer.Option(help="only those trained on this dataset")] = None,
+    model: Annotated[str | None, typer.Option(help="only this model kind (mlp, cnn, resnet18, ...)")] = None,
+    name: Annotated[str | None, typer.Option(help="only those with this in their name (any case)")] = None,
+    sweep: Annotated[int | None, typer.Option(help="only this sweep's trials")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     url: Url = DEFAULT_URL,
 ) -> None:
     """The newest experiments."""
-    page = _call(url, lambda c: c.list(status=status, limit=limit))
+    filters = {"status": status, "dataset": dataset, "model": model, "name": name, "sweep": sweep}
+    page = _call(url, lambda c: c.list(**filters, limit=limit))
     table = Table("id", "name", "status", "dataset", "model", "epoch", "best", "created")
     for e in page.items:
         table.add_row(

@@ -110,8 +110,20 @@ class Client:
     def get(self, experiment_id: int) -> ExperimentPublic:
         return ExperimentPublic.model_validate(self._request("GET", f"/experiments/{experiment_id}").json())
 
-    def list(self, *, status: Status | str | None = None, limit: int = 50, offset: int = 0) -> ExperimentList:
-        params: dict = {"limit": limit, "offset": offset} | ({"status": str(status)} if status else {})
+    def list(
+        self,
+        *,
+        status: Status | str | None = None,
+        dataset: str | None = None,
+        model: str | None = None,
+        name: str | None = None,
+        sweep: int | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> ExperimentList:
+        """Newest first; the filters combine (`name`: part of the name, in any case; `model`: a model kind)."""
+        filters = {"status": status, "dataset": dataset, "model": model, "name": name, "sweep": sweep}
+        params = {"limit": limit, "offset": offset} | {k: str(v) for k, v in filters.items() if v is not None}
         return ExperimentList.model_validate(self._request("GET", "/experiments", params=params).json())
 
     def metrics(self, experiment_id: int, *, since_epoch: int = 0) -> list[EpochMetrics]:

@@ -6,7 +6,7 @@ without the engine and the engine can read one without the database.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -165,6 +165,11 @@ class PretrainedSpec(Strict):
 
 
 ModelSpec = Annotated[LinearSpec | MLPSpec | CNNSpec | SequentialSpec | PretrainedSpec, Field(discriminator="kind")]
+# Every `model.kind` a spec may name.
+MODEL_KINDS: tuple[str, ...] = tuple(
+    kind for spec in get_args(get_args(ModelSpec)[0]) for kind in get_args(spec.model_fields["kind"].annotation)
+)
+ModelKind = Literal[MODEL_KINDS]  # type: ignore[valid-type]
 
 LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
 WeightDecay = Annotated[float, Field(ge=0.0, le=1.0)]

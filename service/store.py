@@ -602,10 +602,30 @@ class Store:
         with self._read() as session:
             return _public(self._row(session, experiment_id))
 
-    def list_experiments(self, *, status: Status | None, limit: int, offset: int) -> tuple[list[ExperimentPublic], int]:
+    def list_experiments(
+        self,
+        *,
+        status: Status | None,
+        limit: int,
+        offset: int,
+        dataset: str | None = None,
+        model: str | None = None,
+        name: str | None = None,
+        sweep_id: int | None = None,
+    ) -> tuple[list[ExperimentPublic], int]:
+        """Newest first, and how many match: of a status, a dataset, a model kind, a sweep, with `name` in their
+        name (any case)."""
         query = select(ExperimentRow)
         if status is not None:
             query = query.where(ExperimentRow.status == status.value)
+        if dataset is not None:
+            query = query.where(ExperimentRow.spec["dataset"]["name"].as_string() == dataset)
+        if model is not None:
+            query = query.where(ExperimentRow.spec["model"]["kind"].as_string() == model)
+        if name:
+            query = query.where(ExperimentRow.name.icontains(name, autoescape=True))  # % and _ match themselves
+        if sweep_id is not None:
+            query = query.where(ExperimentRow.sweep_id == sweep_id)
         with self._read() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = session.scalars(query.order_by(ExperimentRow.id.desc()).limit(limit).offset(offset)).all()

@@ -156,8 +156,12 @@ def test_unknown_ids_are_404(seeded) -> None:
 
 def test_query_bounds(seeded) -> None:
     _, client = seeded
-    for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"status": "sleeping"}):
+    for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"status": "sleeping"}, {"sweep": 0},
+                   {"dataset": "x" * 65}, {"name": "x" * 201}):  # fmt: skip
         assert client.get("/experiments", params=params).status_code == 422, params
+    unknown = client.get("/experiments", params={"model": "CNN"})  # kinds are lower case
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "model"]
+    assert "'cnn'" in unknown.json()["detail"][0]["msg"], unknown.text
     assert client.get("/experiments/1/metrics", params={"since_epoch": -1}).status_code == 422
 
 
@@ -170,6 +174,9 @@ def test_list_is_newest_first_with_paging_and_filter(seeded) -> None:
     assert client.get("/experiments", params={"status": "running"}).json() == {
         "items": [], "total": 0, "limit": 50, "offset": 0
     }  # fmt: skip
+    named = client.get("/experiments", params={"name": "KEPT-1", "model": "mlp", "dataset": "digits"}).json()
+    assert [e["name"] for e in named["items"]] == ["kept-1"] and named["total"] == 1
+    assert client.get("/experiments", params={"model": "cnn"}).json()["total"] == 0
 
 
 def test_predict_or_download_before_any_checkpoint_is_409(seeded) -> None:

@@ -81,6 +81,12 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#metric")).to_have_value("val_loss")
         assert "val_accuracy" not in page.locator("#metric option").all_inner_texts()
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
+        page.goto(f"{dep.url}/#/")
+        page.fill("#filter-name", "DIABETES")
+        sync_api.expect(page.locator("#experiments tbody tr")).to_have_count(1)
+        sync_api.expect(page.locator(f'#experiments tr[data-id="{line_id}"]')).to_be_visible()
+        page.select_option("#filter-status", "failed")
+        sync_api.expect(page.locator("#experiments tbody")).to_have_text("No experiment matches.")
 
         # A sweep: listed, its trials ranked as they finish, their curves overlaid, then deleted with its trials.
         base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}

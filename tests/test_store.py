@@ -261,6 +261,33 @@ def test_deleting_a_sweep_takes_its_trials(store: Store) -> None:
     assert store.list_experiments(status=None, limit=10, offset=0)[1] == 0
 
 
+def test_listing_filters_by_status_dataset_model_name_and_sweep(store: Store) -> None:
+    def spec(name: str, dataset: str, model: dict) -> ExperimentSpec:
+        return ExperimentSpec.model_validate({"name": name, "dataset": {"name": dataset}, "model": model})
+
+    cnn = submit(store, spec("CNN, lr 1e-3", "mnist-10k", {"kind": "cnn"}))
+    mlp = submit(store, spec("mlp_50%", "mnist-10k", {"kind": "mlp"}))
+    small = submit(store, spec("mlp 5", "digits", {"kind": "mlp"}))
+    sweep_id, _ = store.create_sweep("two", {}, [Trial(SPEC, {}, []), Trial(SPEC, {}, [])])
+    trials = [e.id for e in store.get_sweep(sweep_id)[2]]
+    store.cancel(cnn)
+
+    def ids(**filters) -> list[int]:
+        items, total = store.list_experiments(status=filters.pop("status", None), limit=50, offset=0, **filters)
+        assert total == len(items)
+        return [e.id for e in items]
+
+    assert ids() == [*reversed(trials), small, mlp, cnn]
+    assert ids(dataset="mnist-10k") == [mlp, cnn]
+    assert ids(model="mlp") == [*reversed(trials), small, mlp]
+    assert ids(model="mlp", dataset="mnist-10k") == [mlp]
+    assert ids(name="cnn") == [cnn]  # any case
+    assert ids(name="50%") == [mlp] and ids(name="_") == [mlp]  # % and _ are themselves, not wildcards
+    assert ids(sweep_id=sweep_id) == list(reversed(trials))
+    assert ids(status=Status.cancelled) == [cnn] and ids(status=Status.queued, dataset="mnist-10k") == [mlp]
+    assert ids(dataset="nothing") == [] and ids(sweep_id=sweep_id + 1) == []
+
+
 def test_damaged_checkpoints_are_detected_and_rewinding_forgets_later_epochs(store: Store) -> None:
     submit(store)
     job = store.claim("w", **LEASE)

@@ -187,6 +187,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert len(ranked) == 2 and "0.01 " in ranked[0] and "1e-05" in ranked[1], swept.stdout  # best first
         assert "2/2 finished" in _cli("sweeps", url=dep.url, cwd=REPO).stdout
         assert _cli("sweeps", "1", url=dep.url, cwd=REPO).stdout.count("succeeded") == 2
+        assert "2 of 2" in _cli("list", "--sweep", "1", url=dep.url, cwd=REPO).stdout
+        mine = _cli("list", "--name", "YAML", "--dataset", "mnist-10k", url=dep.url, cwd=REPO).stdout
+        assert "from yaml" in mine and "1 of 1" in mine, mine
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))

@@ -61,12 +61,22 @@ function listView() {
   const body = h("tbody");
   const compare = h("button", {onclick: () => { location.hash = `#/compare?ids=${[...selected].join(",")}`; }},
     "Compare selected");
-  view.replaceChildren(h("h1", {}, "Experiments"), h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one")),
+  const name = h("input", {type: "search", id: "filter-name", placeholder: "name contains", oninput: () => refresh()});
+  const status = h("select", {id: "filter-status", onchange: () => refresh()},
+    ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", {value: s}, s || "any status")));
+  view.replaceChildren(h("h1", {}, "Experiments"),
+    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status),
     h("table", {id: "experiments"},
       h("thead", {}, h("tr", {}, ["", "id", "name", "status", "dataset", "model", "epoch", "best", "duration"]
         .map((c) => h("th", {}, c)))), body));
+  let latest = 0;  // typing sends a request per key: only the newest answer is drawn
   async function refresh() {
-    const page = await api("/experiments?limit=100");
+    const query = new URLSearchParams({limit: 100});
+    if (name.value) query.set("name", name.value);
+    if (status.value) query.set("status", status.value);
+    const asked = ++latest;
+    const page = await api(`/experiments?${query}`);
+    if (asked !== latest) return;
     body.replaceChildren(...page.items.map((e) => h("tr", {"data-id": e.id},
       h("td", {}, h("input", {type: "checkbox", checked: selected.has(e.id),
         onchange: (ev) => (ev.target.checked ? selected.add(e.id) : selected.delete(e.id))})),
@@ -74,7 +84,8 @@ function listView() {
       h("td", {}, h("a", {href: `#/experiments/${e.id}`}, e.name)),
       h("td", {}, badge(e.status)), h("td", {}, e.spec.dataset.name), h("td", {}, e.spec.model.kind),
       h("td", {}, `${e.current_epoch}/${e.epochs}`), h("td", {}, bestText(e)), h("td", {}, duration(e)))));
-    if (!page.items.length) body.append(h("tr", {}, h("td", {colspan: 9}, "No experiments yet.")));
+    const none = name.value || status.value ? "No experiment matches." : "No experiments yet.";
+    if (!page.items.length) body.append(h("tr", {}, h("td", {colspan: 9}, none)));
   }
   refresh();
   const timer = setInterval(refresh, 2000);
