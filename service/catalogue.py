@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from service.errors import InvalidInput
 from service.settings import Settings
 from service.specs import DatasetSpec, ExperimentSpec, FromExperiment
@@ -23,8 +25,8 @@ from worker.datasets import (
     load_uploaded,
     uploaded_info,
 )
-from worker.models import TORCHVISION_KINDS, ShapeError, count_parameters
-from worker.pretrained import WeightsUnavailable, locate
+from worker.models import ShapeError, count_parameters, create_model
+from worker.pretrained import WeightsUnavailable, locate, unfit
 
 Loc = Sequence[str | int]
 
@@ -98,8 +100,6 @@ def _check_model(spec: ExperimentSpec, info: DatasetInfo, settings: Settings, st
     except ShapeError as exc:
         where = [*loc, "model", "layers", exc.index] if model.kind == "sequential" else [*loc, "model"]
         raise InvalidInput(str(exc), loc=where) from None
-    if model.kind not in TORCHVISION_KINDS:
-        return parameters
     pretrained_loc = [*loc, "model", "pretrained"]
     if model.pretrained == "imagenet":
         try:
@@ -117,4 +117,24 @@ def _check_model(spec: ExperimentSpec, info: DatasetInfo, settings: Settings, st
             raise InvalidInput(
                 f"experiment {source.id} trained a {source.spec.model.kind}, not a {model.kind}", loc=pretrained_loc
             )
+        if problems := _weights_unfit(spec, info, source.spec, settings, store):
+            raise InvalidInput(
+                f"experiment {source.id}'s weights do not fit this model: {'; '.join(problems[:3])}",
+                loc=pretrained_loc,
+            )
     return parameters
+
+
+def _weights_unfit(
+    spec: ExperimentSpec, info: DatasetInfo, source: ExperimentSpec, settings: Settings, store: Store
+) -> list[str]:
+    """What keeps the source experiment's weights from initialising this spec's model (both built on the meta
+    device, no memory). Nothing, where the source's dataset is gone: the worker checks the weights themselves."""
+    try:
+        source_info = dataset_for(source, settings, store)
+    except InvalidInput:
+        return []
+    with torch.device("meta"):
+        model = create_model(spec.model, info.preprocess.input_shape, info.num_classes)
+        theirs = create_model(source.model, source_info.preprocess.input_shape, source_info.num_classes)
+    return unfit(model, {key: tensor.shape for key, tensor in theirs.state_dict().items()})

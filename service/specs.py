@@ -31,16 +31,30 @@ class DatasetSpec(Strict):
     download: bool = False
 
 
+class FromExperiment(Strict):
+    """Start from the best checkpoint of an earlier experiment with the same model: to train on, or to fine-tune on
+    another dataset of the same input shape. Every tensor must fit but the output layer's, which is new where the
+    classes differ."""
+
+    experiment: Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+# A model built from scratch starts from random weights ("none") or from an earlier experiment's.
+WarmStart = Literal["none"] | FromExperiment
+
+
 class LinearSpec(Strict):
     """One linear layer on the flattened input: logistic regression for classes, linear regression for a target."""
 
     kind: Literal["linear"] = "linear"
+    pretrained: WarmStart = "none"
 
 
 class MLPSpec(Strict):
     kind: Literal["mlp"] = "mlp"
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=8192)]], Field(min_length=0, max_length=8)] = [256, 128]
     dropout: Probability = 0.0
+    pretrained: WarmStart = "none"
 
 
 class CNNSpec(Strict):
@@ -56,6 +70,7 @@ class CNNSpec(Strict):
     batchnorm: bool = False
     hidden: Annotated[int, Field(ge=1, le=8192)] = 128
     dropout: Probability = 0.0
+    pretrained: WarmStart = "none"
 
 
 # Layers of a `sequential` model, with torch.nn's argument names. `in_channels`, `in_features` and
@@ -117,6 +132,7 @@ class FlattenLayer(Strict):
 
 class LinearLayer(Strict):
     kind: Literal["linear"] = "linear"
+    pretrained: WarmStart = "none"
     # Left out: as many outputs as the task has (the dataset's classes, or 1 for regression).
     out_features: Annotated[int, Field(ge=1, le=16384)] | None = None
     in_features: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
@@ -143,12 +159,7 @@ class SequentialSpec(Strict):
 
     kind: Literal["sequential"] = "sequential"
     layers: Annotated[list[LayerSpec], Field(min_length=1, max_length=64)]
-
-
-class FromExperiment(Strict):
-    """Start from the best checkpoint of an earlier experiment with the same model kind."""
-
-    experiment: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    pretrained: WarmStart = "none"
 
 
 class PretrainedSpec(Strict):

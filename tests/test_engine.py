@@ -22,6 +22,7 @@ from worker.engine import CompileFailed, Interrupted, compile_model, fit
 from worker.inference import Predictor
 from worker.models import create_model
 from worker.preprocess import image_to_uint8, normalize
+from worker.pretrained import load_matching, unfit
 
 CPU = torch.device("cpu")
 
@@ -49,6 +50,23 @@ def test_resuming_from_a_checkpoint_replays_the_uninterrupted_run(optimizer) -> 
     assert [m.epoch for m, _ in whole] == [1, 2, 3]
     resumed = run(experiment, resume=load_checkpoint(whole[0][1]))
     assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
+
+
+def test_a_run_starts_from_an_earlier_runs_weights_where_they_fit() -> None:
+    (last, checkpoint) = run(spec(epochs=3, optimizer={"kind": "adam", "lr": 0.003}))[-1]
+    slow = {"epochs": 1, "optimizer": {"kind": "adam", "lr": 1e-5}}  # too slow to learn much in one epoch
+    [(warm, _)] = run(spec(**slow), initial_weights=load_checkpoint(checkpoint).model_state)
+    [(cold, _)] = run(spec(**slow))
+    assert warm.val_accuracy >= last.val_accuracy - 0.02 > cold.val_accuracy + 0.3, (last, warm, cold)
+
+    # Weights for other classes fit all but the output layer, which starts anew; other widths are named.
+    shape = (1, 8, 8)
+    ten, two = ({k: v.shape for k, v in create_model(spec().model, shape, n).state_dict().items()} for n in (10, 2))
+    assert unfit(create_model(spec().model, shape, 2), ten) == []
+    wider = create_model(spec(model={"kind": "mlp", "hidden": [128]}).model, shape, 10)
+    assert unfit(wider, two) == ["1.weight is 64x64 there, 128x64 here", "1.bias is 64 there, 128 here"]
+    with pytest.raises(ValueError, match="do not fit this model: 1.weight is 64x64 there, 128x64 here"):
+        load_matching(wider, create_model(spec().model, shape, 2).state_dict())
 
 
 def test_stop_request_interrupts_at_a_batch_boundary() -> None:

@@ -189,6 +189,28 @@ def test_a_regression_sweep_ranks_its_trials_by_validation_loss(service) -> None
     assert refused.status_code == 422 and "do not record train_accuracy" in refused.text
 
 
+def test_any_model_can_start_from_an_earlier_experiments_weights(service) -> None:
+    dep, client = service
+    base = tiny_spec(epochs=3, optimizer={"kind": "adam", "lr": 0.003})
+    first = finished(client, client.post("/experiments", json=base).json()["id"], dep)
+    slow = {"epochs": 1, "optimizer": {"kind": "adam", "lr": 1e-5}}  # too slow to learn much in one epoch
+    onward = {**base, **slow, "model": {**base["model"], "pretrained": {"experiment": first["id"]}}}
+    ids = [client.post("/experiments", json=s).json()["id"] for s in (onward, {**base, **slow})]
+    warm, cold = (finished(client, i, dep) for i in ids)
+    # It went on from the first run's best, where the same spec from random weights has learnt little.
+    assert warm["best"]["val_accuracy"] >= first["best"]["val_accuracy"] - 0.02, (first["best"], warm["best"])
+    assert cold["best"]["val_accuracy"] < first["best"]["val_accuracy"] - 0.3, cold["best"]
+
+    wider = {**onward, "model": {**onward["model"], "hidden": [64]}}
+    refused = client.post("/experiments", json=wider)
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "model", "pretrained"]
+    assert error["msg"].startswith(f"experiment {first['id']}'s weights do not fit this model: 1.weight is 32x64 there")
+    other_input = {**onward, "dataset": {"name": "mnist-10k"}}  # 28x28 images, where the digits are 8x8
+    assert "1.weight is 32x64 there, 32x784 here" in client.post("/experiments", json=other_input).text
+
+
 @pytest.mark.parametrize(
     ("patch", "needle"),
     [

@@ -18,7 +18,7 @@ def test_minimal_spec_gets_every_default() -> None:
         "name": "experiment", "task": "classification",
         "dataset": {"name": "mnist-10k", "val_fraction": 0.2, "seed": 0, "download": False},
         "model": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "stride": 1, "padding": None, "pool": "max",
-                  "batchnorm": False, "hidden": 128, "dropout": 0.0},
+                  "batchnorm": False, "hidden": 128, "dropout": 0.0, "pretrained": "none"},
         "loss": {"kind": "cross_entropy", "label_smoothing": 0.0},
         "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
         "scheduler": None, "grad_clip_norm": None, "augment": [],

@@ -298,7 +298,8 @@ class Worker:
         return Outcome(result.stop_reason, test)
 
     def _initial_weights(self, spec: ExperimentSpec) -> dict[str, torch.Tensor] | None:
-        """Pretrained weights a torchvision classifier starts from: ImageNet's, or an earlier experiment's best."""
+        """The weights a fresh run starts from: ImageNet's (torchvision classifiers), or an earlier experiment's
+        best (any model)."""
         pretrained = getattr(spec.model, "pretrained", "none")
         if pretrained == "imagenet":
             return imagenet_state(spec.model.kind, self.settings.allow_downloads)

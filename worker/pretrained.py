@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,12 +110,36 @@ def _mobilenet_features_in_order(state: dict[str, torch.Tensor]) -> dict[str, to
     return {f"features.{name}": tensor for name, tensor in zip(target, tensors, strict=True)}
 
 
+def output_layer_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of the model's output layer (its last layer with parameters): sized to a dataset's
+    classes, it is the one layer that weights from another dataset may not fit."""
+    name = [n for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None][-1]
+    return {f"{name}.{key}" for key in model.get_submodule(name).state_dict()}
+
+
+def unfit(model: nn.Module, shapes: Mapping[str, torch.Size]) -> list[str]:
+    """Why weights of these shapes cannot initialise `model`: each of its tensors, the output layer's aside, that
+    they lack or hold in another shape."""
+    output = output_layer_keys(model)
+    problems = []
+    for key, tensor in model.state_dict().items():
+        if key in output:
+            continue
+        if key not in shapes:
+            problems.append(f"they lack {key}")
+        elif tuple(shapes[key]) != tuple(tensor.shape):
+            problems.append(f"{key} is {_shape(shapes[key])} there, {_shape(tensor.shape)} here")
+    return problems
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape)) or "a scalar"
+
+
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load the tensors of `state` whose names and shapes the model has (a head sized for other classes is left
-    as initialised). Every backbone tensor must be there."""
+    """Load `state` into the model; an output layer sized for other classes is left as initialised. Every other
+    tensor must fit."""
+    if problems := unfit(model, {key: tensor.shape for key, tensor in state.items()}):
+        raise ValueError(f"the pretrained weights do not fit this model: {'; '.join(problems[:3])}")
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k.startswith("backbone.") and k not in usable]
-    if missing:
-        raise ValueError(f"the pretrained weights lack {len(missing)} backbone tensors, e.g. {missing[0]}")
-    model.load_state_dict(usable, strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
