@@ -132,7 +132,6 @@ class FlattenLayer(Strict):
 
 class LinearLayer(Strict):
     kind: Literal["linear"] = "linear"
-    pretrained: WarmStart = "none"
     # Left out: as many outputs as the task has (the dataset's classes, or 1 for regression).
     out_features: Annotated[int, Field(ge=1, le=16384)] | None = None
     in_features: Annotated[int, Field(ge=1, le=1_000_000)] | None = None

@@ -50,6 +50,8 @@ def test_minimal_spec_gets_every_default() -> None:
         {"early_stopping": {"monitor": "val_r2"}},
         {"model": {"kind": "sequential", "layers": []}},
         {"model": {"kind": "sequential", "layers": [{"kind": "conv2d"}]}},
+        # `pretrained` belongs to the model, not to one of its layers.
+        {"model": {"kind": "sequential", "layers": [{"kind": "linear", "pretrained": "none"}]}},
         {"model": {"kind": "resnet18", "freeze": "head"}},
         {"model": {"kind": "resnet18", "pretrained": {"experiment": 0}}},
         {"dataset": {"name": "digits", "extra": 1}},

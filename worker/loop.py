@@ -300,7 +300,7 @@ class Worker:
     def _initial_weights(self, spec: ExperimentSpec) -> dict[str, torch.Tensor] | None:
         """The weights a fresh run starts from: ImageNet's (torchvision classifiers), or an earlier experiment's
         best (any model)."""
-        pretrained = getattr(spec.model, "pretrained", "none")
+        pretrained = spec.model.pretrained
         if pretrained == "imagenet":
             return imagenet_state(spec.model.kind, self.settings.allow_downloads)
         if isinstance(pretrained, FromExperiment):
