@@ -27,7 +27,7 @@ from service.errors import InvalidInput, PayloadTooLarge
 from service.images import decode_image
 from service.settings import Settings
 from worker.datasets import tabular_pool, tabular_preprocess
-from worker.preprocess import Preprocess
+from worker.preprocess import GRAYSCALE_MODES, Preprocess, image_to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Left by macOS' and Windows' archivers; never data.
@@ -71,7 +71,7 @@ def read_image_zip(data: bytes, settings: Settings, image_size: int | None) -> U
         raise _refuse(f"train/ must hold at least two class folders; found {class_names or 'none'}")
     if unknown := sorted({name for name, _ in splits["val"]} - set(class_names)):
         raise _refuse(f"val/ has classes that train/ lacks: {', '.join(unknown)}")
-    channels = 1 if all(image.mode in ("L", "1", "I;16", "I") for _, image in splits["train"]) else 3
+    channels = 1 if all(image.mode in GRAYSCALE_MODES for _, image in splits["train"]) else 3
     size = _common_size([image for split in splits.values() for _, image in split], image_size)
     pixels = len(files) * channels * size[0] * size[1]
     if pixels > settings.max_dataset_unpacked_bytes:
@@ -84,7 +84,7 @@ def read_image_zip(data: bytes, settings: Settings, image_size: int | None) -> U
         if not items:
             continue
         prefix = "" if split == "train" else "val_"
-        tensors[f"{prefix}images"] = torch.stack([_to_tensor(image, channels, size) for _, image in items])
+        tensors[f"{prefix}images"] = torch.stack([image_to_uint8(image, channels, size) for _, image in items])
         tensors[f"{prefix}labels"] = torch.tensor([class_names.index(name) for name, _ in items], dtype=torch.int64)
     unit = tensors["images"].float() / 255
     preprocess = Preprocess(
@@ -164,19 +164,6 @@ def _common_size(images: list[Image.Image], image_size: int | None) -> tuple[int
             "image_size",
         )
     return next(iter(sizes))
-
-
-def _to_tensor(image: Image.Image, channels: int, size: tuple[int, int]) -> torch.Tensor:
-    image = image.convert("L" if channels == 1 else "RGB")
-    if image.size != size:
-        # Shorter side to the target, then a centre crop: no distortion of the aspect ratio.
-        scale = max(size[0] / image.width, size[1] / image.height)
-        resized = (max(size[0], round(image.width * scale)), max(size[1], round(image.height * scale)))
-        image = image.resize(resized, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        left, top = (resized[0] - size[0]) // 2, (resized[1] - size[1]) // 2
-        image = image.crop((left, top, left + size[0], top + size[1]))
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
-    return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
 def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -> Upload:

@@ -3,6 +3,7 @@ preprocessing is the training preprocessing."""
 
 from __future__ import annotations
 
+import io
 import logging
 import platform
 import shutil
@@ -10,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
 from tests.conftest import load_bundled, malicious_checkpoint
@@ -126,12 +128,45 @@ def test_png_round_trip_gives_the_training_tensor(name: str, tmp_path: Path) -> 
         path = tmp_path / f"{i}.png"
         Image.fromarray(pixels[0].numpy()).save(path)
         with Image.open(path) as image:
-            decoded = image_to_uint8(image, preprocess)
+            decoded = image_to_uint8(image, preprocess.channels, preprocess.size)
         assert torch.equal(decoded, pixels)
     # An RGB image of another size is converted and resized to what the model was trained on.
     rgb = Image.new("RGB", (100, 60), (255, 255, 255))
-    assert image_to_uint8(rgb, preprocess).shape == preprocess.input_shape
+    assert image_to_uint8(rgb, preprocess.channels, preprocess.size).shape == preprocess.input_shape
     assert normalize(images, preprocess).dtype == torch.float32
+
+
+def test_images_are_read_as_a_viewer_sees_them(tmp_path: Path) -> None:
+    """16-bit grey, EXIF-rotated and transparent PNGs of a real digit give the pixels a viewer sees; a non-square
+    image is centre-cropped, not squashed."""
+    digit = load_dataset(DatasetSpec(name="mnist-10k"), tmp_path).val.images[0, 0].numpy()
+
+    def decoded(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", exif=image.getexif())
+        with Image.open(buffer) as reopened:
+            return image_to_uint8(reopened, 1, size)[0].numpy()
+
+    # Pillow's own conversion of 16-bit grey clips every value over 255 to white.
+    sixteen_bit = Image.fromarray(digit.astype(np.uint16) * 257)
+    assert not np.array_equal(np.asarray(sixteen_bit.convert("L")), digit)
+    assert np.array_equal(decoded(sixteen_bit), digit)
+    # Stored on its side, as a phone stores a photo, with the tag that says how to turn it upright.
+    on_its_side = Image.fromarray(digit).transpose(Image.Transpose.ROTATE_90)
+    assert not np.array_equal(decoded(on_its_side), digit)
+    on_its_side.getexif()[ExifTags.Base.Orientation] = 6
+    assert np.array_equal(decoded(on_its_side), digit)
+    # EXIF that does not parse is ignored (Pillow raises reading it), as browsers ignore it.
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format="PNG", exif=b"Exif\x00\x00XX\x00*\x00\x00\x00\x08")
+    with Image.open(buffer) as broken:
+        assert np.array_equal(image_to_uint8(broken, 1, (28, 28))[0].numpy(), digit)
+    # Black ink whose opacity is the digit: on a white page, a dark digit on white.
+    ink = Image.merge("LA", (Image.new("L", (28, 28), 0), Image.fromarray(digit)))
+    assert np.abs(decoded(ink).astype(int) - (255 - digit.astype(int))).max() <= 1
+    # Wider than tall: the shorter side is scaled to fit and the middle kept, as uploaded training sets are.
+    wide = Image.fromarray(np.concatenate([np.zeros((28, 14), np.uint8), digit, np.zeros((28, 14), np.uint8)], 1))
+    assert np.array_equal(decoded(wide), digit)
 
 
 def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ class Predictor:
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """The uint8 (C, H, W) input the model takes for `image`: converted and resized as in training."""
-        return image_to_uint8(image, self.preprocess)
+        return image_to_uint8(image, self.preprocess.channels, self.preprocess.size)
 
     def predict(self, image: Image.Image, top_k: int = 5) -> list[ClassScore]:
         """Classes by descending probability (at most `top_k`), after the same preprocessing as training."""

@@ -8,12 +8,13 @@ travels inside every checkpoint, so inference never depends on the training data
 
 from __future__ import annotations
 
+import struct
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Preprocess:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.channels, self.height, self.width)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as PIL gives sizes."""
+        return (self.width, self.height)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -47,13 +53,53 @@ class Preprocess:
         )
 
 
-def image_to_uint8(image: Image.Image, preprocess: Preprocess) -> torch.Tensor:
-    """Colour mode and size as the model was trained on, as a (C, H, W) uint8 tensor."""
-    image = image.convert("L" if preprocess.channels == 1 else "RGB")
-    if image.size != (preprocess.width, preprocess.height):
-        image = image.resize((preprocess.width, preprocess.height), Image.Resampling.BILINEAR)
+# Modes of one grey channel (16-bit PNGs open as "I;16", or "I" in older Pillow); "LA" is grey with alpha.
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def image_to_uint8(image: Image.Image, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """`image` as a (C, H, W) uint8 tensor of `channels` and `size` (width, height): the one path that uploaded
+    training images and /predict's images both take, so a model sees at prediction what it saw in training.
+
+    The image is turned upright (by its EXIF orientation: phones store photos sideways), 16-bit grey scaled to 8 bits (Pillow's
+    own conversion would clip it to white), transparency laid over white (as a page shows it), then resized: the
+    shorter side to the target, and a centre crop, so that the aspect ratio is kept.
+    """
+    image = _upright(image)
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        image = Image.fromarray((np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8))
+    if image.has_transparency_data:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != size:
+        scale = max(size[0] / image.width, size[1] / image.height)
+        resized = (max(size[0], round(image.width * scale)), max(size[1], round(image.height * scale)))
+        image = image.resize(resized, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        left, top = (resized[0] - size[0]) // 2, (resized[1] - size[1]) // 2
+        image = image.crop((left, top, left + size[0], top + size[1]))
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True))
     return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
+
+
+# EXIF orientation -> the turn that makes the image upright (the tag's values 2-8; 1 is upright).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except (SyntaxError, struct.error, ValueError, OSError):  # EXIF that does not parse is ignored, as browsers do
+        return image
+    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if turn is None else image.transpose(turn)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
