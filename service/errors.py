@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
@@ -73,8 +74,26 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 
 def install_error_handler(app: FastAPI) -> None:
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     @app.exception_handler(TrainlabError)
     async def _handle(_: Request, exc: TrainlabError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, except that an offending NaN or infinity (Python's JSON parser reads `NaN` and
+        # `1e999`) is echoed as a string: strict JSON has no such number, and failing to write it was a 500.
+        return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -88,6 +88,17 @@ def test_bad_spec_is_422_naming_the_field(seeded, spec, loc, error_type) -> None
     assert any(e["loc"] == loc and e["type"] == error_type for e in errors), errors
 
 
+@pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_422_naming_the_field(seeded, number: str) -> None:
+    """Python's JSON parser reads these (strict JSON has none of them); echoing one back in the 422 was a 500."""
+    _, client = seeded
+    body = '{"dataset": {"name": "digits"}, "model": {"kind": "mlp"}, "optimizer": {"kind": "adam", "lr": %s}}'
+    response = client.post("/experiments", content=body % number, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "optimizer", "adam", "lr"] and error["type"] == "finite_number", error
+
+
 def test_unknown_dataset_lists_the_known_ones(seeded) -> None:
     _, client = seeded
     response = client.post("/experiments", json=tiny_spec(dataset={"name": "imagenet"}))

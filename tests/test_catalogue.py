@@ -311,6 +311,9 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert high > low and 25 < low < high < 346
         short = client.post(f"/experiments/{ids[0]}/predict/rows", json={"rows": [[1, 2, 3]]})
         assert short.status_code == 422 and short.json()["detail"][0]["loc"] == ["body", "rows", 0]
+        # Finite in JSON, but past float32's range: the output is no number to answer with.
+        huge = client.post(f"/experiments/{ids[0]}/predict/rows", json={"rows": [rows[0], [1e300] + rows[1][1:]]})
+        assert huge.status_code == 422 and huge.json()["detail"][0]["loc"] == ["body", "rows", 1], huge.text
         image = client.post(f"/experiments/{ids[0]}/predict", files={"file": ("x.png", png_bytes(CIFAR_MINI))})
         assert image.status_code == 409 and "predict/rows" in image.text
 

@@ -20,6 +20,17 @@ class ClassScore:
     probability: float
 
 
+class RowOutOfRange(ValueError):
+    """A row whose values are so far out (or past float32's ±3.4e38) that the model's output is not a number."""
+
+    def __init__(self, row: int) -> None:
+        super().__init__(
+            f"row {row}: the model's output is not a finite number; its values are far outside "
+            "the range of the training data"
+        )
+        self.row = row
+
+
 class Predictor:
     def __init__(self, checkpoint: bytes, device: torch.device | str = "cpu") -> None:
         content = load_checkpoint(checkpoint, map_location=device)
@@ -54,9 +65,12 @@ class Predictor:
         """For a model trained on a table: each row's predicted target (regression, in the target's units) or
         classes by descending probability."""
         outputs = self.logits(rows.float().view(len(rows), -1, 1, 1))
-        if self.spec.task == "regression":
-            return (outputs[:, 0] * self.preprocess.target_std + self.preprocess.target_mean).tolist()
-        return self._ranked(outputs, top_k)
+        regression = self.spec.task == "regression"
+        if regression:
+            outputs = outputs[:, :1] * self.preprocess.target_std + self.preprocess.target_mean
+        if not (finite := torch.isfinite(outputs).all(dim=1)).all():
+            raise RowOutOfRange(int((~finite).nonzero()[0]))
+        return outputs[:, 0].tolist() if regression else self._ranked(outputs, top_k)
 
     def _ranked(self, logits: torch.Tensor, top_k: int) -> list[list[ClassScore]]:
         values, labels = torch.softmax(logits, dim=1).topk(min(top_k, len(self.class_names)), dim=1)

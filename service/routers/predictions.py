@@ -16,6 +16,7 @@ from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLa
 from service.predictions import load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
 from service.schemas import ClassProbability, Prediction
+from worker.inference import RowOutOfRange
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
 
@@ -115,7 +116,10 @@ def predict_rows(
     for i, row in enumerate(body.rows):
         if len(row) != width:
             raise InvalidInput(f"row {i} has {len(row)} values; the model takes {width}", loc=["body", "rows", i])
-    out = predictor.predict_rows(torch.tensor(body.rows), top_k=top_k)
+    try:
+        out = predictor.predict_rows(torch.tensor(body.rows), top_k=top_k)
+    except RowOutOfRange as exc:
+        raise InvalidInput(str(exc), loc=["body", "rows", exc.row]) from None
     if predictor.spec.task == "regression":
         return RowPredictions(epoch=predictor.epoch, values=out)
     return RowPredictions(epoch=predictor.epoch, classes=[probabilities(row) for row in out])
