@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import re
 import stat
 import zipfile
@@ -166,6 +165,10 @@ def _common_size(images: list[Image.Image], image_size: int | None) -> tuple[int
     return next(iter(sizes))
 
 
+# Tables train in float32: a value past its range would become infinite there, and the run fail as "diverged".
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -> Upload:
     """A header row, then one row per example: every column but `target` a number (the features)."""
     if not target:
@@ -188,8 +191,8 @@ def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -
             numbers = [float(v) for i, v in enumerate(row) if i != t]
         except ValueError:
             raise _refuse(f"line {line}: every feature must be a number ({row})") from None
-        if not all(math.isfinite(v) for v in numbers):
-            raise _refuse(f"line {line}: NaN and infinite values are not accepted")
+        if not all(abs(v) <= FLOAT32_MAX for v in numbers):  # False for NaN too
+            raise _refuse(f"line {line}: NaN, infinite values and values beyond float32's ±3.4e38 are not accepted")
         values.append(numbers)
         targets.append(row[t].strip())
     x = np.asarray(values, dtype=np.float64)
@@ -198,8 +201,8 @@ def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -
             y = np.asarray([float(v) for v in targets], dtype=np.float64)
         except ValueError:
             raise _refuse(f"the target column {target!r} must be numeric for regression", "target") from None
-        if not np.isfinite(y).all():
-            raise _refuse(f"the target column {target!r} has NaN or infinite values", "target")
+        if not (np.abs(y) <= FLOAT32_MAX).all():
+            raise _refuse(f"the target column {target!r} has NaN, infinite or beyond-float32 values", "target")
         class_names, preprocess = [target], tabular_preprocess(x, y)
     else:
         class_names = sorted(set(targets))

@@ -269,6 +269,11 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
             "body",
             "target",
         ]
+        # A feature past float32's range (what tables train in) is refused at upload, not trained into a "diverged".
+        lines = diabetes_csv().decode().splitlines()
+        lines[5] = "1e300," + lines[5].split(",", 1)[1]
+        huge = _upload(client, "t3", "\n".join(lines).encode(), "d.csv", target="progression")
+        assert huge.status_code == 422 and "line 6: NaN, infinite values and values beyond" in huge.text, huge.text
 
         base = {"task": "regression", "model": {"kind": "linear"}, "epochs": 30, "batch_size": 32,
                 "optimizer": {"kind": "sgd", "lr": 0.01, "momentum": 0.9}}  # fmt: skip
