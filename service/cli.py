@@ -53,6 +53,13 @@ def _call(url: str, action):
             raise _fail(f"the server refused it: {exc}", EXIT_REFUSED) from None
 
 
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise _fail(f"cannot write {path}: {exc.strerror}", EXIT_USAGE) from None
+
+
 def _load_spec(path: Path, what: str = "one experiment spec") -> dict:
     try:
         text = path.read_text()
@@ -224,7 +231,7 @@ def curves(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Save the loss and metric curves as a PNG."""
-    output.write_bytes(_call(url, lambda c: c.curves(experiment_id)))
+    _write(output, _call(url, lambda c: c.curves(experiment_id)))
     out.print(f"wrote {output}")
 
 
@@ -238,7 +245,7 @@ def checkpoint(
     """Download a trained model's checkpoint (torch.load(f, weights_only=True) reads it)."""
     found = _call(url, lambda c: c.checkpoint(experiment_id, epoch=epoch))
     output = output or Path(f"experiment-{experiment_id}-epoch-{found.epoch}.pt")
-    output.write_bytes(found.data)
+    _write(output, found.data)
     out.print(f"wrote {output} (epoch {found.epoch}, sha256 {found.sha256[:16]}...)")
 
 

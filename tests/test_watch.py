@@ -175,6 +175,8 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
             best = sdk.get(1).best.epoch
         assert saved.returncode == 0 and f"wrote experiment-1-epoch-{best}.pt" in saved.stdout, saved.stdout
         assert torch.load(tmp_path / f"experiment-1-epoch-{best}.pt", weights_only=True)["epoch"] == best
+        unwritable = _cli("checkpoint", "1", "-o", str(tmp_path / "no" / "such.pt"), url=dep.url, cwd=tmp_path)
+        assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr, unwritable.stderr
         assert "mnist-10k" in _cli("datasets", url=dep.url, cwd=REPO).stdout
 
         sweep_file = tmp_path / "sweep.yaml"
