@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 # Printable text: no NUL (PostgreSQL refuses it) or other control characters.
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+# No control characters: PostgreSQL cannot store NUL in text, and names are shown in terminals and pages.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)]
 
 
 class Strict(BaseModel):

@@ -25,7 +25,7 @@ from service.figures import PNG_RESPONSE, png_response, render_curves, render_ga
 from service.predictions import load_predictor
 from service.schemas import AttemptPublic, ExperimentList, ExperimentPublic, Status
 from service.settings import Settings
-from service.specs import EpochMetrics, ExperimentSpec, ModelKind
+from service.specs import PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
@@ -116,9 +116,13 @@ def preview_augmentations(spec: ExperimentSpec, settings: SettingsDep, store: St
 def list_experiments(
     store: StoreDep,
     status: Status | None = None,
-    dataset: Annotated[str | None, Query(max_length=64, description="the spec's dataset.name")] = None,
+    dataset: Annotated[
+        str | None, Query(max_length=64, pattern=PRINTABLE, description="the spec's dataset.name")
+    ] = None,
     model: Annotated[ModelKind | None, Query(description="the spec's model.kind")] = None,
-    name: Annotated[str | None, Query(max_length=200, description="part of the name, in any case")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, pattern=PRINTABLE, description="part of the name, any case")
+    ] = None,
     sweep: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="a sweep's trials")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
