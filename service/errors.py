@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
@@ -80,20 +81,27 @@ def install_error_handler(app: FastAPI) -> None:
 
     @app.exception_handler(TrainlabError)
     async def _handle(_: Request, exc: TrainlabError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.body(), headers=exc.headers)
+        return JSONResponse(status_code=exc.status_code, content=_writable(exc.body()), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler, except that an offending NaN or infinity (Python's JSON parser reads `NaN` and
-        # `1e999`) is echoed as a string: strict JSON has no such number, and failing to write it was a 500.
-        return JSONResponse(status_code=422, content={"detail": _finite(jsonable_encoder(exc.errors()))})
+        # FastAPI's own handler, but able to echo whatever the request held (see `_writable`).
+        return JSONResponse(status_code=422, content={"detail": _writable(jsonable_encoder(exc.errors()))})
 
 
-def _finite(value: object) -> object:
+def _writable(value: object) -> object:
+    """`value` with what JSON cannot carry made visible instead of failing the answer with a 500: Python's JSON
+    parser reads NaN, Infinity and 1e999, and escaped lone surrogates ("\\ud800"), which strict JSON and UTF-8
+    have no way to write back."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode() if _SURROGATE.search(value) else value
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {_writable(key): _writable(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite(item) for item in value]
+        return [_writable(item) for item in value]
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

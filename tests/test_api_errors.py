@@ -99,6 +99,16 @@ def test_non_finite_numbers_are_422_naming_the_field(seeded, number: str) -> Non
     assert error["loc"] == ["body", "optimizer", "adam", "lr"] and error["type"] == "finite_number", error
 
 
+def test_a_lone_surrogate_is_422_naming_the_field(seeded) -> None:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"), which UTF-8 cannot write back: that was a 500."""
+    _, client = seeded
+    body = '{"name": "a \\ud800", "dataset": {"name": "digits"}, "model": {"kind": "mlp"}}'
+    response = client.post("/experiments", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "name"] and error["type"] == "string_unicode", error
+
+
 def test_unknown_dataset_lists_the_known_ones(seeded) -> None:
     _, client = seeded
     response = client.post("/experiments", json=tiny_spec(dataset={"name": "imagenet"}))
