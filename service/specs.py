@@ -10,10 +10,11 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Ids are PostgreSQL `integer` columns: a bigger number in a query is a 422 here, not an error there.
+MAX_ID = 2**31 - 1
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 # Printable text: no NUL (PostgreSQL refuses it) or other control characters.
-# No control characters: PostgreSQL cannot store NUL in text, and names are shown in terminals and pages.
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE)]
 
@@ -38,7 +39,7 @@ class FromExperiment(Strict):
     another dataset of the same input shape. Every tensor must fit but the output layer's, which is new where the
     classes differ."""
 
-    experiment: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    experiment: Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 # A model built from scratch starts from random weights ("none") or from an earlier experiment's.

@@ -27,6 +27,11 @@ BAD_SPECS = [
     (tiny_spec(model={"kind": "cnn", "channels": []}), ["body", "model", "cnn", "channels"], "too_short"),
     (tiny_spec(dataset={"name": "digits", "val_fraction": 0.95}), ["body", "dataset", "val_fraction"], "less_than_equal"),
     (tiny_spec(device="tpu"), ["body", "device"], "literal_error"),
+    (
+        tiny_spec(model={"kind": "mlp", "pretrained": {"experiment": 2**31}}),
+        ["body", "model", "mlp", "pretrained", "FromExperiment", "experiment"],
+        "less_than_equal",
+    ),
     ({"model": {"kind": "mlp"}}, ["body", "dataset"], "missing"),
     (
         tiny_spec(optimizer={"kind": "sgd", "momentum": 0, "nesterov": True}),
@@ -186,6 +191,10 @@ def test_query_bounds(seeded) -> None:
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "model"]
     assert "'cnn'" in unknown.json()["detail"][0]["msg"], unknown.text
     assert client.get("/experiments/1/metrics", params={"since_epoch": -1}).status_code == 422
+    # Ids are PostgreSQL integers: a bigger one was a 500 there.
+    for path in ("/experiments/1/logs", "/experiments/1/events"):
+        assert client.get(path, params={"after": 2**31}).status_code == 422, path
+    assert client.get("/experiments/1/events", headers={"Last-Event-ID": str(2**31)}).status_code == 422
 
 
 def test_list_is_newest_first_with_paging_and_filter(seeded) -> None:

@@ -25,7 +25,7 @@ from service.figures import PNG_RESPONSE, png_response, render_curves, render_ga
 from service.predictions import load_predictor
 from service.schemas import AttemptPublic, ExperimentList, ExperimentPublic, Status
 from service.settings import Settings
-from service.specs import PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
+from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
@@ -35,7 +35,7 @@ from worker.previews import augmentation_samples
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
 
 # Ids are 32-bit on every backend; a larger number can only be a miss, so refuse it as input.
-ExperimentId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Epoch = Annotated[int, Query(ge=1, le=1000, description="an epoch whose checkpoint was kept; default: the best")]
 
 
@@ -123,7 +123,7 @@ def list_experiments(
     name: Annotated[
         str | None, Query(max_length=200, pattern=PRINTABLE, description="part of the name, any case")
     ] = None,
-    sweep: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="a sweep's trials")] = None,
+    sweep: Annotated[int | None, Query(ge=1, le=MAX_ID, description="a sweep's trials")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ):
@@ -152,7 +152,7 @@ def parse_ids(ids: str, *, minimum: int) -> list[int]:
         wanted = [int(part) for part in ids.split(",") if part.strip()]
     except ValueError:
         raise InvalidInput("ids must be comma-separated integers, e.g. ids=3,4", loc=["query", "ids"]) from None
-    if not minimum <= len(wanted) <= 20 or not all(1 <= i <= 2**31 - 1 for i in wanted):
+    if not minimum <= len(wanted) <= 20 or not all(1 <= i <= MAX_ID for i in wanted):
         raise InvalidInput(f"give between {minimum} and 20 experiment ids", loc=["query", "ids"])
     return wanted
 

@@ -13,12 +13,13 @@ from service.errors import ERROR_RESPONSES
 from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.routers.experiments import remove_run_files
 from service.schemas import SweepSummary
+from service.specs import MAX_ID
 from service.store import Trial
 from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
-SweepId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+SweepId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.post("", status_code=201, response_model=SweepPublic, responses=replayed(SweepPublic))

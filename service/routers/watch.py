@@ -22,7 +22,7 @@ from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.routers.experiments import ExperimentId, parse_ids
 from service.schemas import ExperimentPublic, Status
 from service.settings import Settings
-from service.specs import EpochMetrics
+from service.specs import MAX_ID, EpochMetrics
 from service.store import DatabaseUnavailable, Store
 
 router = APIRouter(prefix="/experiments", tags=["watch"], responses=ERROR_RESPONSES)
@@ -70,8 +70,8 @@ async def stream_events(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=2**63 - 1)] = None,
-    after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="as Last-Event-ID, without headers")] = None,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_ID)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="as Last-Event-ID, without headers")] = None,
 ):
     """The experiment's history, then its events as they happen, until it finishes: `status` (with error or stop
     reason), `epoch` (the metrics row), `progress` (about once a second inside an epoch: batches done, running
@@ -131,7 +131,7 @@ class LogLine(BaseModel):
 
 
 @router.get("/{experiment_id}/logs", response_model=list[LogLine])
-def get_logs(experiment_id: ExperimentId, store: StoreDep, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0):
+def get_logs(experiment_id: ExperimentId, store: StoreDep, after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0):
     """The worker's log lines about this experiment (claims, epochs, resumes, errors with tracebacks), oldest
     first; `after=ID` returns only newer lines."""
     return [
