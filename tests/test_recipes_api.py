@@ -61,6 +61,9 @@ def test_validate_warns_and_queues_nothing(service) -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "dataset", "name"]
     preview = assert_png(client.post("/experiments:validate/augmentations.png", json=spec))
     assert preview.width > 400
+    table = tiny_spec(dataset={"name": "diabetes"}, task="regression", loss={"kind": "mse"})
+    refused = client.post("/experiments:validate/augmentations.png", json=table)  # was a 500 (found by fuzzing)
+    assert refused.status_code == 409 and "diabetes is a table" in refused.text, refused.text
     assert client.get("/experiments").json()["total"] == before
 
 

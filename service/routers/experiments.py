@@ -271,9 +271,9 @@ def _dataset(spec: ExperimentSpec, settings: Settings, store: Store) -> Dataset:
 
 
 def _augmentation_grid(spec: ExperimentSpec, settings: Settings, store: Store, label: str) -> bytes:
-    if spec.augment and dataset_for(spec, settings, store).tabular:
-        raise Conflict("the dataset is a table: there are no images to augment")
     dataset = _dataset(spec, settings, store)
+    if dataset.info.tabular:
+        raise Conflict(f"{spec.dataset.name} is a table: there are no images to show")
     kinds = ", ".join(a.kind for a in spec.augment) or "no augmentation"
     return render_image_rows(augmentation_samples(spec, dataset), f"{label} {spec.dataset.name}: {kinds}")
 
