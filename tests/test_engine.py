@@ -141,11 +141,11 @@ def test_images_are_read_as_a_viewer_sees_them(tmp_path: Path) -> None:
     image is centre-cropped, not squashed."""
     digit = load_dataset(DatasetSpec(name="mnist-10k"), tmp_path).val.images[0, 0].numpy()
 
-    def decoded(image: Image.Image, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    def decoded(image: Image.Image) -> np.ndarray:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", exif=image.getexif())
         with Image.open(buffer) as reopened:
-            return image_to_uint8(reopened, 1, size)[0].numpy()
+            return image_to_uint8(reopened, 1, (28, 28))[0].numpy()
 
     # Pillow's own conversion of 16-bit grey clips every value over 255 to white.
     sixteen_bit = Image.fromarray(digit.astype(np.uint16) * 257)
