@@ -84,12 +84,26 @@ def check_spec(spec: ExperimentSpec, settings: Settings, store: Store, loc: Loc 
             f"{settings.max_train_samples:,} per experiment (TRAINLAB_MAX_TRAIN_SAMPLES)",
             loc=[*loc, "epochs"],
         )
-    return augmentation_warnings(
+    warnings = augmentation_warnings(
         spec.augment,
         dataset=info.name,
         channels=info.preprocess.channels,
         orientation_matters=info.orientation_matters,
     )
+    if info.tabular and _has_convolutions(spec):
+        warnings.append(
+            f"model ({spec.model.kind}): {info.name} is a table, whose rows reach the model as 1x1 maps of features, "
+            "so each convolution acts as a linear layer (only its kernel's centre meets data): an mlp does the same "
+            "with fewer parameters"
+        )
+    return warnings
+
+
+def _has_convolutions(spec: ExperimentSpec) -> bool:
+    model = spec.model
+    if model.kind == "sequential":
+        return any(layer.kind == "conv2d" for layer in model.layers)
+    return model.kind == "cnn"
 
 
 def _check_model(spec: ExperimentSpec, info: DatasetInfo, settings: Settings, store: Store, loc: Loc) -> int:

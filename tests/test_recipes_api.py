@@ -62,6 +62,11 @@ def test_validate_warns_and_queues_nothing(service) -> None:
     preview = assert_png(client.post("/experiments:validate/augmentations.png", json=spec))
     assert preview.width > 400
     table = tiny_spec(dataset={"name": "diabetes"}, task="regression", loss={"kind": "mse"})
+    convolutions = [{"kind": "conv2d", "out_channels": 4, "padding": 1}, {"kind": "flatten"}, {"kind": "linear"}]
+    for model in ({"kind": "cnn"}, {"kind": "sequential", "layers": convolutions}):
+        [warning] = client.post("/experiments:validate", json={**table, "model": model}).json()["warnings"]
+        assert "diabetes is a table" in warning and "an mlp does the same" in warning, warning
+    assert client.post("/experiments:validate", json=table).json()["warnings"] == []
     refused = client.post("/experiments:validate/augmentations.png", json=table)  # was a 500 (found by fuzzing)
     assert refused.status_code == 409 and "diabetes is a table" in refused.text, refused.text
     assert client.get("/experiments").json()["total"] == before
