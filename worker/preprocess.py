@@ -61,9 +61,9 @@ def image_to_uint8(image: Image.Image, channels: int, size: tuple[int, int]) -> 
     """`image` as a (C, H, W) uint8 tensor of `channels` and `size` (width, height): the one path that uploaded
     training images and /predict's images both take, so a model sees at prediction what it saw in training.
 
-    The image is turned upright (by its EXIF orientation: phones store photos sideways), 16-bit grey scaled to 8 bits (Pillow's
-    own conversion would clip it to white), transparency laid over white (as a page shows it), then resized: the
-    shorter side to the target, and a centre crop, so that the aspect ratio is kept.
+    The image is turned upright (by its EXIF orientation: phones store photos sideways), 16-bit grey scaled to 8
+    bits (Pillow's own conversion would clip it to white), transparency laid over white (as a page shows it), then
+    resized: the shorter side to the target, and a centre crop, so that the aspect ratio is kept.
     """
     image = _upright(image)
     if image.mode == "I" or image.mode.startswith("I;16"):

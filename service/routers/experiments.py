@@ -34,7 +34,6 @@ from worker.previews import augmentation_samples
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
 
-# Ids are 32-bit on every backend; a larger number can only be a miss, so refuse it as input.
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Epoch = Annotated[int, Query(ge=1, le=1000, description="an epoch whose checkpoint was kept; default: the best")]
 
