@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # Ids are PostgreSQL `integer` columns: a bigger number in a query is a 422 here, not an error there.
 MAX_ID = 2**31 - 1
@@ -198,7 +199,7 @@ class SGDSpec(Strict):
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> SGDSpec:
         if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov requires momentum > 0")
+            raise PydanticCustomError("nesterov_without_momentum", "nesterov requires momentum > 0")
         return self
 
 
@@ -339,7 +340,7 @@ class RandomErasing(Strict):
     @model_validator(mode="after")
     def _ordered(self) -> RandomErasing:
         if self.scale[0] > self.scale[1]:
-            raise ValueError("scale must be (low, high) with low <= high")
+            raise PydanticCustomError("unordered_range", "scale must be (low, high) with low <= high")
         return self
 
 
@@ -407,22 +408,36 @@ class ExperimentSpec(Strict):
     # long runs on a GPU; on a CPU the default CNN measured slower than eager (docs/PERFORMANCE.md).
     compile: bool = False
 
+    # Cross-field checks as field validators, so that an error's `loc` names the field (`task` is declared, and so
+    # validated, before them; when it failed there is nothing to check against).
+    @field_validator("loss")
+    @classmethod
+    def _loss_fits_the_task(cls, loss: LossSpec | None, info: ValidationInfo) -> LossSpec | None:
+        task = info.data.get("task")
+        if loss is not None and task is not None and loss.kind not in TASK_LOSSES[task]:
+            raise PydanticCustomError(
+                "task_mismatch",
+                "loss '{kind}' is not a {task} loss; use one of {allowed}",
+                {"kind": loss.kind, "task": task, "allowed": ", ".join(TASK_LOSSES[task])},
+            )
+        return loss
+
+    @field_validator("scheduler", "early_stopping")
+    @classmethod
+    def _monitor_is_recorded(cls, part: BaseModel | None, info: ValidationInfo) -> BaseModel | None:
+        task, monitor = info.data.get("task"), getattr(part, "monitor", None)
+        if monitor is not None and task is not None and monitor not in TASK_METRICS[task]:
+            raise PydanticCustomError(
+                "task_mismatch",
+                "monitor '{monitor}' is not recorded for {task}; use one of {allowed}",
+                {"monitor": monitor, "task": task, "allowed": ", ".join(TASK_METRICS[task])},
+            )
+        return part
+
     @model_validator(mode="after")
-    def _fits_the_task(self) -> ExperimentSpec:
+    def _default_loss(self) -> ExperimentSpec:
         if self.loss is None:
             object.__setattr__(self, "loss", CrossEntropyLoss() if self.task == "classification" else MSELoss())
-        elif self.loss.kind not in TASK_LOSSES[self.task]:
-            raise ValueError(
-                f"loss {self.loss.kind!r} is not a {self.task} loss; use one of {', '.join(TASK_LOSSES[self.task])}"
-            )
-        monitors = [("early_stopping", self.early_stopping), ("scheduler", self.scheduler)]
-        for field, part in monitors:
-            monitor = getattr(part, "monitor", None)
-            if monitor is not None and monitor not in TASK_METRICS[self.task]:
-                raise ValueError(
-                    f"{field}.monitor {monitor!r} is not recorded for {self.task}; "
-                    f"use one of {', '.join(TASK_METRICS[self.task])}"
-                )
         return self
 
 

@@ -36,8 +36,11 @@ BAD_SPECS = [
     (
         tiny_spec(optimizer={"kind": "sgd", "momentum": 0, "nesterov": True}),
         ["body", "optimizer", "sgd"],
-        "value_error",
+        "nesterov_without_momentum",
     ),
+    # Checks across fields name the field that does not fit the task (the whole body, before).
+    (tiny_spec(loss={"kind": "mse"}), ["body", "loss"], "task_mismatch"),
+    (tiny_spec(early_stopping={"monitor": "val_r2"}), ["body", "early_stopping"], "task_mismatch"),
 ]
 
 
