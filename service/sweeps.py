@@ -89,11 +89,17 @@ def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
         draws = [{path: _draw(values, rng) for path, values in space} for _ in range(request.max_trials)]
         combinations = [{**combinations[i % len(combinations)], **draw} for i, draw in enumerate(draws)]
     base = request.base.model_dump(mode="json")
+    given = request.base.model_dump(mode="json", exclude_unset=True)
     trials = []
     for params in combinations:
         values = dict(base)
-        for path, value in params.items():
-            values = _with_path(values, path, value)
+        # A new `kind` first: it starts its section afresh, so that the paths below it land in the new section.
+        for path, value in sorted(params.items(), key=lambda item: not item[0].endswith(".kind")):
+            if path.endswith(".kind"):
+                section = path.removesuffix(".kind")
+                values = _with_path(values, section, {**_section(given, section), "kind": value})
+            else:
+                values = _with_path(values, path, value)
         label = ", ".join(f"{path}={_short(value)}" for path, value in params.items())
         values["name"] = f"{request.name} [{label}]"[:200]
         try:
@@ -124,6 +130,15 @@ def _with_path(values: dict, path: str, value: Any) -> dict:
     if not isinstance(child, dict):
         raise InvalidInput(f"spec path {path!r}: {head!r} is not a section of the spec", loc=["body", path])
     return {**values, head: _with_path(child, rest, value)}
+
+
+def _section(values: dict, path: str) -> dict:
+    """What the base spec itself gave at `path` (the `kind` left out): a section whose kind a trial changes keeps
+    those fields, not the defaults of the base's kind, which the new kind may not have (`label_smoothing` of
+    cross_entropy under mse; an mlp's `hidden` list under a cnn)."""
+    for part in path.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return {k: v for k, v in values.items() if k != "kind"} if isinstance(values, dict) else {}
 
 
 def _short(value: Any) -> str:

@@ -227,6 +227,7 @@ def test_any_model_can_start_from_an_earlier_experiments_weights(service) -> Non
         ({"grid": {"nothing.lr": [1]}}, "not a section"),
         ({"grid": {"batch_size": list(range(1, 30))}, "max_trials": 10}, "more than max_trials"),
         ({"grid": {}}, "give `grid` or `random`"),
+        ({"grid": {"loss.kind": ["cross_entropy", "mse"]}}, "=mse: loss: loss 'mse' is not a classification"),
     ],
 )
 def test_bad_sweeps_are_refused_whole(service, patch, needle) -> None:
@@ -256,6 +257,29 @@ def test_random_search_draws_within_the_space(service) -> None:
     assert sorted(map(str, (t["params"] for t in again["trials"]))) == sorted(
         map(str, (t["params"] for t in sweep["trials"]))
     )  # seeded
+
+
+def test_a_sweep_over_kinds_gives_each_trial_the_new_kinds_defaults(service) -> None:
+    """Comparing losses, optimizers or schedulers: a trial's new `kind` must not inherit the base kind's defaults
+    (cross_entropy's label_smoothing under nll was a 422), but keeps what the base spec itself set."""
+    dep, client = service
+    request = {
+        "base": tiny_spec(epochs=1, optimizer={"kind": "adam", "lr": 0.01}),
+        "grid": {"loss.kind": ["cross_entropy", "nll"], "optimizer.kind": ["adam", "sgd"], "scheduler.kind": ["step"]},
+    }
+    response = client.post("/sweeps", json=request)
+    assert response.status_code == 201, response.text
+    specs = {}
+    for trial in response.json()["trials"]:
+        experiment = finished(client, trial["experiment_id"], dep)
+        specs[trial["params"]["loss.kind"], trial["params"]["optimizer.kind"]] = experiment["spec"]
+    assert specs["nll", "sgd"]["loss"] == {"kind": "nll"}
+    assert specs["cross_entropy", "adam"]["loss"] == {"kind": "cross_entropy", "label_smoothing": 0.0}
+    assert specs["nll", "sgd"]["optimizer"] == {"kind": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False,
+                                                 "weight_decay": 0.0}  # fmt: skip
+    assert {json.dumps(spec["scheduler"]) for spec in specs.values()} == {
+        json.dumps({"kind": "step", "step_size": 10, "gamma": 0.1})
+    }
 
 
 @pytest.mark.skipif(not SYSTEM_FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
