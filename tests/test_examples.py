@@ -31,7 +31,7 @@ CATALOGUE_EXAMPLES = [
 def test_every_example_file_is_covered() -> None:
     assert {p.name for p in EXAMPLES.glob("*.json")} == {
         "mnist-cnn.json", "early-stopping.json", "sweep-lr-batch-size.json", "sweep-augmentation-fashion.json",
-        *CATALOGUE_EXAMPLES,
+        "sweep-optimizers.json", *CATALOGUE_EXAMPLES,
     }  # fmt: skip
 
 
@@ -46,15 +46,17 @@ def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
             response = client.post("/experiments", json=spec)
             assert response.status_code == 201, (name, response.text)
             experiment_ids.append(response.json()["id"])
-        for name in ("sweep-lr-batch-size.json", "sweep-augmentation-fashion.json"):
+        for name in ("sweep-lr-batch-size.json", "sweep-augmentation-fashion.json", "sweep-optimizers.json"):
             request = json.loads((EXAMPLES / name).read_text())
             request["base"] = cut(request["base"])
             response = client.post("/sweeps", json=request)
             assert response.status_code == 201, (name, response.text)
             experiment_ids += [t["experiment_id"] for t in response.json()["trials"]]
-        assert len(experiment_ids) == 2 + 6 + 4
+        assert len(experiment_ids) == 2 + 6 + 4 + 6
+        best = {}
         for experiment_id in experiment_ids:
             experiment = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=600)
+            best[experiment["name"]] = (experiment["best"] or {}).get("val_accuracy")
             if experiment["status"] == "failed":
                 # The sweep's point: lr 0.3 with momentum 0.9 is too high, and the run says so.
                 assert "optimizer.lr=0.3" in experiment["name"], experiment["error"]
@@ -62,8 +64,11 @@ def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
             elif "optimizer.lr=0.3, batch_size=32" in experiment["name"]:
                 # In bf16 its loss stays finite, but it learns nothing either.
                 assert experiment["best"]["val_accuracy"] < 0.5, experiment
-            else:
+            elif "optimizer.kind=adam, optimizer.lr=0.1" not in experiment["name"]:
                 assert experiment["best"]["val_accuracy"] > 0.5, experiment["name"]
+        # The optimizer sweep's point: Adam's good learning rate is far below SGD's; at 0.1 it learns little.
+        adam = {lr: best[f"sgd vs adam x learning rate [optimizer.kind=adam, optimizer.lr={lr}]"] for lr in (1e-3, 0.1)}
+        assert adam[0.1] < adam[1e-3] - 0.2, adam
 
 
 @pytest.mark.slow
