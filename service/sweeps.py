@@ -100,7 +100,7 @@ def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
                 values = _with_path(values, section, {**_section(given, section), "kind": value})
             else:
                 values = _with_path(values, path, value)
-        label = ", ".join(f"{path}={_short(value)}" for path, value in params.items())
+        label = trial_label(params)
         values["name"] = f"{request.name} [{label}]"[:200]
         try:
             trials.append((params, ExperimentSpec.model_validate(values)))
@@ -139,6 +139,11 @@ def _section(values: dict, path: str) -> dict:
     for part in path.split("."):
         values = values.get(part) if isinstance(values, dict) else None
     return {k: v for k, v in values.items() if k != "kind"} if isinstance(values, dict) else {}
+
+
+def trial_label(params: dict[str, Any]) -> str:
+    """How a trial is named: its name's suffix, and the prefix of any error about it."""
+    return ", ".join(f"{path}={_short(value)}" for path, value in params.items())
 
 
 def _short(value: Any) -> str:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
 from service.catalogue import check_spec
 from service.compare import Metric, chart_metric
 from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency, mark_replayed, replayed
-from service.errors import ERROR_RESPONSES
+from service.errors import ERROR_RESPONSES, TrainlabError
 from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.routers.experiments import remove_run_files
 from service.schemas import SweepSummary
-from service.specs import MAX_ID
-from service.store import Trial
-from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public
+from service.settings import Settings
+from service.specs import MAX_ID, ExperimentSpec
+from service.store import Store, Trial
+from service.sweeps import SweepCreate, SweepPublic, expand, sweep_public, trial_label
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES)
 
@@ -28,16 +29,21 @@ def create_sweep(
 ):
     """Expand the grid / random draws into trials and queue one experiment each (all or none).
     `Idempotency-Key` works as for POST /experiments."""
-    trials = [
-        Trial(spec=spec, params=params, warnings=check_spec(spec, settings, store, loc=("body", "base")))
-        for params, spec in expand(request)
-    ]
+    trials = [_checked(params, spec, settings, store) for params, spec in expand(request)]
     sweep_id, created = store.create_sweep(
         request.name, request.model_dump(mode="json"), trials, idempotency(key, request)
     )
     mark_replayed(response, created)
     response.headers["Location"] = f"/sweeps/{sweep_id}"
     return sweep_public(sweep_id, *store.get_sweep(sweep_id))
+
+
+def _checked(params: dict[str, Any], spec: ExperimentSpec, settings: Settings, store: Store) -> Trial:
+    try:
+        warnings = check_spec(spec, settings, store, loc=("body", "base"))
+    except TrainlabError as exc:  # name the trial: the base may be fine where one value of the grid is not
+        raise type(exc)(f"trial {trial_label(params)}: {exc.detail}", loc=exc.loc) from None
+    return Trial(spec=spec, params=params, warnings=warnings)
 
 
 @router.get("", response_model=list[SweepSummary])
