@@ -6,7 +6,7 @@ without the engine and the engine can read one without the database.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -374,6 +374,7 @@ class HuberLoss(Strict):
 
 
 LossSpec = Annotated[CrossEntropyLoss | NLLLoss | MSELoss | L1Loss | HuberLoss, Field(discriminator="kind")]
+# Each task's losses, its default first.
 TASK_LOSSES = {"classification": ("cross_entropy", "nll"), "regression": ("mse", "l1", "huber")}
 
 
@@ -385,8 +386,8 @@ class ExperimentSpec(Strict):
     task: Literal["classification", "regression"] = "classification"
     dataset: DatasetSpec
     model: ModelSpec
-    # Defaults by task: cross_entropy for classification, mse for regression.
-    loss: LossSpec | None = None
+    # Defaults by task: cross_entropy for classification, mse for regression (null, or no `kind`, gives it).
+    loss: Annotated[LossSpec | None, Field(validate_default=True)] = None
     optimizer: OptimizerSpec = AdamSpec()
     scheduler: SchedulerSpec | None = None
     grad_clip_norm: Annotated[float, Field(gt=0.0, le=1e4)] | None = None
@@ -407,6 +408,23 @@ class ExperimentSpec(Strict):
     # compiling (recorded as that epoch's compile_s, outside its samples/s), then fused kernels. It pays off for
     # long runs on a GPU; on a CPU the default CNN measured slower than eager (docs/PERFORMANCE.md).
     compile: bool = False
+
+    # A section with a default kind may leave `kind` out: {"optimizer": {"lr": 0.01}} is Adam at 0.01, and
+    # {"loss": {"label_smoothing": 0.1}} the task's default loss (each kind's other fields are still checked).
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _default_optimizer_kind(cls, value: Any) -> Any:
+        return {"kind": AdamSpec().kind, **value} if isinstance(value, dict) and "kind" not in value else value
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _default_loss_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        task = info.data.get("task")
+        if task not in TASK_LOSSES:  # the task's own error says why
+            return value
+        if value is None:
+            return {"kind": TASK_LOSSES[task][0]}
+        return {"kind": TASK_LOSSES[task][0], **value} if isinstance(value, dict) and "kind" not in value else value
 
     # Cross-field checks as field validators, so that an error's `loc` names the field (`task` is declared, and so
     # validated, before them; when it failed there is nothing to check against).
@@ -433,12 +451,6 @@ class ExperimentSpec(Strict):
                 {"monitor": monitor, "task": task, "allowed": ", ".join(TASK_METRICS[task])},
             )
         return part
-
-    @model_validator(mode="after")
-    def _default_loss(self) -> ExperimentSpec:
-        if self.loss is None:
-            object.__setattr__(self, "loss", CrossEntropyLoss() if self.task == "classification" else MSELoss())
-        return self
 
 
 class EpochMetrics(BaseModel):

@@ -28,8 +28,30 @@ def test_minimal_spec_gets_every_default() -> None:
 
 
 @pytest.mark.parametrize(
+    ("patch", "optimizer", "loss"),
+    [
+        ({"optimizer": {"lr": 0.01}}, {"kind": "adam", "lr": 0.01}, {"kind": "cross_entropy"}),
+        ({"loss": {"label_smoothing": 0.1}}, {"kind": "adam"}, {"kind": "cross_entropy", "label_smoothing": 0.1}),
+        ({"loss": None}, {"kind": "adam"}, {"kind": "cross_entropy"}),
+        ({"task": "regression", "loss": {}}, {"kind": "adam"}, {"kind": "mse"}),
+        ({"task": "regression", "loss": None}, {"kind": "adam"}, {"kind": "mse"}),
+    ],
+)
+def test_a_section_with_a_default_kind_may_leave_kind_out(patch: dict, optimizer: dict, loss: dict) -> None:
+    """The section gets the default kind (Adam; the task's default loss), with the fields it gave."""
+    spec = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": {"kind": "mlp"}, **patch})
+    assert optimizer.items() <= spec.optimizer.model_dump().items()
+    assert loss.items() <= spec.loss.model_dump().items()
+
+
+@pytest.mark.parametrize(
     "patch",
     [
+        # Left without `kind`: the default kind, whose fields these are not (or no default kind at all).
+        {"optimizer": {"momentum": 0.9}},
+        {"task": "regression", "loss": {"label_smoothing": 0.1}},
+        {"scheduler": {"step_size": 2}},
+        {"model": {"hidden": [8]}},
         {"optimizer": {"kind": "sgd", "lr": float("nan")}},
         {"optimizer": {"kind": "adam", "lr": float("inf")}},
         {"optimizer": {"kind": "sgd", "momentum": 1.0}},
