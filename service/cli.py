@@ -9,28 +9,41 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from service.client import FINISHED, APIError, Client, ServerUnavailable
+from service.compare import chart_metric
+from service.errors import InvalidInput
 from service.schemas import ExperimentPublic, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-out = Console()
-err = Console(stderr=True)
+# No markup: names, errors and values come from users (`[/]` in a name would be a rich error); styles are Text's.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4
 
 Url = Annotated[str, typer.Option("--url", envvar="TRAINLAB_URL", help="the server's base URL")]
 DEFAULT_URL = "http://127.0.0.1:8000"
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", metavar="PATH=VALUE",
+        help="change the spec file's value at PATH, e.g. optimizer.lr=0.01, model.hidden=[256,128], "
+        "augment.0.p=0.2 (VALUE is read as JSON, else as text); repeatable",
+    ),
+]  # fmt: skip
 
 
 def _client(url: str) -> Client:
@@ -38,7 +51,7 @@ def _client(url: str) -> Client:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(Text.assemble(("error:", "bold red"), f" {message}"), highlight=False)
     return typer.Exit(code)
 
 
@@ -85,18 +98,97 @@ def _summary(e: ExperimentPublic) -> str:
     return metric
 
 
+def _set_path(spec: dict, assignment: str) -> None:
+    """Apply one `--set PATH=VALUE` to the spec as its file gave it: sections the file left out (or null) are
+    started, so the server fills in the rest; a number in the path is a list index."""
+    path, sep, text = assignment.partition("=")
+    if not sep or not path:
+        raise _fail(f"--set {assignment!r}: give PATH=VALUE, e.g. optimizer.lr=0.01", EXIT_USAGE)
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    parts = path.split(".")
+    node: Any = spec
+    for depth, part in enumerate(parts):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            key: int | str = int(part)
+        elif isinstance(node, dict) and part:
+            key = part
+        else:
+            where = ".".join(parts[:depth]) or "the spec"
+            raise _fail(f"--set {path}: {where} holds no {part!r} (it is {json.dumps(node)[:60]})", EXIT_USAGE)
+        if depth == len(parts) - 1:
+            node[key] = value
+            return
+        if (node[key] if isinstance(node, list) else node.get(key)) is None:
+            node[key] = {}
+        node = node[key]
+
+
+def _spec_from(spec_file: Path, overrides: list[str] | None) -> dict:
+    spec = _load_spec(spec_file)
+    for assignment in overrides or ():
+        _set_path(spec, assignment)
+    return spec
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False)
+
+
 @app.command()
 def submit(
     spec_file: Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")],
+    overrides: Overrides = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")] = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Queue an experiment."""
-    spec = _load_spec(spec_file)
+    spec = _spec_from(spec_file, overrides)
     experiment = _call(url, lambda c: c.submit(spec))
-    out.print(f"experiment [bold]{experiment.id}[/] queued: {experiment.name}")
-    for warning in experiment.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+    out.print(Text.assemble("experiment ", (str(experiment.id), "bold"), f" queued: {experiment.name}"))
+    _warn(experiment.warnings)
+    if watch:
+        _watch(url, experiment.id)
+
+
+@app.command()
+def validate(
+    spec_file: Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")],
+    overrides: Overrides = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Check a spec without queueing it: each layer's output shape and parameters, memory, warnings."""
+    spec = _spec_from(spec_file, overrides)
+    report = _call(url, lambda c: c.validate(spec))
+    table = Table("layer", "kind", "output shape", Column("parameters", justify="right"))
+    table.add_row("input", "", _shape(report["input_shape"]), "")
+    for layer in report["layers"]:
+        table.add_row(str(layer["index"]), layer["kind"], _shape(layer["output_shape"]), f"{layer['parameters']:,}")
+    out.print(table)
+    memory = report["estimated_memory_bytes"] / 2**20
+    out.print(f"{report['parameters']:,} parameters, {report['trainable_parameters']:,} trainable; training needs "
+              f"about {memory:,.0f} MiB at batch size {report['spec']['batch_size']}")  # fmt: skip
+    _warn(report["warnings"])
+
+
+def _shape(shape: list[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+@app.command()
+def rerun(
+    experiment_id: int,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")] = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Queue an experiment's spec again, as a new experiment (same seed: the same metrics on the same device)."""
+    experiment = _call(url, lambda c: c.rerun(experiment_id))
+    out.print(Text.assemble("experiment ", (str(experiment.id), "bold"),
+                            f" queued: {experiment.name} (a rerun of {experiment_id})"))  # fmt: skip
+    _warn(experiment.warnings)
     if watch:
         _watch(url, experiment.id)
 
@@ -128,10 +220,10 @@ def list_(
 def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
     """One experiment: status, spec, best epoch, metrics per epoch."""
     experiment, rows = _call(url, lambda c: (c.get(experiment_id), c.metrics(experiment_id)))
-    out.print(f"[bold]#{experiment.id} {experiment.name}[/]: {experiment.status.value}, epoch "
-              f"{experiment.current_epoch}/{experiment.epochs}, best {_summary(experiment)}")  # fmt: skip
+    out.print(Text.assemble((f"#{experiment.id} {experiment.name}", "bold"), f": {experiment.status.value}, epoch "
+                            f"{experiment.current_epoch}/{experiment.epochs}, best {_summary(experiment)}"))  # fmt: skip
     if experiment.error:
-        out.print(f"[red]{experiment.error}[/]")
+        out.print(experiment.error, style="red")
     if experiment.stop_reason:
         out.print(experiment.stop_reason)
     out.print_json(experiment.spec.model_dump_json())
@@ -171,7 +263,7 @@ def _epoch_line(row: EpochMetrics, epochs: int) -> str:
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else _compact(value)
 
 
 @app.command()
@@ -204,7 +296,7 @@ def _follow(client: Client, experiment_id: int) -> str:
             elif event.kind == "status":
                 status = event.data["status"]
                 note = event.data.get("error") or event.data.get("stop_reason") or ""
-                bar.console.print(f"[bold]{status}[/] {note}".rstrip())
+                bar.console.print(Text.assemble((status, "bold"), f" {note}".rstrip()))
             elif event.kind == "progress":
                 fields = {
                     "epoch": f"{event.data['epoch']}/{event.data['epochs']}", "loss": f"{event.data['loss']:.4f}",
@@ -260,8 +352,59 @@ def predict(
     table = Table("class", "probability")
     for p in prediction.probabilities:
         table.add_row(p.class_name, f"{p.probability:.4f}")
-    out.print(f"[bold]{prediction.class_name}[/] (epoch {prediction.epoch})")
+    out.print(Text.assemble((prediction.class_name, "bold"), f" (epoch {prediction.epoch})"))
     out.print(table)
+
+
+@app.command()
+def compare(
+    experiment_ids: Annotated[list[int], typer.Argument(help="two or more experiment ids")],
+    metric: Annotated[str | None, typer.Option(help="per epoch; default: what best epochs are chosen by")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Experiments side by side: where their specs differ, a metric per epoch, and their best epochs."""
+    found = _call(url, lambda c: c.compare(experiment_ids))
+    try:
+        metric = chart_metric([e.spec.task for e in found.experiments], metric)
+    except InvalidInput as exc:
+        raise _fail(exc.detail, EXIT_USAGE) from None
+    ids = [f"#{e.id}" for e in found.experiments]
+    differences = Table("spec", *ids, title="where the specs differ")
+    for difference in found.spec_differences:
+        for path, values in _difference_rows(difference.path, difference.values):
+            differences.add_row(path, *values)
+    out.print(differences if found.spec_differences else "the specs are the same (but for names)")
+    per_epoch = Table("epoch", *ids, title=metric)
+    for row in found.epochs:
+        per_epoch.add_row(str(row.epoch), *(_fmt(value) for value in row.values[metric]))
+    out.print(per_epoch)
+    best = Table("best epoch", *ids)
+    best.add_row("val acc", *map(_fmt, found.best_val_accuracy))
+    best.add_row("  vs first", *map(_fmt, found.best_val_accuracy_vs_first))
+    best.add_row("val loss", *map(_fmt, found.best_val_loss))
+    best.add_row("  vs first", *map(_fmt, found.best_val_loss_vs_first))
+    out.print(best)
+
+
+def _difference_rows(path: str, values: list[Any]) -> Iterator[tuple[str, list[str]]]:
+    """Lists of one length everywhere (a model's layers) item by item, and only the items that differ: the layer
+    order of two CNNs shows as the layers swapped."""
+    if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        for index, items in enumerate(zip(*values, strict=True)):
+            if len({json.dumps(item) for item in items}) > 1:
+                yield f"{path}.{index}", [_compact(item) for item in items]
+    else:
+        yield path, [_compact(value) for value in values]
+
+
+def _compact(value: Any) -> str:
+    """A spec value in one line: a section with a kind as `kind(field=value, ...)`."""
+    if isinstance(value, dict) and "kind" in value:
+        fields = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items() if k != "kind")
+        return f"{value['kind']}({fields})"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_compact, value)) + "]"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 @app.command()
@@ -288,7 +431,8 @@ def sweep(
     request = _load_spec(request_file, "one sweep (base, grid, random, max_trials)")
     queued = _call(url, lambda c: c.submit_sweep(request))
     ids = ", ".join(str(t.experiment_id) for t in sorted(queued.trials, key=lambda t: t.experiment_id))
-    out.print(f"sweep [bold]{queued.id}[/] queued: {queued.name}, {len(queued.trials)} trials (experiments {ids})")
+    out.print(Text.assemble("sweep ", (str(queued.id), "bold"),
+                        f" queued: {queued.name}, {len(queued.trials)} trials (experiments {ids})"))  # fmt: skip
     if watch:
         final = _call(url, lambda c: _wait_for_trials(c, queued.id))
         out.print(_trials_table(final))

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from service.compare import Comparison
 from service.schemas import ExperimentList, ExperimentPublic, Prediction, Status, SweepSummary
 from service.specs import EpochMetrics, ExperimentSpec
 from service.sweeps import SweepCreate, SweepPublic
@@ -129,6 +130,15 @@ class Client:
     def metrics(self, experiment_id: int, *, since_epoch: int = 0) -> list[EpochMetrics]:
         rows = self._request("GET", f"/experiments/{experiment_id}/metrics", params={"since_epoch": since_epoch})
         return [EpochMetrics.model_validate(row) for row in rows.json()]
+
+    def compare(self, experiment_ids: Sequence[int]) -> Comparison:
+        """Where the specs differ, each epoch's metrics side by side, each best epoch against the first's."""
+        ids = ",".join(str(i) for i in experiment_ids)
+        return Comparison.model_validate(self._request("GET", "/experiments/compare", params={"ids": ids}).json())
+
+    def rerun(self, experiment_id: int) -> ExperimentPublic:
+        """Queue the identical spec again, as a new experiment."""
+        return ExperimentPublic.model_validate(self._request("POST", f"/experiments/{experiment_id}/rerun").json())
 
     def cancel(self, experiment_id: int) -> ExperimentPublic:
         return ExperimentPublic.model_validate(self._request("POST", f"/experiments/{experiment_id}/cancel").json())

@@ -149,6 +149,25 @@ def _cli(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_cli_compare_shows_lists_that_differ_item_by_item() -> None:
+    """Two CNNs that differ in layer order show the swapped layers, not two long lists."""
+    from service.cli import _difference_rows
+
+    relu_pool = [{"kind": "conv2d", "out_channels": 8}, {"kind": "relu"}, {"kind": "maxpool2d", "kernel_size": 2}]
+    pool_relu = [relu_pool[0], relu_pool[2], relu_pool[1]]
+    assert list(_difference_rows("model.layers", [relu_pool, pool_relu])) == [
+        ("model.layers.1", ["relu()", "maxpool2d(kernel_size=2)"]),
+        ("model.layers.2", ["maxpool2d(kernel_size=2)", "relu()"]),
+    ]
+    flips = [{"kind": "hflip", "p": 0.5}]
+    assert list(_difference_rows("augment", [[], flips])) == [("augment", ["[]", "[hflip(p=0.5)]"])]
+
+
+def _table_rows(text: str) -> set[tuple[str, ...]]:
+    """The cells of each one-line row of rich's tables in `text`."""
+    return {tuple(cell.strip() for cell in line.strip("│ ").split("│")) for line in text.splitlines() if "│" in line}
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the command line, not the database
 def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) -> None:
     spec_file = tmp_path / "spec.yaml"
@@ -192,6 +211,39 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert "2 of 2" in _cli("list", "--sweep", "1", url=dep.url, cwd=REPO).stdout
         mine = _cli("list", "--name", "YAML", "--dataset", "mnist-10k", url=dep.url, cwd=REPO).stdout
         assert "from yaml" in mine and "1 of 1" in mine, mine
+
+        # --set changes the file's spec; a name with rich's markup in it is printed as it is.
+        named = "lr [0.01] [/] [red]"
+        tweaked = _cli("submit", str(spec_file), "--set", "optimizer.lr=0.01", "-s", "epochs=1", "-s", f"name={named}",
+                       "--watch", url=dep.url, cwd=REPO)  # fmt: skip
+        assert tweaked.returncode == 0, tweaked.stdout + tweaked.stderr
+        assert f"experiment 4 queued: {named}" in tweaked.stdout
+        with Client(dep.url) as sdk:
+            spec = sdk.get(4).spec
+        assert (spec.name, spec.optimizer.kind, spec.optimizer.lr, spec.epochs) == (named, "adam", 0.01, 1)
+        assert named in _cli("list", url=dep.url, cwd=REPO).stdout
+        assert named in _cli("show", "4", url=dep.url, cwd=REPO).stdout
+        compared = _cli("compare", "1", "4", url=dep.url, cwd=REPO)
+        assert compared.returncode == 0, compared.stderr
+        assert {("optimizer.lr", "0.001", "0.01"), ("epochs", "2", "1")} <= _table_rows(compared.stdout)
+        assert _cli("compare", "1", "4", "--metric", "val_r2", url=dep.url, cwd=REPO).returncode == 2
+        rerun = _cli("rerun", "4", "--watch", url=dep.url, cwd=REPO)
+        assert rerun.returncode == 0 and f"experiment 5 queued: {named} (a rerun of 4)" in rerun.stdout, rerun.stderr
+
+        # validate: the layers' shapes, nothing queued.
+        cnn = REPO / "examples" / "cnn-relu-then-pool.json"
+        validated = _cli("validate", str(cnn), "-s", "dataset.name=mnist-10k", url=dep.url, cwd=REPO)
+        assert validated.returncode == 0, validated.stderr
+        assert {("2", "maxpool2d", "32x14x14", "0"), ("9", "linear", "10", "1,290")} <= _table_rows(validated.stdout)
+        assert "421,642 parameters" in validated.stdout
+        wide = _cli("validate", str(cnn), "-s", "model.layers.2.kernel_size=1", url=dep.url, cwd=REPO)
+        assert wide.returncode == 0 and "32x28x28" in wide.stdout  # a 1x1 pool keeps the size
+        no_layer = _cli("validate", str(cnn), "-s", "model.layers.10.kind=relu", url=dep.url, cwd=REPO)
+        assert no_layer.returncode == 2 and "model.layers holds no '10'" in no_layer.stderr
+        assert _cli("validate", str(cnn), "-s", "epochs", url=dep.url, cwd=REPO).returncode == 2
+        assert _cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
+        with Client(dep.url) as sdk:
+            assert sdk.list().total == 5  # validate queued nothing
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))
