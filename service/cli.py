@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
-from service.client import FINISHED, APIError, Client, ServerUnavailable
+from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric
 from service.errors import InvalidInput
 from service.schemas import ExperimentPublic, Status
@@ -487,15 +487,59 @@ def _trials_table(found: SweepPublic) -> Table:
 
 
 @app.command()
-def datasets(url: Url = DEFAULT_URL) -> None:
-    """The datasets this server has: built in and uploaded."""
+def datasets(
+    name: Annotated[str | None, typer.Argument(help="one dataset: its classes and their counts")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """The datasets this server has, built in and uploaded; or one of them."""
+    if name is not None:
+        _show_dataset(_call(url, lambda c: c.dataset(name)))
+        return
     table = Table(Column("name", no_wrap=True), "source", Column("task", no_wrap=True), "classes", "input", "size",
                   "here")  # fmt: skip
     for d in _call(url, lambda c: c.datasets()):
-        shape = "x".join(map(str, d["input_shape"]))
         available = "yes" if d["available"] else "no"
-        table.add_row(d["name"], d["source"], d["task"], str(len(d["class_names"])), shape, str(d["size"]), available)
+        table.add_row(d["name"], d["source"], d["task"], str(len(d["class_names"])), _shape(d["input_shape"]),
+                      str(d["size"]), available)  # fmt: skip
     out.print(table)
+
+
+def _show_dataset(d: dict) -> None:
+    out.print(Text.assemble((d["name"], "bold"), f" ({d['source']}, {d['task']}): {d['description']}"))
+    out.print(f"input {_shape(d['input_shape'])}, {d['size']:,} examples")
+    if d["feature_names"]:
+        out.print(f"features: {', '.join(d['feature_names'])}")
+    if d["task"] == "regression":
+        out.print(f"target: {d['class_names'][0]}")
+        return
+    counts = d["counts"] or {}
+    splits = [split for split, per_class in counts.items() if isinstance(per_class, dict)]
+    if not splits:  # a table, or a built-in dataset whose files this server lacks
+        out.print(f"classes: {', '.join(d['class_names'])}")
+        return
+    table = Table("class", *splits)  # images: a row per class, a column per split
+    for class_name in d["class_names"]:
+        table.add_row(class_name, *(str(counts[split].get(class_name, 0)) for split in splits))
+    out.print(table)
+
+
+@app.command()
+def upload(
+    name: Annotated[str, typer.Argument(help="how specs will name it (dataset.name)")],
+    source: Annotated[Path, typer.Argument(help="a folder or .zip in ImageFolder layout, or a .csv table")],
+    target: Annotated[str | None, typer.Option(help="CSV: the column to predict")] = None,
+    task: Annotated[str | None, typer.Option(help="CSV: regression (default) or classification")] = None,
+    image_size: Annotated[int | None, typer.Option(help="resize every image to this square (photos)")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Upload a dataset: a folder or .zip with train/<class>/*.png (and optionally val/<class>/), or a CSV."""
+    if not source.exists():
+        raise _fail(f"no such file or folder: {source}", EXIT_USAGE)
+    try:
+        uploaded = _call(url, lambda c: c.upload_dataset(name, source, target=target, task=task, image_size=image_size))
+    except ClientError as exc:  # nothing sent: the folder is not in ImageFolder layout
+        raise _fail(str(exc), EXIT_USAGE) from None
+    _show_dataset(uploaded)
 
 
 def main() -> None:

@@ -10,8 +10,10 @@ with Client("http://127.0.0.1:8000") as trainlab:
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +179,27 @@ class Client:
     def datasets(self) -> list[dict]:
         return self._request("GET", "/datasets").json()
 
+    def dataset(self, name: str) -> dict:
+        """One dataset: classes, counts per split and class (or rows), input shape."""
+        return self._request("GET", f"/datasets/{name}").json()
+
+    def upload_dataset(
+        self,
+        name: str,
+        source: str | Path,
+        *,
+        target: str | None = None,
+        task: str | None = None,
+        image_size: int | None = None,
+    ) -> dict:
+        """Upload a folder or .zip in ImageFolder layout (`train/<class>/*.png`, optional `val/<class>/`), or a .csv
+        table (`target`: the column to predict; `task`: regression, the server's default, or classification)."""
+        path = Path(source)
+        filename, data = (f"{name}.zip", zip_folder(path)) if path.is_dir() else (path.name, path.read_bytes())
+        fields = {"name": name, "target": target, "task": task, "image_size": image_size}
+        form = {key: str(value) for key, value in fields.items() if value is not None}
+        return self._request("POST", "/datasets", data=form, files={"file": (filename, data)}).json()
+
     # -- sweeps --------------------------------------------------------------------------------------------
 
     def submit_sweep(self, request: SweepCreate | dict, *, idempotency_key: str | None = None) -> SweepPublic:
@@ -247,6 +270,21 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"experiment {experiment_id} is still {status} after {timeout}s")
             time.sleep(POLL_S)
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The folder's train/ and val/ trees as a zip, named relative to it (`folder/train/cat/1.png` is
+    `train/cat/1.png`); what else the folder holds (a README) is no part of the dataset. Stored, not deflated: the
+    images are compressed already."""
+    if not (folder / "train").is_dir():
+        raise ClientError(f"{folder} has no train/ folder: the layout is train/<class>/*.png, optionally val/<class>/")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for split in ("train", "val"):
+            for path in sorted((folder / split).rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
 
 
 def _body(spec: ExperimentSpec | dict) -> dict:

@@ -200,7 +200,10 @@ def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -
         try:
             y = np.asarray([float(v) for v in targets], dtype=np.float64)
         except ValueError:
-            raise _refuse(f"the target column {target!r} must be numeric for regression", "target") from None
+            raise _refuse(
+                f"the target column {target!r} must be numeric for regression (for classes, pass task=classification)",
+                "target",
+            ) from None
         if not (np.abs(y) <= FLOAT32_MAX).all():
             raise _refuse(f"the target column {target!r} has NaN, infinite or beyond-float32 values", "target")
         class_names, preprocess = [target], tabular_preprocess(x, y)

@@ -23,6 +23,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from service.client import Client, Event, _parse_sse
 from service.specs import DatasetSpec
 from tests.conftest import REPO, deployment, free_port, tiny_spec, wait_for_status
+from tests.datafiles import CIFAR_MINI
 from worker.datasets import load_dataset
 
 # A CNN on MNIST: epochs of about two seconds, so that progress events come inside them.
@@ -244,6 +245,21 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert _cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
         with Client(dep.url) as sdk:
             assert sdk.list().total == 5  # validate queued nothing
+
+        # upload: a folder in ImageFolder layout is zipped on the way (its README left out); a CSV names its target.
+        uploaded = _cli("upload", "cifar-mini", str(CIFAR_MINI), url=dep.url, cwd=REPO)
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert ("cat", "200", "50") in _table_rows(uploaded.stdout)
+        assert ("cat", "200", "50") in _table_rows(_cli("datasets", "cifar-mini", url=dep.url, cwd=REPO).stdout)
+        no_layout = _cli("upload", "shared", str(CIFAR_MINI.parent), url=dep.url, cwd=REPO)
+        assert no_layout.returncode == 2 and "has no train/ folder" in no_layout.stderr
+        table = tmp_path / "kinds.csv"
+        table.write_text("a,b,kind\n1,2,x\n3,4,y\n5,6,x\n")
+        as_regression = _cli("upload", "kinds", str(table), "--target", "kind", url=dep.url, cwd=REPO)
+        assert as_regression.returncode == 4 and "pass task=classification" in as_regression.stderr
+        as_classes = _cli("upload", "kinds", str(table), "--target", "kind", "--task", "classification",
+                          url=dep.url, cwd=REPO)  # fmt: skip
+        assert as_classes.returncode == 0 and "features: a, b\nclasses: x, y" in as_classes.stdout, as_classes.stderr
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))
