@@ -40,8 +40,8 @@ Overrides = Annotated[
     list[str] | None,
     typer.Option(
         "--set", "-s", metavar="PATH=VALUE",
-        help="change the spec file's value at PATH, e.g. optimizer.lr=0.01, model.hidden=[256,128], "
-        "augment.0.p=0.2 (VALUE is read as JSON, else as text); repeatable",
+        help="change the file's value at PATH, e.g. optimizer.lr=0.01, model.hidden=[256,128], augment.0.p=0.2, "
+        "base.epochs=2 in a sweep (VALUE is read as JSON, else as text); repeatable",
     ),
 ]  # fmt: skip
 
@@ -111,6 +111,9 @@ def _set_path(spec: dict, assignment: str) -> None:
     parts = path.split(".")
     node: Any = spec
     for depth, part in enumerate(parts):
+        if isinstance(node, dict) and (rest := ".".join(parts[depth:])) in node:  # a key with dots: a sweep's grid
+            node[rest] = value
+            return
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             key: int | str = int(part)
         elif isinstance(node, dict) and part:
@@ -126,8 +129,8 @@ def _set_path(spec: dict, assignment: str) -> None:
         node = node[key]
 
 
-def _spec_from(spec_file: Path, overrides: list[str] | None) -> dict:
-    spec = _load_spec(spec_file)
+def _spec_from(spec_file: Path, overrides: list[str] | None, what: str = "one experiment spec") -> dict:
+    spec = _load_spec(spec_file, what)
     for assignment in overrides or ():
         _set_path(spec, assignment)
     return spec
@@ -424,11 +427,12 @@ def delete(experiment_id: int, url: Url = DEFAULT_URL) -> None:
 @app.command()
 def sweep(
     request_file: Annotated[Path, typer.Argument(help="a sweep: base spec, grid and/or random, .json or .yaml")],
+    overrides: Overrides = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="wait for every trial, then rank them")] = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Queue a sweep: one experiment per trial."""
-    request = _load_spec(request_file, "one sweep (base, grid, random, max_trials)")
+    request = _spec_from(request_file, overrides, "one sweep (base, grid, random, max_trials)")
     queued = _call(url, lambda c: c.submit_sweep(request))
     ids = ", ".join(str(t.experiment_id) for t in sorted(queued.trials, key=lambda t: t.experiment_id))
     out.print(Text.assemble("sweep ", (str(queued.id), "bold"),
