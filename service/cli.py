@@ -6,7 +6,10 @@ answers; 4 the server refused the request (an invalid spec: the message names th
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -23,14 +26,23 @@ from rich.text import Text
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric
 from service.errors import InvalidInput
-from service.schemas import ExperimentPublic, Status
+from service.schemas import ExperimentPublic, RowPredictions, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-# No markup: names, errors and values come from users (`[/]` in a name would be a rich error); styles are Text's.
-out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+
+
+def _console(*, stderr: bool) -> Console:
+    """No markup: names, errors and values come from users (`[/]` in a name would be a rich error); styles are
+    Text's. In a pipe or a file, a table row stays one line up to 1,000 columns (rich would cut it to 80)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 1000
+    return Console(stderr=stderr, markup=False, width=width)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4
 
@@ -346,17 +358,88 @@ def checkpoint(
 
 @app.command()
 def predict(
-    experiment_id: int, image: Path, top_k: Annotated[int, typer.Option(min=1)] = 5, url: Url = DEFAULT_URL
+    experiment_id: int,
+    source: Annotated[Path, typer.Argument(help="a PNG/JPEG image; or, for a model trained on a table, a CSV")],
+    top_k: Annotated[int | None, typer.Option(min=1, help="classes to show (default: 5 for an image, 1 a row)")] = None,
+    url: Url = DEFAULT_URL,
 ) -> None:
-    """Classify an image with the experiment's best checkpoint."""
-    if not image.is_file():
-        raise _fail(f"no such file: {image}", EXIT_USAGE)
-    prediction = _call(url, lambda c: c.predict(experiment_id, image, top_k=top_k))
+    """Classify an image with the experiment's best checkpoint, or predict each row of a CSV table."""
+    if not source.is_file():
+        raise _fail(f"no such file: {source}", EXIT_USAGE)
+    if source.suffix.lower() == ".csv":
+        _predict_table(url, experiment_id, source, top_k or 1)
+        return
+    prediction = _call(url, lambda c: c.predict(experiment_id, source, top_k=top_k or 5))
     table = Table("class", "probability")
     for p in prediction.probabilities:
         table.add_row(p.class_name, f"{p.probability:.4f}")
     out.print(Text.assemble((prediction.class_name, "bold"), f" (epoch {prediction.epoch})"))
     out.print(table)
+
+
+def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None:
+    def ask(client: Client) -> tuple[RowPredictions, str]:
+        experiment = client.get(experiment_id)
+        dataset = _dataset_or_none(client, experiment.spec.dataset.name)
+        features = dataset["feature_names"] if dataset else None
+        rows = _read_rows(path, features)
+        target = dataset["class_names"][0] if dataset and experiment.spec.task == "regression" else "class"
+        return client.predict_rows(experiment_id, rows, top_k=top_k), target
+
+    predicted, target = _call(url, ask)
+    table = Table("row", f"predicted {target}", title=f"epoch {predicted.epoch}")
+    if predicted.values is not None:
+        for row, value in enumerate(predicted.values, 1):
+            table.add_row(str(row), _fmt(value))
+    else:
+        for row, classes in enumerate(predicted.classes or [], 1):
+            table.add_row(str(row), ", ".join(f"{c.class_name} ({c.probability:.4f})" for c in classes))
+    out.print(table)
+
+
+def _dataset_or_none(client: Client, name: str) -> dict | None:
+    """The dataset's description; None where it has been deleted since (the model still answers)."""
+    try:
+        return client.dataset(name)
+    except APIError as exc:
+        if exc.status_code == 404:
+            return None
+        raise
+
+
+def _read_rows(path: Path, features: list[str] | None) -> list[list[float]]:
+    """A CSV's rows of features. With a header row naming the dataset's features, its columns are picked by name
+    (in any order, the target's and others left out); without one, every column is a feature, in the dataset's
+    order."""
+    try:
+        rows = [row for row in csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))) if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise _fail(f"cannot read {path} as a CSV: {exc}", EXIT_USAGE) from None
+    columns, first_line = None, 1
+    if rows and not _numbers(rows[0]):
+        header, first_line = [name.strip() for name in rows.pop(0)], 2
+        if features is not None:  # else (the dataset deleted since): the columns in the dataset's order
+            if missing := [name for name in features if name not in header]:
+                raise _fail(f"{path}: the header lacks the model's features {', '.join(missing)}", EXIT_USAGE)
+            columns = [header.index(name) for name in features]
+    table = []
+    for line, row in enumerate(rows, first_line):
+        values = [row[i] if i < len(row) else "" for i in columns] if columns else row
+        if not _numbers(values):
+            raise _fail(f"{path}, line {line}: every feature must be a number ({', '.join(values)})", EXIT_USAGE)
+        table.append([float(v) for v in values])
+    if not table:
+        raise _fail(f"{path} has no rows to predict", EXIT_USAGE)
+    return table
+
+
+def _numbers(cells: list[str]) -> bool:
+    try:
+        for cell in cells:
+            float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 @app.command()

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from service.compare import Comparison
-from service.schemas import ExperimentList, ExperimentPublic, Prediction, Status, SweepSummary
+from service.schemas import ExperimentList, ExperimentPublic, Prediction, RowPredictions, Status, SweepSummary
 from service.specs import EpochMetrics, ExperimentSpec
 from service.sweeps import SweepCreate, SweepPublic
 
@@ -175,6 +175,14 @@ class Client:
             headers={"Content-Type": "application/octet-stream"},
         )
         return Prediction.model_validate(response.json())
+
+    def predict_rows(self, experiment_id: int, rows: list[list[float]], *, top_k: int = 1) -> RowPredictions:
+        """A model trained on a table: each row's predicted value (regression) or classes, most probable first.
+        A row holds the dataset's features in its order (`dataset(name)["feature_names"]`), without the target."""
+        response = self._request(
+            "POST", f"/experiments/{experiment_id}/predict/rows", params={"top_k": top_k}, json={"rows": rows}
+        )
+        return RowPredictions.model_validate(response.json())
 
     def datasets(self) -> list[dict]:
         return self._request("GET", "/datasets").json()

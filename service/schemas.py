@@ -92,6 +92,14 @@ class Prediction(BaseModel):
     epoch: int
 
 
+class RowPredictions(BaseModel):
+    epoch: int
+    # Regression: the predicted target of each row, in its own units.
+    values: list[float] | None = None
+    # Classification: each row's classes, most probable first.
+    classes: list[list[ClassProbability]] | None = None
+
+
 class SweepSummary(BaseModel):
     id: int
     name: str

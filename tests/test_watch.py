@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -23,7 +24,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from service.client import Client, Event, _parse_sse
 from service.specs import DatasetSpec
 from tests.conftest import REPO, deployment, free_port, tiny_spec, wait_for_status
-from tests.datafiles import CIFAR_MINI
+from tests.datafiles import CIFAR_MINI, diabetes_csv
 from worker.datasets import load_dataset
 
 # A CNN on MNIST: epochs of about two seconds, so that progress events come inside them.
@@ -144,7 +145,8 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
 
 
 def _cli(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TRAINLAB_URL": url, "COLUMNS": "200"}
+    # Captured, as in a pipe: rows stay one line however long (no COLUMNS: not the terminal's width).
+    env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, "TRAINLAB_URL": url}
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -263,6 +265,29 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         as_classes = _cli("upload", "kinds", str(table), "--target", "kind", "--task", "classification",
                           url=dep.url, cwd=REPO)  # fmt: skip
         assert as_classes.returncode == 0 and "features: a, b\nclasses: x, y" in as_classes.stdout, as_classes.stderr
+
+        # predict a CSV's rows with a model trained on a table: a header picks the features by name, in any order.
+        regression = REPO / "examples" / "diabetes-linear-regression.json"
+        trained = _cli("submit", str(regression), "-s", "epochs=2", "--watch", url=dep.url, cwd=REPO)
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        linear = re.search(r"experiment (\d+) queued", trained.stdout).group(1)
+        header, *rows = [line.split(",") for line in diabetes_csv().decode().splitlines()[:4]]
+        assert header[10] == "progression"
+        backwards = [10, *range(9, -1, -1)]  # the target first, then the features in reverse
+        (tmp_path / "named.csv").write_text("\n".join(",".join(r[i] for i in backwards) for r in [header, *rows]))
+        (tmp_path / "bare.csv").write_text("\n".join(",".join(r[:10]) for r in rows))
+        (tmp_path / "no-bmi.csv").write_text("\n".join(",".join(r[:2] + r[3:10]) for r in [header, *rows]))
+        with Client(dep.url) as sdk:
+            expected = sdk.predict_rows(int(linear), [[float(v) for v in r[:10]] for r in rows]).values
+        for name in ("named.csv", "bare.csv"):
+            predicted = _cli("predict", linear, str(tmp_path / name), url=dep.url, cwd=REPO)
+            assert predicted.returncode == 0, predicted.stderr
+            wanted = {(str(i), f"{value:.4g}") for i, value in enumerate(expected, 1)}
+            assert wanted <= _table_rows(predicted.stdout), (name, predicted.stdout)
+        described = _cli("datasets", "diabetes", url=dep.url, cwd=REPO).stdout
+        assert f"features: {', '.join(header[:10])}\ntarget: progression" in described, described
+        no_bmi = _cli("predict", linear, str(tmp_path / "no-bmi.csv"), url=dep.url, cwd=REPO)
+        assert no_bmi.returncode == 2 and "lacks the model's features bmi" in no_bmi.stderr
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))

@@ -38,6 +38,8 @@ class DatasetInfo:
     orientation_matters: bool = False
     # Regression datasets have one "class": the target's name, and float labels.
     task: str = "classification"
+    # Tables: the columns of a row, in the order the model takes them.
+    feature_names: tuple[str, ...] | None = None
     # How to fetch the files where downloads are allowed (standard datasets only).
     download: Callable[[Path], None] | None = None
 
@@ -410,6 +412,7 @@ def tabular_pool(features: np.ndarray, targets: np.ndarray) -> Pool:
         preprocess=tabular_preprocess(*_diabetes_table()),
         size=442,
         task="regression",
+        feature_names=DIABETES_FEATURES,
     )
 )
 def _diabetes(_: Path) -> Pool:
@@ -442,6 +445,7 @@ def uploaded_info(name: str, meta: dict) -> DatasetInfo:
         preprocess=Preprocess.from_dict(meta["preprocess"]),
         size=int(meta["size"]),
         task=meta["task"],
+        feature_names=tuple(meta["feature_names"]) if "feature_names" in meta else None,
     )
 
 

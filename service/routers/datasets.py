@@ -73,9 +73,7 @@ def _class_counts(info: DatasetInfo, labels: torch.Tensor) -> dict[str, int]:
 def _uploaded(upload: DatasetUpload) -> DatasetPublic:
     info = uploaded_info(upload.name, upload.meta)
     public = _public(info, "uploaded", True, upload.meta["counts"])
-    return public.model_copy(
-        update={"feature_names": upload.meta.get("feature_names"), "created_at": upload.created_at}
-    )
+    return public.model_copy(update={"created_at": upload.created_at})
 
 
 def _public(info: DatasetInfo, source, available: bool, counts: dict | None) -> DatasetPublic:
@@ -83,6 +81,7 @@ def _public(info: DatasetInfo, source, available: bool, counts: dict | None) -> 
         name=info.name, source=source, task=info.task, description=info.description,
         class_names=list(info.class_names), input_shape=list(info.preprocess.input_shape), size=info.size,
         available=available, counts=counts,
+        feature_names=list(info.feature_names) if info.feature_names else None,
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from service.deps import PredictionsDep, PredictorsDep, StoreDep
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.predictions import load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
-from service.schemas import ClassProbability, Prediction
+from service.schemas import Prediction, RowPredictions
 from worker.inference import RowOutOfRange
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
@@ -88,14 +88,6 @@ class Rows(BaseModel):
     rows: Annotated[
         list[Annotated[list[float], Field(min_length=1, max_length=10_000)]], Field(min_length=1, max_length=10_000)
     ]
-
-
-class RowPredictions(BaseModel):
-    epoch: int
-    # Regression: the predicted target of each row, in its own units.
-    values: list[float] | None = None
-    # Classification: each row's classes, most probable first.
-    classes: list[list[ClassProbability]] | None = None
 
 
 @router.post("/{experiment_id}/predict/rows", response_model=RowPredictions)
