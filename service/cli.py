@@ -443,6 +443,22 @@ def _numbers(cells: list[str]) -> bool:
 
 
 @app.command()
+def confusion(
+    experiment_id: int,
+    epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """A classifier's confusion matrix on the validation split (rows: true class), with each class's accuracy."""
+    found = _call(url, lambda c: c.confusion(experiment_id, epoch=epoch))
+    counts = (Column(name, justify="right") for name in found.class_names)
+    table = Table("true \\ predicted", *counts, Column("accuracy", justify="right"),
+                  title=f"#{experiment_id}, epoch {found.epoch}: validation accuracy {found.accuracy:.4f}")  # fmt: skip
+    for name, row, accuracy in zip(found.class_names, found.matrix, found.per_class_accuracy, strict=True):
+        table.add_row(name, *map(str, row), _fmt(accuracy))
+    out.print(table)
+
+
+@app.command()
 def compare(
     experiment_ids: Annotated[list[int], typer.Argument(help="two or more experiment ids")],
     metric: Annotated[str | None, typer.Option(help="per epoch; default: what best epochs are chosen by")] = None,

@@ -22,7 +22,15 @@ from typing import Any
 import httpx
 
 from service.compare import Comparison
-from service.schemas import ExperimentList, ExperimentPublic, Prediction, RowPredictions, Status, SweepSummary
+from service.schemas import (
+    Confusion,
+    ExperimentList,
+    ExperimentPublic,
+    Prediction,
+    RowPredictions,
+    Status,
+    SweepSummary,
+)
 from service.specs import EpochMetrics, ExperimentSpec
 from service.sweeps import SweepCreate, SweepPublic
 
@@ -137,6 +145,12 @@ class Client:
         """Where the specs differ, each epoch's metrics side by side, each best epoch against the first's."""
         ids = ",".join(str(i) for i in experiment_ids)
         return Comparison.model_validate(self._request("GET", "/experiments/compare", params={"ids": ids}).json())
+
+    def confusion(self, experiment_id: int, *, epoch: int | None = None) -> Confusion:
+        """A classifier's confusion matrix and per-class accuracy on the validation split (best epoch, or `epoch`)."""
+        params = {} if epoch is None else {"epoch": epoch}
+        response = self._request("GET", f"/experiments/{experiment_id}/confusion", params=params)
+        return Confusion.model_validate(response.json())
 
     def rerun(self, experiment_id: int) -> ExperimentPublic:
         """Queue the identical spec again, as a new experiment."""

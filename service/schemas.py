@@ -92,6 +92,14 @@ class Prediction(BaseModel):
     epoch: int
 
 
+class Confusion(BaseModel):
+    epoch: int
+    class_names: list[str]
+    matrix: list[list[int]]  # rows: true class, columns: predicted class
+    per_class_accuracy: list[float | None]
+    accuracy: float
+
+
 class RowPredictions(BaseModel):
     epoch: int
     # Regression: the predicted target of each row, in its own units.

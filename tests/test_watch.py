@@ -190,6 +190,10 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert shown.returncode == 0 and '"kind": "mlp"' in shown.stdout
         predicted = _cli("predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO)
         assert predicted.returncode == 0 and predicted.stdout.startswith("7 "), predicted.stdout
+        confusion = _cli("confusion", "1", url=dep.url, cwd=REPO)
+        matrix = [row for row in _table_rows(confusion.stdout) if len(row) == 12 and row[0].isdigit()]
+        assert confusion.returncode == 0 and "validation accuracy" in confusion.stdout, confusion.stderr
+        assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:11]) == 2000  # mnist-10k's val
         curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
         assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
         saved = _cli("checkpoint", "1", url=dep.url, cwd=tmp_path)  # named after the best epoch

@@ -23,7 +23,7 @@ from service.deps import (
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput
 from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
 from service.predictions import load_predictor
-from service.schemas import AttemptPublic, ExperimentList, ExperimentPublic, Status
+from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, Status
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
@@ -55,14 +55,6 @@ class Validation(BaseModel):
     # Weights, gradients, optimizer state and one batch's activations (kept for the backward pass), in fp32:
     # an order of magnitude, not a promise.
     estimated_memory_bytes: int
-
-
-class Confusion(BaseModel):
-    epoch: int
-    class_names: list[str]
-    matrix: list[list[int]]  # rows: true class, columns: predicted class
-    per_class_accuracy: list[float | None]
-    accuracy: float
 
 
 @router.post("", status_code=201, response_model=ExperimentPublic, responses=replayed(ExperimentPublic))
