@@ -46,6 +46,13 @@ def test_importing_everything_creates_nothing(tmp_path: Path) -> None:
     assert result.stdout.strip() == "[]", result.stdout
 
 
+def test_the_command_line_and_sdk_import_neither_torch_nor_sqlalchemy() -> None:
+    """They speak HTTP only: `trainlab` starts in a fraction of torch's import time, and needs no engine."""
+    code = "import sys, service.cli, service.client; print([m for m in ('torch', 'sqlalchemy') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_compose_runs_postgres_then_migrate_then_api_then_gpu_workers() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
