@@ -7,7 +7,6 @@ answers; 4 the server refused the request (an invalid spec: the message names th
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from service.errors import InvalidInput
 from service.schemas import ExperimentPublic, RowPredictions, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
+from service.tables import csv_rows
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
@@ -412,7 +412,7 @@ def _read_rows(path: Path, features: list[str] | None) -> list[list[float]]:
     (in any order, the target's and others left out); without one, every column is a feature, in the dataset's
     order."""
     try:
-        rows = [row for row in csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))) if row]
+        rows = list(csv_rows(path.read_text(encoding="utf-8-sig")))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise _fail(f"cannot read {path} as a CSV: {exc}", EXIT_USAGE) from None
     columns, first_line = None, 1

@@ -25,6 +25,7 @@ from PIL import Image
 from service.errors import InvalidInput, PayloadTooLarge
 from service.images import decode_image
 from service.settings import Settings
+from service.tables import csv_rows
 from worker.datasets import tabular_pool, tabular_preprocess
 from worker.preprocess import GRAYSCALE_MODES, Preprocess, image_to_uint8
 
@@ -231,9 +232,7 @@ def _csv_rows(data: bytes, max_cells: int) -> list[list[str]]:
     """The non-empty rows, read until `max_cells` values (a 413 beyond: the parsed table lives in memory)."""
     rows, cells = [], 0
     try:
-        for row in csv.reader(io.StringIO(data.decode("utf-8-sig"))):
-            if not row:
-                continue
+        for row in csv_rows(data.decode("utf-8-sig")):
             cells += len(row)
             if cells > max_cells:
                 raise PayloadTooLarge(f"the CSV has more than {max_cells:,} values (TRAINLAB_MAX_TABLE_CELLS)")

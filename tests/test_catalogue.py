@@ -269,6 +269,12 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
             "body",
             "target",
         ]
+        # A spreadsheet's export with semicolons (where the decimal mark is a comma) reads the same.
+        semicolons = _upload(client, "t4", diabetes_csv().replace(b",", b";"), "d.csv", target="progression")
+        assert semicolons.status_code == 201, semicolons.text
+        assert {k: semicolons.json()[k] for k in ("feature_names", "counts")} == {
+            k: table[k] for k in ("feature_names", "counts")
+        }
         # A feature past float32's range (what tables train in) is refused at upload, not trained into a "diverged".
         lines = diabetes_csv().decode().splitlines()
         lines[5] = "1e300," + lines[5].split(",", 1)[1]

@@ -280,10 +280,11 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         backwards = [10, *range(9, -1, -1)]  # the target first, then the features in reverse
         (tmp_path / "named.csv").write_text("\n".join(",".join(r[i] for i in backwards) for r in [header, *rows]))
         (tmp_path / "bare.csv").write_text("\n".join(",".join(r[:10]) for r in rows))
+        (tmp_path / "semicolons.csv").write_text("\n".join(";".join(r) for r in [header, *rows]))
         (tmp_path / "no-bmi.csv").write_text("\n".join(",".join(r[:2] + r[3:10]) for r in [header, *rows]))
         with Client(dep.url) as sdk:
             expected = sdk.predict_rows(int(linear), [[float(v) for v in r[:10]] for r in rows]).values
-        for name in ("named.csv", "bare.csv"):
+        for name in ("named.csv", "bare.csv", "semicolons.csv"):
             predicted = _cli("predict", linear, str(tmp_path / name), url=dep.url, cwd=REPO)
             assert predicted.returncode == 0, predicted.stderr
             wanted = {(str(i), f"{value:.4g}") for i, value in enumerate(expected, 1)}
