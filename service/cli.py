@@ -48,6 +48,8 @@ EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4
 
 Url = Annotated[str, typer.Option("--url", envvar="TRAINLAB_URL", help="the server's base URL")]
 DEFAULT_URL = "http://127.0.0.1:8000"
+SpecFile = Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")]
+Watch = Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")]
 Overrides = Annotated[
     list[str] | None,
     typer.Option(
@@ -155,15 +157,19 @@ def _warn(warnings: list[str]) -> None:
 
 @app.command()
 def submit(
-    spec_file: Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")],
+    spec_file: SpecFile,
     overrides: Overrides = None,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")] = False,
+    watch: Watch = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Queue an experiment."""
     spec = _spec_from(spec_file, overrides)
     experiment = _call(url, lambda c: c.submit(spec))
-    out.print(Text.assemble("experiment ", (str(experiment.id), "bold"), f" queued: {experiment.name}"))
+    _queued(url, experiment, watch)
+
+
+def _queued(url: str, experiment: ExperimentPublic, watch: bool, note: str = "") -> None:
+    out.print(Text.assemble("experiment ", (str(experiment.id), "bold"), f" queued: {experiment.name}{note}"))
     _warn(experiment.warnings)
     if watch:
         _watch(url, experiment.id)
@@ -171,7 +177,7 @@ def submit(
 
 @app.command()
 def validate(
-    spec_file: Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")],
+    spec_file: SpecFile,
     overrides: Overrides = None,
     url: Url = DEFAULT_URL,
 ) -> None:
@@ -196,16 +202,12 @@ def _shape(shape: list[int]) -> str:
 @app.command()
 def rerun(
     experiment_id: int,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")] = False,
+    watch: Watch = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Queue an experiment's spec again, as a new experiment (same seed: the same metrics on the same device)."""
     experiment = _call(url, lambda c: c.rerun(experiment_id))
-    out.print(Text.assemble("experiment ", (str(experiment.id), "bold"),
-                            f" queued: {experiment.name} (a rerun of {experiment_id})"))  # fmt: skip
-    _warn(experiment.warnings)
-    if watch:
-        _watch(url, experiment.id)
+    _queued(url, experiment, watch, f" (a rerun of {experiment_id})")
 
 
 @app.command("list")

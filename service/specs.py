@@ -378,6 +378,11 @@ LossSpec = Annotated[CrossEntropyLoss | NLLLoss | MSELoss | L1Loss | HuberLoss, 
 TASK_LOSSES = {"classification": ("cross_entropy", "nll"), "regression": ("mse", "l1", "huber")}
 
 
+def _with_kind(value: Any, kind: str) -> Any:
+    """A section given without its `kind` gets `kind`; anything else is left for validation to judge."""
+    return {"kind": kind, **value} if isinstance(value, dict) and "kind" not in value else value
+
+
 class ExperimentSpec(Strict):
     """One training run. Every field but `dataset` and `model` has a default; responses show them all filled in."""
 
@@ -414,7 +419,7 @@ class ExperimentSpec(Strict):
     @field_validator("optimizer", mode="before")
     @classmethod
     def _default_optimizer_kind(cls, value: Any) -> Any:
-        return {"kind": AdamSpec().kind, **value} if isinstance(value, dict) and "kind" not in value else value
+        return _with_kind(value, AdamSpec().kind)
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -422,9 +427,7 @@ class ExperimentSpec(Strict):
         task = info.data.get("task")
         if task not in TASK_LOSSES:  # the task's own error says why
             return value
-        if value is None:
-            return {"kind": TASK_LOSSES[task][0]}
-        return {"kind": TASK_LOSSES[task][0], **value} if isinstance(value, dict) and "kind" not in value else value
+        return _with_kind({} if value is None else value, TASK_LOSSES[task][0])
 
     # Cross-field checks as field validators, so that an error's `loc` names the field (`task` is declared, and so
     # validated, before them; when it failed there is nothing to check against).
