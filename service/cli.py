@@ -1,7 +1,11 @@
 """`trainlab`: the command line for a trainlab server (`--url`, or TRAINLAB_URL; default http://127.0.0.1:8000).
 
-Exit codes: 0 done; 1 the experiment failed or was cancelled; 2 bad usage or an unreadable spec file; 3 no server
-answers; 4 the server refused the request (an invalid spec: the message names the field).
+Exit codes:
+0 done
+1 the experiment failed or was cancelled
+2 bad usage or an unreadable spec file
+3 no server answers
+4 the server refused the request (an invalid spec: the message names the field)
 """
 
 from __future__ import annotations
@@ -48,7 +52,11 @@ EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4
 
 Url = Annotated[str, typer.Option("--url", envvar="TRAINLAB_URL", help="the server's base URL")]
 DEFAULT_URL = "http://127.0.0.1:8000"
-SpecFile = Annotated[Path, typer.Argument(help="an experiment spec, .json or .yaml")]
+SpecFile = Annotated[
+    Path | None,
+    typer.Argument(help="an experiment spec, .json or .yaml; - reads it from standard input; none: --set builds it"),
+]
+STDIN = Path("-")
 Watch = Annotated[bool, typer.Option("--watch", "-w", help="follow it live until it finishes")]
 Overrides = Annotated[
     list[str] | None,
@@ -88,16 +96,22 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _load_spec(path: Path, what: str = "one experiment spec") -> dict:
+    """The spec in a file (YAML for .yaml/.yml, else JSON), or on standard input for `-` (YAML, which reads JSON)."""
+    source = "standard input" if path == STDIN else str(path)
     try:
-        text = path.read_text()
+        text = sys.stdin.read() if path == STDIN else path.read_text()
     except OSError as exc:
-        raise _fail(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+        raise _fail(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
+    if path == STDIN or path.suffix in (".yaml", ".yml"):
+        parse, language = yaml.safe_load, "YAML" if path != STDIN else "JSON or YAML"
+    else:
+        parse, language = json.loads, "JSON"
     try:
-        spec = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        spec = parse(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise _fail(f"{path} is not valid {'YAML' if path.suffix in ('.yaml', '.yml') else 'JSON'}: {exc}", EXIT_USAGE)
+        raise _fail(f"{source} is not valid {language}: {exc}", EXIT_USAGE) from None
     if not isinstance(spec, dict):
-        raise _fail(f"{path} must hold {what} (an object)", EXIT_USAGE)
+        raise _fail(f"{source} must hold {what} (an object)", EXIT_USAGE)
     return spec
 
 
@@ -143,8 +157,11 @@ def _set_path(spec: dict, assignment: str) -> None:
         node = node[key]
 
 
-def _spec_from(spec_file: Path, overrides: list[str] | None, what: str = "one experiment spec") -> dict:
-    spec = _load_spec(spec_file, what)
+def _spec_from(spec_file: Path | None, overrides: list[str] | None, what: str = "one experiment spec") -> dict:
+    if spec_file is None and not overrides:
+        raise _fail("give a spec file (- reads standard input), or build one: --set dataset.name=mnist-10k "
+                    "--set model.kind=cnn", EXIT_USAGE)  # fmt: skip
+    spec = {} if spec_file is None else _load_spec(spec_file, what)
     for assignment in overrides or ():
         _set_path(spec, assignment)
     return spec
@@ -157,7 +174,7 @@ def _warn(warnings: list[str]) -> None:
 
 @app.command()
 def submit(
-    spec_file: SpecFile,
+    spec_file: SpecFile = None,
     overrides: Overrides = None,
     watch: Watch = False,
     url: Url = DEFAULT_URL,
@@ -177,7 +194,7 @@ def _queued(url: str, experiment: ExperimentPublic, watch: bool, note: str = "")
 
 @app.command()
 def validate(
-    spec_file: SpecFile,
+    spec_file: SpecFile = None,
     overrides: Overrides = None,
     url: Url = DEFAULT_URL,
 ) -> None:
@@ -189,10 +206,15 @@ def validate(
     for layer in report["layers"]:
         table.add_row(str(layer["index"]), layer["kind"], _shape(layer["output_shape"]), f"{layer['parameters']:,}")
     out.print(table)
-    memory = report["estimated_memory_bytes"] / 2**20
+    memory = _size(report["estimated_memory_bytes"])
     out.print(f"{report['parameters']:,} parameters, {report['trainable_parameters']:,} trainable; training needs "
-              f"about {memory:,.0f} MiB at batch size {report['spec']['batch_size']}")  # fmt: skip
+              f"about {memory} at batch size {report['spec']['batch_size']}")  # fmt: skip
     _warn(report["warnings"])
+
+
+def _size(n_bytes: int) -> str:
+    """MiB, or KiB below one (a small MLP's training memory would read as "0 MiB")."""
+    return f"{n_bytes / 2**20:,.0f} MiB" if n_bytes >= 2**20 else f"{max(n_bytes / 2**10, 1):,.0f} KiB"
 
 
 def _shape(shape: list[int]) -> str:
@@ -527,7 +549,10 @@ def delete(experiment_id: int, url: Url = DEFAULT_URL) -> None:
 
 @app.command()
 def sweep(
-    request_file: Annotated[Path, typer.Argument(help="a sweep: base spec, grid and/or random, .json or .yaml")],
+    request_file: Annotated[
+        Path,
+        typer.Argument(help="a sweep: base spec, grid and/or random, .json or .yaml; - reads it from standard input"),
+    ],
     overrides: Overrides = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="wait for every trial, then rank them")] = False,
     url: Url = DEFAULT_URL,

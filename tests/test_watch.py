@@ -144,12 +144,13 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
         assert client.get("/experiments/999/tensorboard.zip").status_code == 404
 
 
-def _cli(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess:
+def _cli(*args: str, url: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
     # Captured, as in a pipe: rows stay one line however long (no COLUMNS: not the terminal's width).
     env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, "TRAINLAB_URL": url}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
 
 
 def test_cli_compare_shows_lists_that_differ_item_by_item() -> None:
@@ -252,6 +253,17 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert no_layer.returncode == 2 and "model.layers holds no '10'" in no_layer.stderr
         assert _cli("validate", str(cnn), "-s", "epochs", url=dep.url, cwd=REPO).returncode == 2
         assert _cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
+        # No file: --set builds the spec from nothing; "-" reads it, JSON or YAML, from standard input.
+        built = _cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", url=dep.url, cwd=REPO)
+        assert built.returncode == 0 and "linear" in built.stdout, built.stdout + built.stderr
+        for text in (spec_file.read_text(), json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}})):
+            piped = _cli("validate", "-", "-s", "model.hidden=[8]", url=dep.url, cwd=REPO, stdin=text)
+            assert piped.returncode == 0 and "6,370 parameters, 6,370 trainable" in piped.stdout, piped.stderr
+            assert "about 505 KiB at batch size 64" in piped.stdout  # not "0 MiB"
+        nothing = _cli("submit", url=dep.url, cwd=REPO)
+        assert nothing.returncode == 2 and "--set dataset.name=" in nothing.stderr, nothing.stderr
+        garbled = _cli("validate", "-", url=dep.url, cwd=REPO, stdin="{not: [closed")
+        assert garbled.returncode == 2 and "standard input is not valid" in garbled.stderr, garbled.stderr
         with Client(dep.url) as sdk:
             assert sdk.list().total == 5  # validate queued nothing
 
