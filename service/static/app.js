@@ -232,6 +232,11 @@ function predictPanel(id, experiment) {
 
 // -- submit -------------------------------------------------------------------------------------------------
 
+// MiB, or KiB below one: a small model's training memory would read as "0 MiB".
+function size(bytes) {
+  return bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(0)} MiB` : `${Math.max(bytes / 2 ** 10, 1).toFixed(0)} KiB`;
+}
+
 function submitView() {
   const editor = h("textarea", {id: "spec", rows: 18, spellcheck: "false"}, JSON.stringify(EXAMPLE_SPEC, null, 2));
   const feedback = h("div", {id: "feedback"});
@@ -248,7 +253,7 @@ function submitView() {
       const v = await api("/experiments:validate", {method: "POST", headers: {"content-type": "application/json"},
         body: JSON.stringify(spec)});
       feedback.replaceChildren(h("p", {class: "ok"}, `Valid: ${v.parameters.toLocaleString()} parameters `,
-        `(${v.trainable_parameters.toLocaleString()} trained), about ${(v.estimated_memory_bytes / 2 ** 20).toFixed(0)} MiB to train; `,
+        `(${v.trainable_parameters.toLocaleString()} trained), about ${size(v.estimated_memory_bytes)} to train; `,
         `input ${v.input_shape.join("×")}`),
         ...v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
         h("table", {id: "layers"}, h("tr", {}, h("th", {}, "#"), h("th", {}, "layer"), h("th", {}, "output shape"), h("th", {}, "parameters")),
