@@ -17,8 +17,8 @@ EXAMPLES = REPO / "examples"
 MAX_EPOCHS = 2
 
 
-def cut(spec: dict) -> dict:
-    return {**spec, "epochs": min(spec.get("epochs", 5), MAX_EPOCHS)}
+def cut(spec: dict, max_epochs: int = MAX_EPOCHS) -> dict:
+    return {**spec, "epochs": min(spec.get("epochs", 5), max_epochs)}
 
 
 CATALOGUE_EXAMPLES = [
@@ -92,7 +92,9 @@ def test_catalogue_examples_run(tmp_path: Path, db_url: str, client_for, monkeyp
         ids = {}
         for name in names:
             spec = json.loads((EXAMPLES / name).read_text())
-            response = client.post("/experiments", json=spec if spec.get("task") == "regression" else cut(spec))
+            if spec.get("task") != "regression":  # ResNet18's stand-in weights learn nothing: one epoch shows it runs
+                spec = cut(spec, 1 if name.startswith("resnet18") else MAX_EPOCHS)
+            response = client.post("/experiments", json=spec)
             assert response.status_code == 201, (name, response.text)
             ids[name] = response.json()["id"]
         runs = {name: wait_for_status(client, i, {"succeeded", "failed"}, timeout=600) for name, i in ids.items()}
