@@ -96,14 +96,16 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def _load_spec(path: Path, what: str = "one experiment spec") -> dict:
-    """The spec in a file (YAML for .yaml/.yml, else JSON), or on standard input for `-` (YAML, which reads JSON)."""
+    """The spec in a file (YAML for .yaml/.yml, else JSON), or on standard input for `-` (JSON, else YAML)."""
     source = "standard input" if path == STDIN else str(path)
     try:
         text = sys.stdin.read() if path == STDIN else path.read_text()
     except OSError as exc:
         raise _fail(f"cannot read {source}: {exc.strerror}", EXIT_USAGE) from None
-    if path == STDIN or path.suffix in (".yaml", ".yml"):
-        parse, language = yaml.safe_load, "YAML" if path != STDIN else "JSON or YAML"
+    if path == STDIN:
+        parse, language = _json_else_yaml, "JSON or YAML"
+    elif path.suffix in (".yaml", ".yml"):
+        parse, language = yaml.safe_load, "YAML"
     else:
         parse, language = json.loads, "JSON"
     try:
@@ -113,6 +115,14 @@ def _load_spec(path: Path, what: str = "one experiment spec") -> dict:
     if not isinstance(spec, dict):
         raise _fail(f"{source} must hold {what} (an object)", EXIT_USAGE)
     return spec
+
+
+def _json_else_yaml(text: str) -> Any:
+    """JSON first: YAML reads most JSON, but not JSON indented with tabs."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def _summary(e: ExperimentPublic) -> str:

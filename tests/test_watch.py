@@ -256,7 +256,8 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         # No file: --set builds the spec from nothing; "-" reads it, JSON or YAML, from standard input.
         built = _cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", url=dep.url, cwd=REPO)
         assert built.returncode == 0 and "linear" in built.stdout, built.stdout + built.stderr
-        for text in (spec_file.read_text(), json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}})):
+        as_json = json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}}, indent="\t")
+        for text in (spec_file.read_text(), as_json):
             piped = _cli("validate", "-", "-s", "model.hidden=[8]", url=dep.url, cwd=REPO, stdin=text)
             assert piped.returncode == 0 and "6,370 parameters, 6,370 trainable" in piped.stdout, piped.stderr
             assert "about 505 KiB at batch size 64" in piped.stdout  # not "0 MiB"
