@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
+from service.hints import unknown_field_hint
+
 if TYPE_CHECKING:  # the worker raises these errors too, and does not import the web framework
     from fastapi import FastAPI, Request
 
@@ -84,9 +86,27 @@ def install_error_handler(app: FastAPI) -> None:
         return JSONResponse(status_code=exc.status_code, content=_writable(exc.body()), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler, but able to echo whatever the request held (see `_writable`).
-        return JSONResponse(status_code=422, content={"detail": _writable(jsonable_encoder(exc.errors()))})
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler, but able to echo whatever the request held (see `_writable`), and saying what an
+        # unknown field was likely meant to be.
+        errors = _with_hints(exc.errors(), getattr(request.scope.get("route"), "body_field", None))
+        return JSONResponse(status_code=422, content={"detail": _writable(jsonable_encoder(errors))})
+
+
+def _with_hints(errors: Sequence[dict], body_field: object) -> list[dict]:
+    """Each unknown field of the body's model gets a hint after pydantic's message: `epoch` → "did you mean
+    'epochs'?", `lr` → "'lr' is set as optimizer.lr"."""
+    root = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    if not (isinstance(root, type) and issubclass(root, BaseModel)):
+        return list(errors)
+    hinted = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        unknown = error.get("type") == "extra_forbidden" and loc[:1] == ("body",)
+        if unknown and (hint := unknown_field_hint(root, loc[1:])):
+            error = {**error, "msg": f"{error['msg']}: {hint}"}
+        hinted.append(error)
+    return hinted
 
 
 def _writable(value: object) -> object:

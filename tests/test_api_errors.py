@@ -356,3 +356,24 @@ def test_concurrent_predictions_are_batched_and_each_gets_its_own_answer(
         assert [p["label"] for p in got["probabilities"]] == [p["label"] for p in want["probabilities"]]
         for p, q in zip(got["probabilities"], want["probabilities"], strict=True):
             assert p["probability"] == pytest.approx(q["probability"], abs=1e-5)
+
+
+def test_an_unknown_field_is_answered_with_what_it_likely_meant(seeded) -> None:
+    """Pydantic says "Extra inputs are not permitted"; the 422 adds a close name at that level, or the field's
+    place in the spec, for an experiment as for a sweep's base spec."""
+    _, client = seeded
+    response = client.post("/experiments", json={**tiny_spec(), "lr": 0.1, "epoch": 3})
+    assert response.status_code == 422, response.text
+    messages = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
+    assert messages == {
+        ("body", "lr"): "Extra inputs are not permitted: 'lr' is set as optimizer.lr",
+        ("body", "epoch"): "Extra inputs are not permitted: did you mean 'epochs'?",
+    }
+    response = client.post("/sweeps", json={"base": {**tiny_spec(), "momentum": 0.9}, "grids": {}})
+    assert response.status_code == 422, response.text
+    messages = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
+    assert messages == {
+        ("body", "base", "momentum"): "Extra inputs are not permitted: 'momentum' is set as base.optimizer.momentum "
+        "(with kind sgd, rmsprop)",
+        ("body", "grids"): "Extra inputs are not permitted: did you mean 'grid'?",
+    }

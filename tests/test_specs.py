@@ -98,3 +98,24 @@ def test_contract_imports_neither_torch_nor_sqlalchemy() -> None:
     code = "import sys, service.specs; print(sorted(m for m in ('torch', 'sqlalchemy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("loc", "hint"),
+    [
+        (("epoch",), "did you mean 'epochs'?"),
+        (("optimiser",), "did you mean 'optimizer'?"),
+        (("model", "cnn", "hiden"), "did you mean 'hidden'?"),
+        (("model", "sequential", "layers", 0, "conv2d", "channels"), "did you mean 'in_channels' or 'out_channels'?"),
+        (("lr",), "'lr' is set as optimizer.lr"),
+        (("optimizer", "adam", "momentum"), "'momentum' is set as optimizer.momentum (with kind sgd, rmsprop)"),
+        (("model", "mlp", "channels"), "'channels' is set as model.channels (with kind cnn)"),
+        (("augment", 0, "hflip", "degrees"), "'degrees' is set as augment[i].degrees (with kind rotation)"),
+        (("colour",), None),  # nothing near it, nowhere in the spec
+        (("model", "cnn", "hidden"), None),  # a field the model has is no unknown field
+    ],
+)
+def test_an_unknown_field_gets_the_name_it_likely_meant_or_where_it_belongs(loc: tuple, hint: str | None) -> None:
+    from service.hints import unknown_field_hint
+
+    assert unknown_field_hint(ExperimentSpec, loc) == hint
