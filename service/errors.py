@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
-from service.hints import unknown_field_hint
+from service.hints import message_with_hint
 
 if TYPE_CHECKING:  # the worker raises these errors too, and does not import the web framework
     from fastapi import FastAPI, Request
@@ -101,10 +101,8 @@ def _with_hints(errors: Sequence[dict], body_field: object) -> list[dict]:
         return list(errors)
     hinted = []
     for error in errors:
-        loc = tuple(error.get("loc", ()))
-        unknown = error.get("type") == "extra_forbidden" and loc[:1] == ("body",)
-        if unknown and (hint := unknown_field_hint(root, loc[1:])):
-            error = {**error, "msg": f"{error['msg']}: {hint}"}
+        if tuple(error["loc"][:1]) == ("body",):
+            error = {**error, "msg": message_with_hint(root, error, error["loc"][1:])}
         hinted.append(error)
     return hinted
 

@@ -5,28 +5,38 @@ Pure pydantic introspection, so that the hint follows the spec classes as they c
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
 MAX_DEPTH = 8  # deeper than any spec; a guard against a model that contains itself
+# Names other libraries give a field, which no spelling distance finds: Keras' and Hugging Face's learning rate.
+SYNONYMS = {"learning_rate": "lr"}
+
+
+def message_with_hint(root: type[BaseModel], error: Mapping[str, Any], loc: Sequence[str | int]) -> str:
+    """A pydantic error's message, with the hint after it where the error is an unknown field at `loc` in `root`."""
+    hint = unknown_field_hint(root, loc) if error.get("type") == "extra_forbidden" else None
+    return f"{error['msg']}: {hint}" if hint else error["msg"]
 
 
 def unknown_field_hint(root: type[BaseModel], loc: Sequence[str | int]) -> str | None:
     """`loc`: the unknown field's path in `root` as pydantic gives it (union tags included, "body" left out)."""
-    *parents, field = loc
-    if not isinstance(field, str):
+    if not loc or not isinstance(loc[-1], str):
         return None
+    *parents, field = loc
     model = _model_at(root, parents)
+    meant = SYNONYMS.get(field, field)
     if model is not None:
         if field in model.model_fields:
             return None
-        close = difflib.get_close_matches(field, list(model.model_fields), n=2, cutoff=0.6)
+        close = [meant] if meant in model.model_fields else []
+        close = close or difflib.get_close_matches(field, list(model.model_fields), n=2, cutoff=0.6)
         if close:
             return f"did you mean {' or '.join(map(repr, close))}?"
-    places = _fields_by_name(root).get(field, {})
+    places = _fields_by_name(root).get(meant, {})
     if not places:
         return None
     where = []

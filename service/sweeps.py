@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from service.errors import InvalidInput
+from service.hints import message_with_hint
 from service.schemas import ExperimentPublic
 from service.specs import ExperimentSpec, Name, Seed, Strict
 
@@ -107,7 +108,8 @@ def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(part) for part in error["loc"])
-            raise InvalidInput(f"trial {label}: {where}: {error['msg']}", loc=["body", where]) from None
+            message = message_with_hint(ExperimentSpec, error, error["loc"])
+            raise InvalidInput(f"trial {label}: {where}: {message}", loc=["body", where]) from None
     return trials
 
 

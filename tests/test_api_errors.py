@@ -377,3 +377,10 @@ def test_an_unknown_field_is_answered_with_what_it_likely_meant(seeded) -> None:
         "(with kind sgd, rmsprop)",
         ("body", "grids"): "Extra inputs are not permitted: did you mean 'grid'?",
     }
+    # A grid path is checked in each trial's spec: the trial named, and the same hint.
+    response = client.post("/sweeps", json={"base": tiny_spec(), "grid": {"optimizer.learning_rate": [0.1, 0.01]}})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["msg"] == (
+        "trial optimizer.learning_rate=0.1: optimizer.adam.learning_rate: Extra inputs are not permitted: "
+        "did you mean 'lr'?"
+    )

@@ -108,6 +108,8 @@ def test_contract_imports_neither_torch_nor_sqlalchemy() -> None:
         (("model", "cnn", "hiden"), "did you mean 'hidden'?"),
         (("model", "sequential", "layers", 0, "conv2d", "channels"), "did you mean 'in_channels' or 'out_channels'?"),
         (("lr",), "'lr' is set as optimizer.lr"),
+        (("learning_rate",), "'learning_rate' is set as optimizer.lr"),  # Keras' name for it
+        (("optimizer", "adam", "learning_rate"), "did you mean 'lr'?"),
         (("optimizer", "adam", "momentum"), "'momentum' is set as optimizer.momentum (with kind sgd, rmsprop)"),
         (("model", "mlp", "channels"), "'channels' is set as model.channels (with kind cnn)"),
         (("augment", 0, "hflip", "degrees"), "'degrees' is set as augment[i].degrees (with kind rotation)"),
