@@ -39,9 +39,7 @@ def unknown_field_hint(root: type[BaseModel], loc: Sequence[str | int]) -> str |
     places = _fields_by_name(root).get(meant, {})
     if not places:
         return None
-    where = []
-    for path, kinds in places.items():
-        where.append(f"{path} (with kind {', '.join(kinds)})" if kinds else path)
+    where = [f"{path} (with kind {', '.join(kinds)})" if kinds else path for path, kinds in places.items()]
     return f"{field!r} is set as {' or '.join(where)}"
 
 
