@@ -269,8 +269,9 @@ def list_(
 def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
     """One experiment: status, spec, best epoch, metrics per epoch."""
     experiment, rows = _call(url, lambda c: (c.get(experiment_id), c.metrics(experiment_id)))
-    out.print(Text.assemble((f"#{experiment.id} {experiment.name}", "bold"), f": {experiment.status.value}, epoch "
-                            f"{experiment.current_epoch}/{experiment.epochs}, best {_summary(experiment)}"))  # fmt: skip
+    progress = f"{experiment.status.value}, epoch {experiment.current_epoch}/{experiment.epochs}"
+    title = (f"#{experiment.id} {experiment.name}", "bold")
+    out.print(Text.assemble(title, f": {progress}, best {_summary(experiment)}"))
     if experiment.error:
         out.print(experiment.error, style="red")
     if experiment.stop_reason:

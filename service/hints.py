@@ -65,8 +65,8 @@ def _model_at(root: type[BaseModel], parents: Sequence[str | int]) -> type[BaseM
     for part in parents:
         if isinstance(part, int):  # a list index: the items are the models found already
             continue
-        tagged = [model for model in candidates if _kind(model) == part and len(candidates) > 1]
-        if tagged:
+        tagged = [model for model in candidates if _kind(model) == part]
+        if len(candidates) > 1 and tagged:  # a union's tag, as pydantic puts it in `loc`
             candidates = tagged
             continue
         fields = [model.model_fields[part] for model in candidates if part in model.model_fields]

@@ -49,7 +49,9 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#feedback .error")).to_contain_text("body.epochs")
         page.fill("#spec", json.dumps({"dataset": {"name": "digits"}, "model": {"kind": "linear"}}))
         page.click("#validate")
-        sync_api.expect(page.locator("#feedback .ok")).to_contain_text("650 parameters (650 trained), about 47 KiB to train")
+        sync_api.expect(page.locator("#feedback .ok")).to_contain_text(
+            "650 parameters (650 trained), about 47 KiB to train"
+        )
         page.fill("#spec", json.dumps({**spec, "augment": [{"kind": "hflip"}]}))
         page.click("#validate")
         sync_api.expect(page.locator("#feedback .warning")).to_contain_text("flip")  # mirrored digits are others
