@@ -87,15 +87,15 @@ def install_error_handler(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler, but able to echo whatever the request held (see `_writable`), and saying what an
-        # unknown field was likely meant to be.
+        # FastAPI's own handler, but able to echo whatever the request held (see `_writable`), and saying what a
+        # field was likely meant to be.
         errors = _with_hints(exc.errors(), getattr(request.scope.get("route"), "body_field", None))
         return JSONResponse(status_code=422, content={"detail": _writable(jsonable_encoder(errors))})
 
 
 def _with_hints(errors: Sequence[dict], body_field: object) -> list[dict]:
-    """Each unknown field of the body's model gets a hint after pydantic's message: `epoch` → "did you mean
-    'epochs'?", `lr` → "'lr' is set as optimizer.lr"."""
+    """Errors in the body's model get a hint after pydantic's message (service/hints.py): `epoch` → "did you mean
+    'epochs'?", `lr` → "'lr' is set as optimizer.lr", `"loss": "mse"` → 'write it as {"kind": "mse"}'."""
     root = getattr(getattr(body_field, "field_info", None), "annotation", None)
     if not (isinstance(root, type) and issubclass(root, BaseModel)):
         return list(errors)

@@ -1,29 +1,50 @@
-"""What to say about a field a request has no place for: the name it likely meant at that level (`epoch` →
-`epochs`), or else where that field does belong (`lr` → `optimizer.lr`; `momentum` → optimizer kinds sgd, rmsprop).
-Pure pydantic introspection, so that the hint follows the spec classes as they change."""
+"""What to say beside pydantic's message where a request's spec is close to right:
+- a field it has no place for: the name it likely meant at that level (`epoch` → `epochs`), or else where that field
+  does belong (`lr` → `optimizer.lr`; `momentum` → optimizer kinds sgd, rmsprop);
+- a section written as a bare value, or left out: the object it takes (`"loss": "mse"` → `{"kind": "mse"}`);
+- a kind or choice spelt differently: the one it likely meant (`"CNN"` → `'cnn'`).
+Pure pydantic introspection, so that the hints follow the spec classes as they change."""
 
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 MAX_DEPTH = 8  # deeper than any spec; a guard against a model that contains itself
 # Names other libraries give a field, which no spelling distance finds: Keras' and Hugging Face's learning rate.
 SYNONYMS = {"learning_rate": "lr"}
+# pydantic's error types for a section given as something other than an object, and for one left out.
+NOT_AN_OBJECT = {"model_type", "model_attributes_type"}
+LEFT_OUT = {"missing", "union_tag_not_found"}
 
 
 def message_with_hint(root: type[BaseModel], error: Mapping[str, Any], loc: Sequence[str | int]) -> str:
-    """A pydantic error's message, with the hint after it where the error is an unknown field at `loc` in `root`."""
-    hint = unknown_field_hint(root, loc) if error.get("type") == "extra_forbidden" else None
+    """A pydantic error's message, with a hint after it where there is one. `loc`: the error's path in `root` as
+    pydantic gives it (union tags included, "body" left out)."""
+    kind, value = error.get("type"), error.get("input")
+    if kind == "extra_forbidden":
+        hint = unknown_field_hint(root, loc)
+    elif kind in NOT_AN_OBJECT:
+        hint = section_hint(root, loc, value)
+    elif kind in LEFT_OUT:
+        hint = section_hint(root, loc)
+    elif kind == "union_tag_invalid":
+        hint = choice_hint(root, loc, (error.get("ctx") or {}).get("tag"))
+    elif kind == "literal_error":
+        hint = choice_hint(root, loc, value)
+    else:
+        hint = None
     return f"{error['msg']}: {hint}" if hint else error["msg"]
 
 
 def unknown_field_hint(root: type[BaseModel], loc: Sequence[str | int]) -> str | None:
-    """`loc`: the unknown field's path in `root` as pydantic gives it (union tags included, "body" left out)."""
+    """`loc`: the unknown field's path."""
     if not loc or not isinstance(loc[-1], str):
         return None
     *parents, field = loc
@@ -43,6 +64,61 @@ def unknown_field_hint(root: type[BaseModel], loc: Sequence[str | int]) -> str |
     return f"{field!r} is set as {' or '.join(where)}"
 
 
+def section_hint(root: type[BaseModel], loc: Sequence[str | int], value: object = None) -> str | None:
+    """The object a section at `loc` takes, where it was `value` (a kind or name fills it in) or left out (None)."""
+    field = _field_at(root, loc)
+    if field is None or (value is None and _is_list(field.annotation)):
+        return None
+    members = _models(field.annotation)
+    kinds = [kind for member in members for kind in _kinds(member)]
+    required = [name for name, info in members[0].model_fields.items() if info.is_required()] if members else []
+    if kinds:
+        key, choices = "kind", kinds
+    elif len(members) == 1 and len(required) == 1:
+        key, choices = required[0], []
+    else:
+        return None
+    verb = "give" if value is None else "write it as"
+    filled = (_closest(value, choices) if choices else value) if isinstance(value, str) else None
+    if filled is not None:
+        return f"{verb} {json.dumps({key: filled})}"
+    return f'{verb} {{"{key}": …}}' + (f" with {key} one of {', '.join(map(repr, choices))}" if choices else "")
+
+
+def choice_hint(root: type[BaseModel], loc: Sequence[str | int], value: object) -> str | None:
+    """The kind or choice a refused `value` at `loc` likely meant: the same letters in another case, or close."""
+    field = _field_at(root, loc)
+    if field is None or not isinstance(value, str):
+        return None
+    choices = [kind for member in _models(field.annotation) for kind in _kinds(member)] or _literals(field.annotation)
+    meant = _closest(value, choices)
+    return f"did you mean {meant!r}?" if meant is not None and meant != value else None
+
+
+def _closest(value: str, choices: Sequence[str]) -> str | None:
+    folded = value.casefold()
+    same = [choice for choice in choices if choice.casefold() == folded]
+    return (same or difflib.get_close_matches(folded, choices, n=1, cutoff=0.6) or [None])[0]
+
+
+def _field_at(root: type[BaseModel], loc: Sequence[str | int]) -> FieldInfo | None:
+    """The field at `loc`: a list's field for one of its items."""
+    path = list(loc)
+    while path and isinstance(path[-1], int):
+        path.pop()
+    if not path or not isinstance(path[-1], str):
+        return None
+    model = _model_at(root, path[:-1])
+    return model.model_fields.get(path[-1]) if model is not None else None
+
+
+def _literals(annotation: object) -> list[str]:
+    """The strings a field can be, through Optional, unions and Annotated."""
+    if get_origin(annotation) is Literal:
+        return [arg for arg in get_args(annotation) if isinstance(arg, str)]
+    return [value for arg in get_args(annotation) for value in _literals(arg)]
+
+
 def _models(annotation: object) -> list[type[BaseModel]]:
     """The models a field can hold, through Optional, unions, lists and Annotated."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -54,10 +130,10 @@ def _is_list(annotation: object) -> bool:
     return get_origin(annotation) is list or any(_is_list(arg) for arg in get_args(annotation))
 
 
-def _kind(model: type[BaseModel]) -> str | None:
-    """A union member's tag: its `kind` default (the discriminator of every spec union)."""
+def _kinds(model: type[BaseModel]) -> list[str]:
+    """A union member's tags: the values of its `kind` (the discriminator of every spec union)."""
     field = model.model_fields.get("kind")
-    return field.default if field is not None and isinstance(field.default, str) else None
+    return _literals(field.annotation) if field is not None else []
 
 
 def _model_at(root: type[BaseModel], parents: Sequence[str | int]) -> type[BaseModel] | None:
@@ -65,7 +141,7 @@ def _model_at(root: type[BaseModel], parents: Sequence[str | int]) -> type[BaseM
     for part in parents:
         if isinstance(part, int):  # a list index: the items are the models found already
             continue
-        tagged = [model for model in candidates if _kind(model) == part]
+        tagged = [model for model in candidates if part in _kinds(model)]
         if len(candidates) > 1 and tagged:  # a union's tag, as pydantic puts it in `loc`
             candidates = tagged
             continue
@@ -88,8 +164,8 @@ def _fields_by_name(root: type[BaseModel]) -> dict[str, dict[str, list[str]]]:
             path = f"{prefix}{name}"
             kinds = found.setdefault(name, {}).setdefault(path, [])
             some_kinds = len(union) > 1 and not all(name in member.model_fields for member in union)
-            if some_kinds and (kind := _kind(model)) is not None:
-                kinds.append(kind)
+            if some_kinds:
+                kinds.extend(_kinds(model))
             members = _models(info.annotation)
             for member in members:
                 walk(member, f"{path}[i]." if _is_list(info.annotation) else f"{path}.", members, depth + 1)

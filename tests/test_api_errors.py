@@ -360,7 +360,7 @@ def test_concurrent_predictions_are_batched_and_each_gets_its_own_answer(
 
 def test_an_unknown_field_is_answered_with_what_it_likely_meant(seeded) -> None:
     """Pydantic says "Extra inputs are not permitted"; the 422 adds a close name at that level, or the field's
-    place in the spec, for an experiment as for a sweep's base spec."""
+    place in the spec, for an experiment as for a sweep's base spec; and what to write for a misshapen section."""
     _, client = seeded
     response = client.post("/experiments", json={**tiny_spec(), "lr": 0.1, "epoch": 3})
     assert response.status_code == 422, response.text
@@ -368,6 +368,16 @@ def test_an_unknown_field_is_answered_with_what_it_likely_meant(seeded) -> None:
     assert messages == {
         ("body", "lr"): "Extra inputs are not permitted: 'lr' is set as optimizer.lr",
         ("body", "epoch"): "Extra inputs are not permitted: did you mean 'epochs'?",
+    }
+    # A section written as its kind, or a kind in capitals, as other tools' configs have them.
+    response = client.post("/experiments", json={**tiny_spec(), "loss": "mse", "optimizer": {"kind": "SGD"}})
+    assert response.status_code == 422, response.text
+    messages = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
+    assert messages == {
+        ("body", "loss"): 'Input should be a valid dictionary or object to extract fields from: write it as '
+        '{"kind": "mse"}',
+        ("body", "optimizer"): "Input tag 'SGD' found using 'kind' does not match any of the expected tags: 'sgd', "
+        "'adam', 'adamw', 'rmsprop': did you mean 'sgd'?",
     }
     response = client.post("/sweeps", json={"base": {**tiny_spec(), "momentum": 0.9}, "grids": {}})
     assert response.status_code == 422, response.text

@@ -113,6 +113,7 @@ def test_contract_imports_neither_torch_nor_sqlalchemy() -> None:
         (("optimizer", "adam", "momentum"), "'momentum' is set as optimizer.momentum (with kind sgd, rmsprop)"),
         (("model", "mlp", "channels"), "'channels' is set as model.channels (with kind cnn)"),
         (("augment", 0, "hflip", "degrees"), "'degrees' is set as augment[i].degrees (with kind rotation)"),
+        (("model", "resnet18", "freze"), "did you mean 'freeze'?"),  # a member that is more than one kind
         (("colour",), None),  # nothing near it, nowhere in the spec
         (("model", "cnn", "hidden"), None),  # a field the model has is no unknown field
     ],
@@ -121,3 +122,39 @@ def test_an_unknown_field_gets_the_name_it_likely_meant_or_where_it_belongs(loc:
     from service.hints import unknown_field_hint
 
     assert unknown_field_hint(ExperimentSpec, loc) == hint
+
+
+KINDS = "kind one of 'linear', 'mlp', 'cnn', 'sequential', 'resnet18', 'mobilenet_v2'"
+
+
+@pytest.mark.parametrize(
+    ("spec", "loc", "hint"),
+    [
+        # A section written as its kind or name, as in other tools' configs.
+        ({"loss": "mse"}, ("loss",), 'write it as {"kind": "mse"}'),
+        ({"optimizer": "Adam"}, ("optimizer",), 'write it as {"kind": "adam"}'),
+        ({"model": "resnet"}, ("model",), 'write it as {"kind": "resnet18"}'),
+        ({"augment": ["hflip"]}, ("augment", 0), 'write it as {"kind": "hflip"}'),
+        ({"dataset": "mnist-10k"}, ("dataset",), 'write it as {"name": "mnist-10k"}'),
+        ({"model": 3}, ("model",), f'write it as {{"kind": …}} with {KINDS}'),
+        # A section left out, or its kind.
+        ({"model": None}, ("model",), f'give {{"kind": …}} with {KINDS}'),
+        ({"model": {}}, ("model",), f'give {{"kind": …}} with {KINDS}'),
+        # A kind or a choice spelled differently.
+        ({"model": {"kind": "CNN"}}, ("model",), "did you mean 'cnn'?"),
+        ({"model": {"kind": "mobilenet"}}, ("model",), "did you mean 'mobilenet_v2'?"),
+        ({"precision": "BF16"}, ("precision",), "did you mean 'bf16'?"),
+        ({"model": {"kind": "cnn", "pool": "Max"}}, ("model", "cnn", "pool"), "did you mean 'max'?"),
+        ({"model": {"kind": "transformer"}}, ("model",), None),  # nothing close: the message lists the kinds
+    ],
+)
+def test_a_misshapen_or_misspelt_value_gets_what_to_write_instead(spec: dict, loc: tuple, hint: str | None) -> None:
+    from service.hints import message_with_hint
+
+    spec = {"dataset": {"name": "digits"}, "model": {"kind": "mlp"}, **spec}
+    if spec["model"] is None:
+        del spec["model"]
+    with pytest.raises(ValidationError) as info:
+        ExperimentSpec.model_validate(spec)
+    [error] = [e for e in info.value.errors() if e["loc"] == loc]
+    assert message_with_hint(ExperimentSpec, error, loc) == (f"{error['msg']}: {hint}" if hint else error["msg"])
