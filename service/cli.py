@@ -382,6 +382,10 @@ def checkpoint(
     experiment_id: int,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="default: experiment-ID-epoch-N.pt")] = None,
     epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
+    code: Annotated[
+        bool,
+        typer.Option("--code", help="also write the model as a PyTorch script that loads it: experiment-ID-model.py"),
+    ] = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Download a trained model's checkpoint (torch.load(f, weights_only=True) reads it)."""
@@ -389,6 +393,10 @@ def checkpoint(
     output = output or Path(f"experiment-{experiment_id}-epoch-{found.epoch}.pt")
     _write(output, found.data)
     out.print(f"wrote {output} (epoch {found.epoch}, sha256 {found.sha256[:16]}...)")
+    if code:
+        script = output.with_name(f"experiment-{experiment_id}-model.py")
+        _write(script, _call(url, lambda c: c.model_script(experiment_id, epoch=found.epoch)).encode())
+        out.print(f"wrote {script}: python {script} {output} IMAGE")
 
 
 @app.command()

@@ -177,6 +177,11 @@ class Client:
         headers = response.headers
         return Checkpoint(int(headers["x-trainlab-epoch"]), headers["etag"].strip('"'), response.content)
 
+    def model_script(self, experiment_id: int, *, epoch: int | None = None) -> str:
+        """The best epoch's (or `epoch`'s) model as a PyTorch script that loads its checkpoint file."""
+        params = {} if epoch is None else {"epoch": epoch}
+        return self._request("GET", f"/experiments/{experiment_id}/model.py", params=params).text
+
     def predict(self, experiment_id: int, image: str | Path | bytes, *, top_k: int = 5) -> Prediction:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         # The image as the body, not a multipart form: less to encode and parse; the server reads the format

@@ -67,6 +67,8 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=180_000)
         assert page.locator('#curves circle[data-series="validation"][data-epoch="2"]').count() == 2  # loss, accuracy
         sync_api.expect(page.locator("#confusion")).to_be_visible()
+        script = httpx.get(dep.url + page.locator("a", has_text="model.py").first.get_attribute("href"))
+        assert script.status_code == 200 and "def build_model() -> nn.Module:" in script.text, script.text
 
         page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text("7")

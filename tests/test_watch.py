@@ -197,11 +197,21 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:11]) == 2000  # mnist-10k's val
         curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
         assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
-        saved = _cli("checkpoint", "1", url=dep.url, cwd=tmp_path)  # named after the best epoch
+        saved = _cli("checkpoint", "1", "--code", url=dep.url, cwd=tmp_path)  # named after the best epoch
         with Client(dep.url) as sdk:
             best = sdk.get(1).best.epoch
         assert saved.returncode == 0 and f"wrote experiment-1-epoch-{best}.pt" in saved.stdout, saved.stdout
         assert torch.load(tmp_path / f"experiment-1-epoch-{best}.pt", weights_only=True)["epoch"] == best
+        # The model as a PyTorch script: it loads the checkpoint and gives /predict's answer, without trainlab.
+        assert "wrote experiment-1-model.py" in saved.stdout, saved.stdout
+        image = str(REPO / "examples" / "images" / "mnist-val-7.png")
+        script = subprocess.run(
+            [sys.executable, "experiment-1-model.py", f"experiment-1-epoch-{best}.pt", image],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert script.returncode == 0 and script.stdout.startswith("7\t"), script.stdout + script.stderr
+        missing = httpx.get(f"{dep.url}/experiments/99/model.py")
+        assert missing.status_code == 404 and "experiment 99" in missing.text, missing.text
         unwritable = _cli("checkpoint", "1", "-o", str(tmp_path / "no" / "such.pt"), url=dep.url, cwd=tmp_path)
         assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr, unwritable.stderr
         assert "mnist-10k" in _cli("datasets", url=dep.url, cwd=REPO).stdout

@@ -1,4 +1,5 @@
-"""/experiments: submit, validate, list, inspect, compare, rerun; metrics, curves and evaluation."""
+"""/experiments: submit, validate, list, inspect, compare, rerun; metrics, curves, evaluation, checkpoints and
+the model as code."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, Model
 from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
+from worker.export import model_script
 from worker.models import describe_model, resolve_layers
 from worker.previews import augmentation_samples
 
@@ -223,6 +225,31 @@ def download_checkpoint(experiment_id: ExperimentId, store: StoreDep, epoch: Epo
             "Content-Disposition": f'attachment; filename="experiment-{experiment_id}-epoch-{ref.epoch}.pt"',
             "ETag": f'"{ref.sha256}"',
             "X-Trainlab-Epoch": str(ref.epoch),
+        },
+    )
+
+
+@router.get(
+    "/{experiment_id}/model.py",
+    response_class=Response,
+    responses={200: {"content": {"text/x-python": {}}, "description": "a Python script"}},
+)
+def download_model_script(
+    experiment_id: ExperimentId, store: StoreDep, predictors: PredictorsDep, epoch: Epoch | None = None
+):
+    """The checkpoint's model as plain PyTorch: a script that builds the same network, module for module (so
+    that the checkpoint's state_dict loads into it), and predicts with the checkpoint file:
+    `python experiment-ID-model.py experiment-ID-epoch-N.pt image.png`. It needs torch, not trainlab."""
+    predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
+    experiment = store.get_experiment(experiment_id)
+    title = f"Experiment {experiment_id} ({experiment.name}), checkpoint of epoch {predictor.epoch}"
+    script = model_script(predictor.spec, predictor.preprocess.input_shape, len(predictor.class_names), title)
+    return Response(
+        script,
+        media_type="text/x-python; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="experiment-{experiment_id}-model.py"',
+            "X-Trainlab-Epoch": str(predictor.epoch),
         },
     )
 

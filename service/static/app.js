@@ -185,9 +185,13 @@ function actions(e) {
 async function showExtras(box, e) {
   const parts = [];
   const checkpoints = await api(`/experiments/${e.id}/checkpoints`);
+  const download = (c, file) => h("a", {href: `/experiments/${e.id}/${file}?epoch=${c.epoch}`}, file);
   parts.push(h("h2", {}, "Checkpoints"), h("table", {},
-    h("tr", {}, h("th", {}, "epoch"), h("th", {}, "sha256")),
-    checkpoints.map((c) => h("tr", {}, h("td", {}, c.epoch), h("td", {class: "mono"}, c.sha256.slice(0, 16))))));
+    h("tr", {}, h("th", {}, "epoch"), h("th", {}, "sha256"), h("th", {}, "download")),
+    checkpoints.map((c) => h("tr", {}, h("td", {}, c.epoch), h("td", {class: "mono"}, c.sha256.slice(0, 16)),
+      h("td", {}, download(c, "checkpoint.pt"), " ", download(c, "model.py"))))),
+    h("p", {}, "model.py: the model in plain PyTorch; ", h("code", {}, "python model.py checkpoint.pt image.png"),
+      " predicts with it, without trainlab."));
   if (e.spec.task === "classification" && e.best) {
     const c = await api(`/experiments/${e.id}/confusion`);
     const max = Math.max(...c.matrix.flat());

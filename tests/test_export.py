@@ -1,0 +1,121 @@
+"""A model as plain PyTorch (worker/export.py): the script's network takes the checkpoint's weights and answers as
+trainlab's own Predictor does, run in a process that imports nothing of trainlab."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from service.specs import DatasetSpec, ExperimentSpec
+from tests.conftest import load_bundled
+from worker.checkpoints import dump_checkpoint
+from worker.export import model_script
+from worker.inference import Predictor
+from worker.models import create_model, input_preprocess, model_kinds
+from worker.preprocess import normalize
+
+LAYERS = [
+    {"kind": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1, "bias": False},
+    {"kind": "batchnorm2d"},
+    {"kind": "gelu"},
+    {"kind": "maxpool2d"},
+    {"kind": "conv2d", "out_channels": 8, "stride": 2},
+    {"kind": "relu"},
+    {"kind": "adaptiveavgpool2d", "output_size": 1},
+    {"kind": "flatten"},
+    {"kind": "dropout", "p": 0.2},
+    {"kind": "linear"},
+]
+# Every model kind, and every layer and option that changes the module tree.
+MODELS = {
+    "linear": {"kind": "linear"},
+    "mlp": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.1},
+    "cnn": {"kind": "cnn", "channels": [4, 8], "batchnorm": True, "dropout": 0.3},
+    "cnn-avg": {"kind": "cnn", "channels": [4], "pool": "avg", "kernel_size": 5, "padding": 0},
+    "sequential": {"kind": "sequential", "layers": LAYERS},
+    "resnet18": {"kind": "resnet18", "pretrained": "none", "image_size": 32},
+    "mobilenet_v2": {"kind": "mobilenet_v2", "pretrained": "none", "image_size": 32, "dropout": 0.2},
+    "regression": {"kind": "mlp", "hidden": [8]},
+}
+# Runs each script as `python script.py CHECKPOINT INPUT...` would, in one process to import torch once.
+DRIVER = """
+import contextlib, io, json, runpy, sys
+answers = {}
+for name, script, args in json.loads(sys.argv[1]):
+    sys.argv = [script, *args]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(script, run_name="__main__")
+    answers[name] = out.getvalue()
+imported = sorted({m.split(".")[0] for m in sys.modules} & {"service", "worker", "tests"})
+print(json.dumps({"answers": answers, "trainlab_modules": imported}))
+"""
+
+
+def _checkpoint(name: str, model_spec: dict, tmp_path: Path) -> tuple[bytes, list[str]]:
+    """A checkpoint of the model, its weights and batchnorm statistics not at their initial values, and the
+    arguments of one prediction: a real validation image of `digits`, or a row of `diabetes`."""
+    regression = name == "regression"
+    dataset = load_bundled(DatasetSpec(name="diabetes" if regression else "digits"))
+    spec = ExperimentSpec.model_validate(
+        {"dataset": {"name": dataset.info.name}, "model": model_spec, "task": "regression" if regression else
+         "classification", "loss": {"kind": "mse" if regression else "cross_entropy"}}
+    )  # fmt: skip
+    preprocess = input_preprocess(spec.model, dataset.info.preprocess)
+    torch.manual_seed(0)
+    model = create_model(spec.model, preprocess.input_shape, dataset.info.num_classes)
+    with torch.no_grad():
+        model.train()(normalize(dataset.train.images[:64], preprocess))  # moves batchnorm's running statistics
+    checkpoint = dump_checkpoint(
+        epoch=1, spec=spec, preprocess=preprocess, class_names=dataset.info.class_names, model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), trainer_state={},
+    )  # fmt: skip
+    if regression:
+        return checkpoint, [repr(float(v)) for v in dataset.val.images[0].flatten()]
+    image = tmp_path / f"{name}.png"
+    Image.fromarray(dataset.val.images[0, 0].numpy()).save(image)
+    return checkpoint, [str(image)]
+
+
+def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_same(tmp_path: Path) -> None:
+    runs, expected = [], {}
+    for name, model_spec in MODELS.items():
+        data, args = _checkpoint(name, model_spec, tmp_path)
+        predictor = Predictor(data)
+        script = model_script(predictor.spec, predictor.preprocess.input_shape, len(predictor.class_names), name)
+        compile(script, name, "exec")
+        (tmp_path / f"{name}.pt").write_bytes(data)
+        (tmp_path / f"{name}.py").write_text(script)
+        runs.append((name, str(tmp_path / f"{name}.py"), [str(tmp_path / f"{name}.pt"), *args]))
+        if name == "regression":
+            expected[name] = predictor.predict_rows(torch.tensor([[float(a) for a in args]]))
+        else:
+            expected[name] = [(s.class_name, s.probability) for s in predictor.predict(Image.open(args[0]))]
+    # A fresh interpreter in the scripts' folder: what a user's own machine with torch would run.
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(runs)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = json.loads(result.stdout.splitlines()[-1])
+    assert output["trainlab_modules"] == []
+    for name, answer in output["answers"].items():
+        if name == "regression":
+            assert float(answer) == pytest.approx(expected[name][0], rel=1e-4)
+            continue
+        lines = [line.split("\t") for line in answer.splitlines()]
+        assert [c for c, _ in lines] == [c for c, _ in expected[name]], (name, answer)
+        assert [float(p) for _, p in lines] == pytest.approx([p for _, p in expected[name]], abs=1e-4), name
+    assert set(output["answers"]) == set(MODELS)
+    # A new model kind needs a case here: the endpoint writes every kind the registry has.
+    assert {spec["kind"] for spec in MODELS.values()} == set(model_kinds())
