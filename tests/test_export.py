@@ -71,7 +71,7 @@ def _checkpoint(name: str, model_spec: dict, tmp_path: Path) -> tuple[bytes, lis
     torch.manual_seed(0)
     model = create_model(spec.model, preprocess.input_shape, dataset.info.num_classes)
     with torch.no_grad():
-        model.train()(normalize(dataset.train.images[:64], preprocess))  # moves batchnorm's running statistics
+        model.train()(normalize(dataset.train.images[:16], preprocess))  # moves batchnorm's running statistics
     checkpoint = dump_checkpoint(
         epoch=1, spec=spec, preprocess=preprocess, class_names=dataset.info.class_names, model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1), trainer_state={},
