@@ -206,11 +206,14 @@ def _queued(url: str, experiment: ExperimentPublic, watch: bool, note: str = "")
 def validate(
     spec_file: SpecFile = None,
     overrides: Overrides = None,
+    code: Annotated[bool, typer.Option("--code", help="also print the model as PyTorch code")] = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Check a spec without queueing it: each layer's output shape and parameters, memory, warnings."""
     spec = _spec_from(spec_file, overrides)
     report = _call(url, lambda c: c.validate(spec))
+    if code:
+        out.print(report["model_code"], markup=False, highlight=False)
     table = Table("layer", "kind", "output shape", Column("parameters", justify="right"))
     table.add_row("input", "", _shape(report["input_shape"]), "")
     for layer in report["layers"]:

@@ -374,7 +374,7 @@ def test_an_unknown_field_is_answered_with_what_it_likely_meant(seeded) -> None:
     assert response.status_code == 422, response.text
     messages = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
     assert messages == {
-        ("body", "loss"): 'Input should be a valid dictionary or object to extract fields from: write it as '
+        ("body", "loss"): "Input should be a valid dictionary or object to extract fields from: write it as "
         '{"kind": "mse"}',
         ("body", "optimizer"): "Input tag 'SGD' found using 'kind' does not match any of the expected tags: 'sgd', "
         "'adam', 'adamw', 'rmsprop': did you mean 'sgd'?",

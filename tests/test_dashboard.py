@@ -60,6 +60,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         # Waits for the new answer to replace the last one (which had the same layers, and a warning).
         sync_api.expect(page.locator("#feedback .warning")).to_have_count(0)
         sync_api.expect(page.locator("#layers")).to_contain_text("conv2d")
+        sync_api.expect(page.locator("#model-code")).to_contain_text("nn.Conv2d(")  # the layers in PyTorch
         page.click("#submit")
         page.wait_for_url("**/#/experiments/1")
         # A curve point appears as the first epoch is recorded, without reloading the page.

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from service.specs import DatasetSpec, ExperimentSpec
+from service.specs import CNNSpec, DatasetSpec, ExperimentSpec
 from tests.conftest import load_bundled
 from worker.checkpoints import dump_checkpoint
-from worker.export import model_script
+from worker.export import model_code, model_script
 from worker.inference import Predictor
 from worker.models import create_model, input_preprocess, model_kinds
 from worker.preprocess import normalize
@@ -119,3 +119,23 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
     assert set(output["answers"]) == set(MODELS)
     # A new model kind needs a case here: the endpoint writes every kind the registry has.
     assert {spec["kind"] for spec in MODELS.values()} == set(model_kinds())
+
+
+def test_the_default_cnn_reads_as_one_would_write_it() -> None:
+    """What POST /experiments:validate shows: torch.nn calls with only the arguments that differ from the defaults
+    (max-pooling before the ReLU: the two commute, worker/models.py)."""
+    assert model_code(CNNSpec(), (1, 28, 28), 10) == (
+        "def build_model() -> nn.Module:\n"
+        "    return nn.Sequential(\n"
+        "        nn.Conv2d(1, 32, kernel_size=3, padding=1),\n"
+        "        nn.MaxPool2d(kernel_size=2, stride=2),\n"
+        "        nn.ReLU(inplace=True),\n"
+        "        nn.Conv2d(32, 64, kernel_size=3, padding=1),\n"
+        "        nn.MaxPool2d(kernel_size=2, stride=2),\n"
+        "        nn.ReLU(inplace=True),\n"
+        "        nn.Flatten(),\n"
+        "        nn.Linear(in_features=3136, out_features=128),\n"
+        "        nn.ReLU(inplace=True),\n"
+        "        nn.Linear(in_features=128, out_features=10),\n"
+        "    )\n"
+    )

@@ -56,6 +56,7 @@ def test_validate_warns_and_queues_nothing(service) -> None:
     body = response.json()
     assert body["spec"]["augment"] == [{"kind": "vflip", "p": 0.5}, {"kind": "rotation", "degrees": 90.0}]
     assert len(body["warnings"]) == 2 and "digits" in body["warnings"][0] and "30 degrees" in body["warnings"][1]
+    assert "nn.Linear(in_features=784, out_features=32)," in body["model_code"], body["model_code"]
     assert client.get("/experiments").json()["total"] == before
     bad = client.post("/experiments:validate", json=tiny_spec(dataset={"name": "nope"}))
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "dataset", "name"]

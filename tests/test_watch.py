@@ -264,8 +264,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert _cli("validate", str(cnn), "-s", "epochs", url=dep.url, cwd=REPO).returncode == 2
         assert _cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
         # No file: --set builds the spec from nothing; "-" reads it, JSON or YAML, from standard input.
-        built = _cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", url=dep.url, cwd=REPO)
+        built = _cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", "--code", url=dep.url, cwd=REPO)
         assert built.returncode == 0 and "linear" in built.stdout, built.stdout + built.stderr
+        assert "nn.Linear(in_features=64, out_features=256)," in built.stdout, built.stdout
         as_json = json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}}, indent="\t")
         for text in (spec_file.read_text(), as_json):
             piped = _cli("validate", "-", "-s", "model.hidden=[8]", url=dep.url, cwd=REPO, stdin=text)

@@ -33,12 +33,18 @@ class NotExportable(ValueError):
     """A module the script cannot write as code."""
 
 
+def model_code(model_spec: Any, input_shape: InputShape, num_outputs: int) -> str:
+    """`def build_model()`: the network a model spec describes on inputs of `input_shape` with `num_outputs`
+    outputs, as PyTorch code (what POST /experiments:validate shows)."""
+    with torch.device("meta"):
+        model = create_model(model_spec, input_shape, num_outputs)
+    return f"def build_model() -> nn.Module:\n    return {_source(model, model_spec.kind)}\n"
+
+
 def model_script(spec: Any, input_shape: InputShape, num_outputs: int, title: str) -> str:
     """The script for an experiment spec's model on inputs of `input_shape` with `num_outputs` outputs; `title`
     opens its docstring (which experiment, which checkpoint)."""
-    with torch.device("meta"):
-        model = create_model(spec.model, input_shape, num_outputs)
-    transfer = isinstance(model, TransferNet)
+    transfer = spec.model.kind in BACKBONES
     safe_title = title.replace("\\", "/").replace('"', "'")  # inside the script's docstring
     parts = [
         HEADER.format(title=safe_title, torchvision=" and torchvision" if transfer else ""),
@@ -48,7 +54,7 @@ def model_script(spec: Any, input_shape: InputShape, num_outputs: int, title: st
             f"REGRESSION = {spec.task == 'regression'}\n"
         ),
         _transfer_source() if transfer else "",
-        f"\n\ndef build_model() -> nn.Module:\n    return {_source(model, spec.model.kind)}\n",
+        f"\n\n{model_code(spec.model, input_shape, num_outputs)}",
         MAIN,
     ]
     return "".join(parts)

@@ -30,7 +30,7 @@ from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, Model
 from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
-from worker.export import model_script
+from worker.export import model_code, model_script
 from worker.models import describe_model, resolve_layers
 from worker.previews import augmentation_samples
 
@@ -57,6 +57,8 @@ class Validation(BaseModel):
     # Weights, gradients, optimizer state and one batch's activations (kept for the backward pass), in fp32:
     # an order of magnitude, not a promise.
     estimated_memory_bytes: int
+    # The model as PyTorch code, layer for layer: `build_model()` of GET /experiments/{id}/model.py.
+    model_code: str
 
 
 @router.post("", status_code=201, response_model=ExperimentPublic, responses=replayed(ExperimentPublic))
@@ -75,9 +77,9 @@ def submit_experiment(
 @router.post(":validate", response_model=Validation)
 def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: StoreDep):
     """Dry run, nothing queued: the spec with every default filled in (and a layer list's inferred sizes written
-    in), each layer's output shape and parameters, an estimate of the training memory, and the warnings it would
-    get. The same checks as POST /experiments: a layer that cannot take its input is a 422 naming the layer's
-    index and shapes."""
+    in), each layer's output shape and parameters, an estimate of the training memory, the model as PyTorch code,
+    and the warnings it would get. The same checks as POST /experiments: a layer that cannot take its input is a
+    422 naming the layer's index and shapes."""
     warnings = check_spec(spec, settings, store)
     info = dataset_for(spec, settings, store)
     shape = info.preprocess.input_shape
@@ -95,6 +97,7 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: Stor
         parameters=report.parameters,
         trainable_parameters=report.trainable_parameters,
         estimated_memory_bytes=report.estimated_memory_bytes,
+        model_code=model_code(spec.model, shape, info.num_classes),
     )
 
 

@@ -262,7 +262,8 @@ function submitView() {
         ...v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
         h("table", {id: "layers"}, h("tr", {}, h("th", {}, "#"), h("th", {}, "layer"), h("th", {}, "output shape"), h("th", {}, "parameters")),
           v.layers.map((l) => h("tr", {}, h("td", {}, l.index), h("td", {}, l.kind), h("td", {}, l.output_shape.join("×")),
-            h("td", {}, l.parameters.toLocaleString())))));
+            h("td", {}, l.parameters.toLocaleString())))),
+        h("details", {}, h("summary", {}, "In PyTorch"), h("pre", {id: "model-code", class: "spec"}, v.model_code)));
     } catch (err) {
       feedback.replaceChildren(h("pre", {class: "error"}, err.message));
     }
