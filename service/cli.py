@@ -212,8 +212,6 @@ def validate(
     """Check a spec without queueing it: each layer's output shape and parameters, memory, warnings."""
     spec = _spec_from(spec_file, overrides)
     report = _call(url, lambda c: c.validate(spec))
-    if code:
-        out.print(report["model_code"], markup=False, highlight=False)
     table = Table("layer", "kind", "output shape", Column("parameters", justify="right"))
     table.add_row("input", "", _shape(report["input_shape"]), "")
     for layer in report["layers"]:
@@ -222,6 +220,8 @@ def validate(
     memory = _size(report["estimated_memory_bytes"])
     out.print(f"{report['parameters']:,} parameters, {report['trainable_parameters']:,} trainable; training needs "
               f"about {memory} at batch size {report['spec']['batch_size']}")  # fmt: skip
+    if code:
+        out.print(f"\n{report['model_code']}", markup=False, highlight=False)
     _warn(report["warnings"])
 
 

@@ -190,8 +190,8 @@ async function showExtras(box, e) {
     h("tr", {}, h("th", {}, "epoch"), h("th", {}, "sha256"), h("th", {}, "download")),
     checkpoints.map((c) => h("tr", {}, h("td", {}, c.epoch), h("td", {class: "mono"}, c.sha256.slice(0, 16)),
       h("td", {}, download(c, "checkpoint.pt"), " ", download(c, "model.py"))))),
-    h("p", {}, "model.py: the model in plain PyTorch; ", h("code", {}, "python model.py checkpoint.pt image.png"),
-      " predicts with it, without trainlab."));
+    ...(checkpoints.length ? [h("p", {}, "model.py: the model in plain PyTorch; ",
+      h("code", {}, "python model.py checkpoint.pt image.png"), " predicts with it, without trainlab.")] : []));
   if (e.spec.task === "classification" && e.best) {
     const c = await api(`/experiments/${e.id}/confusion`);
     const max = Math.max(...c.matrix.flat());
