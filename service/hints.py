@@ -69,20 +69,26 @@ def section_hint(root: type[BaseModel], loc: Sequence[str | int], value: object 
     field = _field_at(root, loc)
     if field is None or (value is None and _is_list(field.annotation)):
         return None
-    members = _models(field.annotation)
-    kinds = [kind for member in members for kind in _kinds(member)]
-    required = [name for name, info in members[0].model_fields.items() if info.is_required()] if members else []
-    if kinds:
-        key, choices = "kind", kinds
-    elif len(members) == 1 and len(required) == 1:
-        key, choices = required[0], []
-    else:
+    shape = section_key(root, loc)
+    if shape is None:
         return None
+    key, choices = shape
     verb = "give" if value is None else "write it as"
     filled = (_closest(value, choices) if choices else value) if isinstance(value, str) else None
     if filled is not None:
         return f"{verb} {json.dumps({key: filled})}"
     return f'{verb} {{"{key}": …}}' + (f" with {key} one of {', '.join(map(repr, choices))}" if choices else "")
+
+
+def section_key(root: type[BaseModel], loc: Sequence[str | int]) -> tuple[str, list[str]] | None:
+    """The one field that names what a section at `loc` is, and its choices: a union's `kind` and its tags, or a
+    section's only required field (a dataset's `name`, no choices known here)."""
+    field = _field_at(root, loc)
+    members = _models(field.annotation) if field is not None else []
+    if kinds := [kind for member in members for kind in _kinds(member)]:
+        return "kind", kinds
+    required = [name for name, info in members[0].model_fields.items() if info.is_required()] if members else []
+    return (required[0], []) if len(members) == 1 and len(required) == 1 else None
 
 
 def choice_hint(root: type[BaseModel], loc: Sequence[str | int], value: object) -> str | None:

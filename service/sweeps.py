@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from service.errors import InvalidInput
-from service.hints import message_with_hint
+from service.hints import NOT_AN_OBJECT, message_with_hint, section_key
 from service.schemas import ExperimentPublic
 from service.specs import ExperimentSpec, Name, Seed, Strict
 
@@ -109,6 +109,9 @@ def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
             error = exc.errors()[0]
             where = ".".join(str(part) for part in error["loc"])
             message = message_with_hint(ExperimentSpec, error, error["loc"])
+            shape = section_key(ExperimentSpec, error["loc"]) if error["type"] in NOT_AN_OBJECT else None
+            if where in params and shape is not None:  # `"grid": {"optimizer": ["sgd", "adam"]}`
+                message = f"{error['msg']}: vary {where}.{shape[0]} to give each trial its {shape[0]}"
             raise InvalidInput(f"trial {label}: {where}: {message}", loc=["body", where]) from None
     return trials
 

@@ -158,3 +158,29 @@ def test_a_misshapen_or_misspelt_value_gets_what_to_write_instead(spec: dict, lo
         ExperimentSpec.model_validate(spec)
     [error] = [e for e in info.value.errors() if e["loc"] == loc]
     assert message_with_hint(ExperimentSpec, error, loc) == (f"{error['msg']}: {hint}" if hint else error["msg"])
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"optimizer": ["sgd", "adam"]}, "vary optimizer.kind to give each trial its kind"),
+        ({"dataset": ["digits", "mnist-10k"]}, "vary dataset.name to give each trial its name"),
+        ({"optimizer.lr": ["fast"]}, None),  # a value, not a section: pydantic's message alone
+    ],
+)
+def test_a_sweep_over_a_section_by_name_is_told_which_path_to_vary(grid: dict, message: str | None) -> None:
+    from service.errors import InvalidInput
+    from service.sweeps import SweepCreate, expand
+
+    request = SweepCreate.model_validate(
+        {"base": {"dataset": {"name": "digits"}, "model": {"kind": "mlp"}}, "grid": grid}
+    )
+    with pytest.raises(InvalidInput) as info:
+        expand(request)
+    [(path, values)] = grid.items()
+    detail = info.value.detail
+    assert detail.startswith(f"trial {path}={values[0]}: "), detail
+    if message is None:
+        assert "vary" not in detail, detail
+    else:
+        assert info.value.loc == ["body", path] and detail.endswith(f": {message}"), detail
