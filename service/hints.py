@@ -1,7 +1,8 @@
 """What to say beside pydantic's message where a request's spec is close to right:
 - a field it has no place for: the name it likely meant at that level (`epoch` → `epochs`), or else where that field
   does belong (`lr` → `optimizer.lr`; `momentum` → optimizer kinds sgd, rmsprop);
-- a section written as a bare value, or left out: the object it takes (`"loss": "mse"` → `{"kind": "mse"}`);
+- a section written as a bare value, or left out: the object it takes (`"loss": "mse"` → `{"kind": "mse"}`); a list
+  written as its one item: the list;
 - a kind or choice spelt differently: the one it likely meant (`"CNN"` → `'cnn'`).
 Pure pydantic introspection, so that the hints follow the spec classes as they change."""
 
@@ -19,6 +20,7 @@ from pydantic.fields import FieldInfo
 MAX_DEPTH = 8  # deeper than any spec; a guard against a model that contains itself
 # Names other libraries give a field, which no spelling distance finds: Keras' and Hugging Face's learning rate.
 SYNONYMS = {"learning_rate": "lr"}
+MAX_ECHO = 120  # the longest value a hint writes back
 # pydantic's error types for a section given as something other than an object, and for one left out.
 NOT_AN_OBJECT = {"model_type", "model_attributes_type"}
 LEFT_OUT = {"missing", "union_tag_not_found"}
@@ -34,6 +36,8 @@ def message_with_hint(root: type[BaseModel], error: Mapping[str, Any], loc: Sequ
         hint = section_hint(root, loc, value)
     elif kind in LEFT_OUT:
         hint = section_hint(root, loc)
+    elif kind == "list_type":
+        hint = list_hint(root, loc, value)
     elif kind == "union_tag_invalid":
         hint = choice_hint(root, loc, (error.get("ctx") or {}).get("tag"))
     elif kind == "literal_error":
@@ -69,15 +73,36 @@ def section_hint(root: type[BaseModel], loc: Sequence[str | int], value: object 
     field = _field_at(root, loc)
     if field is None or (value is None and _is_list(field.annotation)):
         return None
+    written = _section_object(root, loc, value)
+    return f"{'give' if value is None else 'write it as'} {written[0]}{written[1]}" if written else None
+
+
+def list_hint(root: type[BaseModel], loc: Sequence[str | int], value: object) -> str | None:
+    """A list at `loc` given one item: the list of it (`"augment": "hflip"` → `[{"kind": "hflip"}]`; `"hidden": 128`
+    → `[128]`). A string only as a section's kind or name: "32,64" is no item of a list of numbers."""
+    field = _field_at(root, loc) if loc and isinstance(loc[-1], str) else None  # the list itself, not an item
+    if field is None or not _is_list(field.annotation) or any(map(_is_list, _list_items(field.annotation))):
+        return None  # a list of lists (`rows`): one more level than one item would need
+    if isinstance(value, str):
+        written = _section_object(root, loc, value)
+        return f"write it as [{written[0]}]{written[1]}" if written else None
+    if isinstance(value, dict | int | float) and not isinstance(value, bool):
+        items = json.dumps([value])
+        return f"write it as {items}" if len(items) <= MAX_ECHO else None
+    return None
+
+
+def _section_object(root: type[BaseModel], loc: Sequence[str | int], value: object) -> tuple[str, str] | None:
+    """The object a section at `loc` takes as JSON, filled in from `value` where that names a kind or name, and
+    what to say after it (the kinds to choose from, where none was named)."""
     shape = section_key(root, loc)
     if shape is None:
         return None
     key, choices = shape
-    verb = "give" if value is None else "write it as"
     filled = (_closest(value, choices) if choices else value) if isinstance(value, str) else None
-    if filled is not None:
-        return f"{verb} {json.dumps({key: filled})}"
-    return f'{verb} {{"{key}": …}}' + (f" with {key} one of {', '.join(map(repr, choices))}" if choices else "")
+    if filled is not None and len(written := json.dumps({key: filled})) <= MAX_ECHO:
+        return written, ""
+    return f'{{"{key}": …}}', (f" with {key} one of {', '.join(map(repr, choices))}" if choices else "")
 
 
 def section_key(root: type[BaseModel], loc: Sequence[str | int]) -> tuple[str, list[str]] | None:
@@ -134,6 +159,13 @@ def _models(annotation: object) -> list[type[BaseModel]]:
 
 def _is_list(annotation: object) -> bool:
     return get_origin(annotation) is list or any(_is_list(arg) for arg in get_args(annotation))
+
+
+def _list_items(annotation: object) -> list[object]:
+    """What the lists a field can be hold, through Optional, unions and Annotated."""
+    if get_origin(annotation) is list:
+        return list(get_args(annotation))
+    return [item for arg in get_args(annotation) for item in _list_items(arg)]
 
 
 def _kinds(model: type[BaseModel]) -> list[str]:

@@ -125,6 +125,7 @@ def test_an_unknown_field_gets_the_name_it_likely_meant_or_where_it_belongs(loc:
 
 
 KINDS = "kind one of 'linear', 'mlp', 'cnn', 'sequential', 'resnet18', 'mobilenet_v2'"
+AUGMENTS = "kind one of 'hflip', 'vflip', 'rotation', 'random_crop', 'gaussian_noise', 'color_jitter', 'random_erasing'"
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,14 @@ KINDS = "kind one of 'linear', 'mlp', 'cnn', 'sequential', 'resnet18', 'mobilene
         ({"model": "resnet"}, ("model",), 'write it as {"kind": "resnet18"}'),
         ({"augment": ["hflip"]}, ("augment", 0), 'write it as {"kind": "hflip"}'),
         ({"dataset": "mnist-10k"}, ("dataset",), 'write it as {"name": "mnist-10k"}'),
+        ({"dataset": "x" * 200}, ("dataset",), 'write it as {"name": …}'),  # not echoed at any length
         ({"model": 3}, ("model",), f'write it as {{"kind": …}} with {KINDS}'),
+        # A list written as its one item.
+        ({"augment": "hflip"}, ("augment",), 'write it as [{"kind": "hflip"}]'),
+        ({"augment": "blur"}, ("augment",), f'write it as [{{"kind": …}}] with {AUGMENTS}'),
+        ({"augment": {"kind": "hflip", "p": 0.3}}, ("augment",), 'write it as [{"kind": "hflip", "p": 0.3}]'),
+        ({"model": {"kind": "mlp", "hidden": 128}}, ("model", "mlp", "hidden"), "write it as [128]"),
+        ({"model": {"kind": "cnn", "channels": "32,64"}}, ("model", "cnn", "channels"), None),
         # A section left out, or its kind.
         ({"model": None}, ("model",), f'give {{"kind": …}} with {KINDS}'),
         ({"model": {}}, ("model",), f'give {{"kind": …}} with {KINDS}'),
@@ -184,3 +192,22 @@ def test_a_sweep_over_a_section_by_name_is_told_which_path_to_vary(grid: dict, m
         assert "vary" not in detail, detail
     else:
         assert info.value.loc == ["body", path] and detail.endswith(f": {message}"), detail
+
+
+def test_a_list_of_lists_given_one_number_gets_no_hint_of_one_level() -> None:
+    """`[5]` would still be refused where a table's rows are expected: no hint rather than a wrong one."""
+    from pydantic import BaseModel
+
+    from service.hints import message_with_hint
+
+    class Table(BaseModel):
+        rows: list[list[float]]
+        widths: list[int]
+
+    with pytest.raises(ValidationError) as info:
+        Table.model_validate({"rows": 5, "widths": 3})
+    messages = {e["loc"]: message_with_hint(Table, e, e["loc"]) for e in info.value.errors()}
+    assert messages == {
+        ("rows",): "Input should be a valid list",
+        ("widths",): "Input should be a valid list: write it as [3]",
+    }
