@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from service.errors import InvalidInput
 from service.settings import Settings
 from service.specs import DatasetSpec, ExperimentSpec, FromExperiment
@@ -25,7 +23,7 @@ from worker.datasets import (
     load_uploaded,
     uploaded_info,
 )
-from worker.models import ShapeError, count_parameters, create_model
+from worker.models import ShapeError, count_parameters, meta_model
 from worker.pretrained import WeightsUnavailable, locate, unfit
 
 Loc = Sequence[str | int]
@@ -148,7 +146,6 @@ def _weights_unfit(
         source_info = dataset_for(source, settings, store)
     except InvalidInput:
         return []
-    with torch.device("meta"):
-        model = create_model(spec.model, info.preprocess.input_shape, info.num_classes)
-        theirs = create_model(source.model, source_info.preprocess.input_shape, source_info.num_classes)
+    model = meta_model(spec.model, info.preprocess.input_shape, info.num_classes)
+    theirs = meta_model(source.model, source_info.preprocess.input_shape, source_info.num_classes)
     return unfit(model, {key: tensor.shape for key, tensor in theirs.state_dict().items()})

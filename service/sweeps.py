@@ -108,10 +108,11 @@ def expand(request: SweepCreate) -> list[tuple[dict[str, Any], ExperimentSpec]]:
         except ValidationError as exc:
             error = exc.errors()[0]
             where = ".".join(str(part) for part in error["loc"])
-            message = message_with_hint(ExperimentSpec, error, error["loc"])
             shape = section_key(ExperimentSpec, error["loc"]) if error["type"] in NOT_AN_OBJECT else None
             if where in params and shape is not None:  # `"grid": {"optimizer": ["sgd", "adam"]}`
                 message = f"{error['msg']}: vary {where}.{shape[0]} to give each trial its {shape[0]}"
+            else:
+                message = message_with_hint(ExperimentSpec, error, error["loc"])
             raise InvalidInput(f"trial {label}: {where}: {message}", loc=["body", where]) from None
     return trials
 

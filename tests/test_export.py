@@ -17,7 +17,7 @@ from tests.conftest import load_bundled
 from worker.checkpoints import dump_checkpoint
 from worker.export import model_code, model_script
 from worker.inference import Predictor
-from worker.models import create_model, input_preprocess, model_kinds
+from worker.models import create_model, input_preprocess, meta_model, model_kinds
 from worker.preprocess import normalize
 
 LAYERS = [
@@ -88,7 +88,7 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
     for name, model_spec in MODELS.items():
         data, args = _checkpoint(name, model_spec, tmp_path)
         predictor = Predictor(data)
-        script = model_script(predictor.spec, predictor.preprocess.input_shape, len(predictor.class_names), name)
+        script = model_script(predictor.model, predictor.spec, name)
         compile(script, name, "exec")
         (tmp_path / f"{name}.pt").write_bytes(data)
         (tmp_path / f"{name}.py").write_text(script)
@@ -124,7 +124,7 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
 def test_the_default_cnn_reads_as_one_would_write_it() -> None:
     """What POST /experiments:validate shows: torch.nn calls with only the arguments that differ from the defaults
     (max-pooling before the ReLU: the two commute, worker/models.py)."""
-    assert model_code(CNNSpec(), (1, 28, 28), 10) == (
+    assert model_code(meta_model(CNNSpec(), (1, 28, 28), 10), "cnn") == (
         "def build_model() -> nn.Module:\n"
         "    return nn.Sequential(\n"
         "        nn.Conv2d(1, 32, kernel_size=3, padding=1),\n"

@@ -15,12 +15,9 @@ import inspect
 import textwrap
 from typing import Any
 
-import torch
 from torch import nn
 
-from worker.models import TransferNet, create_model
-
-InputShape = tuple[int, int, int]
+from worker.models import TransferNet
 
 # How `create_model` cuts each torchvision classifier down to its features (worker/models.py `_torchvision`).
 BACKBONES = {
@@ -33,18 +30,16 @@ class NotExportable(ValueError):
     """A module the script cannot write as code."""
 
 
-def model_code(model_spec: Any, input_shape: InputShape, num_outputs: int) -> str:
-    """`def build_model()`: the network a model spec describes on inputs of `input_shape` with `num_outputs`
-    outputs, as PyTorch code (what POST /experiments:validate shows)."""
-    with torch.device("meta"):
-        model = create_model(model_spec, input_shape, num_outputs)
-    return f"def build_model() -> nn.Module:\n    return {_source(model, model_spec.kind)}\n"
+def model_code(model: nn.Module, kind: str) -> str:
+    """`def build_model()`: a network `create_model` built for a model spec of `kind` (on any device), as PyTorch
+    code (what POST /experiments:validate shows)."""
+    return f"def build_model() -> nn.Module:\n    return {_source(model, kind)}\n"
 
 
-def model_script(spec: Any, input_shape: InputShape, num_outputs: int, title: str) -> str:
-    """The script for an experiment spec's model on inputs of `input_shape` with `num_outputs` outputs; `title`
-    opens its docstring (which experiment, which checkpoint)."""
-    transfer = spec.model.kind in BACKBONES
+def model_script(model: nn.Module, spec: Any, title: str) -> str:
+    """The script for the network `create_model` built for an experiment spec; `title` opens its docstring (which
+    experiment, which checkpoint)."""
+    transfer = isinstance(model, TransferNet)
     safe_title = title.replace("\\", "/").replace('"', "'")  # inside the script's docstring
     parts = [
         HEADER.format(title=safe_title, torchvision=" and torchvision" if transfer else ""),
@@ -54,7 +49,7 @@ def model_script(spec: Any, input_shape: InputShape, num_outputs: int, title: st
             f"REGRESSION = {spec.task == 'regression'}\n"
         ),
         _transfer_source() if transfer else "",
-        f"\n\n{model_code(spec.model, input_shape, num_outputs)}",
+        f"\n\n{model_code(model, spec.model.kind)}",
         MAIN,
     ]
     return "".join(parts)

@@ -47,11 +47,16 @@ def create_model(spec: Any, input_shape: InputShape, num_outputs: int) -> nn.Mod
     return _BUILDERS[spec.kind](spec, input_shape, num_outputs)
 
 
-def count_parameters(spec: Any, input_shape: InputShape, num_outputs: int) -> int:
-    """Parameters of the model a spec describes, built on the meta device: no memory, no initialisation."""
+def meta_model(spec: Any, input_shape: InputShape, num_outputs: int) -> nn.Module:
+    """The network a model spec describes, on the meta device: its shapes and parameters without memory or
+    initialisation."""
     with torch.device("meta"):
-        model = create_model(spec, input_shape, num_outputs)
-    return sum(p.numel() for p in model.parameters())
+        return create_model(spec, input_shape, num_outputs)
+
+
+def count_parameters(spec: Any, input_shape: InputShape, num_outputs: int) -> int:
+    """Parameters of the model a spec describes."""
+    return sum(p.numel() for p in meta_model(spec, input_shape, num_outputs).parameters())
 
 
 def uses_conv(model: nn.Module) -> bool:
@@ -90,10 +95,8 @@ class ModelReport:
 _OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "rmsprop": 2, "sgd": 1}
 
 
-def describe_model(spec: Any, input_shape: InputShape, num_outputs: int) -> ModelReport:
-    """What `POST /experiments:validate` shows of an experiment spec's model, computed on the meta device."""
-    with torch.device("meta"):
-        model = create_model(spec.model, input_shape, num_outputs)
+def describe_model(spec: Any, model: nn.Module, input_shape: InputShape) -> ModelReport:
+    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model`."""
     layers, activations = describe(model, input_shape)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -31,7 +31,7 @@ from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
-from worker.models import describe_model, resolve_layers
+from worker.models import describe_model, meta_model, resolve_layers
 from worker.previews import augmentation_samples
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
@@ -83,7 +83,8 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: Stor
     warnings = check_spec(spec, settings, store)
     info = dataset_for(spec, settings, store)
     shape = info.preprocess.input_shape
-    report = describe_model(spec, shape, info.num_classes)
+    model = meta_model(spec.model, shape, info.num_classes)
+    report = describe_model(spec, model, shape)
     if spec.model.kind == "sequential":
         spec = spec.model_copy(update={"model": resolve_layers(spec.model, shape, info.num_classes)})
     return Validation(
@@ -97,7 +98,7 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: Stor
         parameters=report.parameters,
         trainable_parameters=report.trainable_parameters,
         estimated_memory_bytes=report.estimated_memory_bytes,
-        model_code=model_code(spec.model, shape, info.num_classes),
+        model_code=model_code(model, spec.model.kind),
     )
 
 
@@ -246,7 +247,7 @@ def download_model_script(
     predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
     experiment = store.get_experiment(experiment_id)
     title = f"Experiment {experiment_id} ({experiment.name}), checkpoint of epoch {predictor.epoch}"
-    script = model_script(predictor.spec, predictor.preprocess.input_shape, len(predictor.class_names), title)
+    script = model_script(predictor.model, predictor.spec, title)
     return Response(
         script,
         media_type="text/x-python; charset=utf-8",
