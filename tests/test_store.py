@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import time
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import text, update
@@ -14,6 +15,7 @@ from service.errors import Conflict, InvalidInput, NotFound
 from service.schemas import Status
 from service.specs import EpochMetrics, ExperimentSpec
 from service.store import (
+    FINAL_CHECKPOINT_TTL_S,
     CheckpointRow,
     CorruptCheckpoint,
     DatabaseUnavailable,
@@ -152,11 +154,12 @@ def test_finished_jobs_cannot_change_state(store: Store) -> None:
 
 def test_an_expired_lease_is_taken_over_and_the_old_worker_fenced_off(store: Store) -> None:
     experiment_id = submit(store)
-    lost = store.claim("crashed", lease_s=0.5, max_attempts=3)
+    lost = store.claim("crashed", **LEASE)
     store.record_epoch(lost, metrics(1), b"one")
-    store.heartbeat(lost, lease_s=0.5)  # a live worker renews ...
+    store.heartbeat(lost, lease_s=30)  # a live worker renews ...
     assert store.claim("other", **LEASE) is None  # ... so nobody else may take it
-    time.sleep(0.6)  # ... until it stops renewing
+    store.heartbeat(lost, lease_s=0.3)  # ... until it stops renewing: its last lease runs out
+    time.sleep(0.4)
     taken = store.claim("other", **LEASE)
     assert (taken.id, taken.attempt) == (experiment_id, 2)
     for write in (lambda: store.heartbeat(lost, lease_s=30), lambda: store.record_epoch(lost, metrics(2), b"zombie")):
@@ -201,7 +204,9 @@ def test_cancel_queued_and_running_and_refuse_finished(store: Store) -> None:
 
 
 def test_deleting_takes_all_that_was_recorded_and_never_hands_the_id_on(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr("service.store.FINAL_CHECKPOINT_TTL_S", 0.5)
+    # The store's own clock, so that a busy machine cannot expire the remembered lookup early (it did, in CI).
+    now = [time.monotonic()]
+    monkeypatch.setattr("service.store.time", SimpleNamespace(monotonic=lambda: now[0]))
     api = Store(store.url)  # another API process, which remembers the finished experiment's checkpoint
     done, queued = submit(store), submit(store)
     job = store.claim("w", **LEASE)
@@ -233,7 +238,7 @@ def test_deleting_takes_all_that_was_recorded_and_never_hands_the_id_on(store: S
     store.log(done, "INFO", "its worker's last words, after a cancel")  # dropped, not an error
     # The other process answers from memory until its remembered lookup expires, then says it is gone.
     assert api.find_checkpoint(done).epoch == 1
-    time.sleep(0.6)
+    now[0] += FINAL_CHECKPOINT_TTL_S + 0.1
     with pytest.raises(NotFound):
         api.find_checkpoint(done)
     with pytest.raises(NotFound):
