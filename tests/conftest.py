@@ -80,15 +80,22 @@ class Deployment:
         return self.spawn("api", "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port))
 
     def wait_for_api(self, process: subprocess.Popen) -> str:
+        """Wait until `process` has bound its port and answers. Tests run two at a time: until it binds, the port
+        free_port() found may be taken by another test's API, whose /healthz must not be mistaken for ours."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            log = next(log for p, log in self.processes if p is process).read_text(errors="replace")
             if process.poll() is not None:
-                raise RuntimeError(f"API exited with {process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self.url
-            except httpx.TransportError:
-                time.sleep(0.2)
+                if "address already in use" not in log:
+                    raise RuntimeError(f"API exited with {process.returncode}:\n{self.logs()}")
+                process = self.spawn_api()  # on another port
+            elif f"Uvicorn running on {self.url}" in log:
+                try:
+                    if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200:
+                        return self.url
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
         raise RuntimeError(f"API did not come up:\n{self.logs()}")
 
     def start_worker(self) -> subprocess.Popen:
