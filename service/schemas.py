@@ -1,14 +1,18 @@
-"""What the API returns. Requests are `service.specs` models; these are the public views of stored state."""
+"""What the API returns: the public views of stored state. Requests are `service.specs` models, but for
+ExperimentUpdate, which only the API reads."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from service.specs import ExperimentSpec
+from service.specs import ExperimentSpec, Name, Strict
+
+# A word to find runs by: letters, digits and _ . : / = + - (no spaces or commas), as in `?tag=flips`.
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w.:/=+-]+$", examples=["flips"])]
 
 
 class Status(StrEnum):
@@ -36,9 +40,21 @@ class TestMetrics(BaseModel):
     accuracy: float
 
 
+class ExperimentUpdate(Strict):
+    """What a person says of a run after submitting it; a field left out is kept as it is. Training is not
+    changed: the name is the spec's `name`, and notes and tags are the run's alone (a rerun starts without them)."""
+
+    name: Name | None = None
+    # Lines and tabs, but no NUL (PostgreSQL refuses it) or other control characters.
+    notes: Annotated[str, Field(max_length=10_000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")] | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = None  # replaces the run's tags
+
+
 class ExperimentPublic(BaseModel):
     id: int
     name: str
+    notes: str
+    tags: list[str]  # in alphabetical order
     status: Status
     spec: ExperimentSpec
     warnings: list[str]

@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from service.cache import LRUCache
 from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
@@ -53,6 +53,7 @@ from service.schemas import (
     BestEpoch,
     EventPublic,
     ExperimentPublic,
+    ExperimentUpdate,
     Status,
     SweepSummary,
     TestMetrics,
@@ -154,6 +155,18 @@ class ExperimentRow(Base):
     rerun_of: Mapped[int | None] = mapped_column(ForeignKey("experiments.id", ondelete="SET NULL"))
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
     sweep_params: Mapped[dict | None] = mapped_column(JSON)
+    # What a person wrote of the run afterwards (PATCH); never read by training.
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    tags: Mapped[list[TagRow]] = relationship(lazy="selectin", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class TagRow(Base):
+    """A word a person gave an experiment, to find it by (GET /experiments?tag=...)."""
+
+    __tablename__ = "experiment_tags"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
 class SweepRow(Base):
@@ -612,9 +625,10 @@ class Store:
         model: str | None = None,
         name: str | None = None,
         sweep_id: int | None = None,
+        tags: Sequence[str] = (),
     ) -> tuple[list[ExperimentPublic], int]:
         """Newest first, and how many match: of a status, a dataset, a model kind, a sweep, with `name` in their
-        name (any case)."""
+        name (any case), with every one of `tags`."""
         query = select(ExperimentRow)
         if status is not None:
             query = query.where(ExperimentRow.status == status.value)
@@ -626,6 +640,8 @@ class Store:
             query = query.where(ExperimentRow.name.icontains(name, autoescape=True))  # % and _ match themselves
         if sweep_id is not None:
             query = query.where(ExperimentRow.sweep_id == sweep_id)
+        for tag in tags:
+            query = query.where(ExperimentRow.id.in_(select(TagRow.experiment_id).where(TagRow.tag == tag)))
         with self._read() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             rows = session.scalars(query.order_by(ExperimentRow.id.desc()).limit(limit).offset(offset)).all()
@@ -665,6 +681,24 @@ class Store:
             row.stop_reason = f"cancelled by request after epoch {row.current_epoch}"
             _end_attempt(session, experiment_id, now, Status.cancelled.value)
             _event(session, experiment_id, "status", now, status=Status.cancelled.value, stop_reason=row.stop_reason)
+            session.flush()
+            return _public(row)
+
+    def update_experiment(self, experiment_id: int, update: ExperimentUpdate) -> ExperimentPublic:
+        """Rename, annotate or tag an experiment, in any state: nothing its training reads changes."""
+        with self._write() as session:
+            row = session.get(ExperimentRow, experiment_id, with_for_update=True, populate_existing=True)
+            if row is None:
+                raise NotFound(f"experiment {experiment_id} not found")
+            if update.name is not None:
+                row.name, row.spec = update.name, {**row.spec, "name": update.name}
+            if update.notes is not None:
+                row.notes = update.notes
+            if update.tags is not None:
+                kept = {tag.tag for tag in row.tags}
+                row.tags = [t for t in row.tags if t.tag in update.tags] + [
+                    TagRow(tag=tag) for tag in dict.fromkeys(update.tags) if tag not in kept
+                ]
             session.flush()
             return _public(row)
 
@@ -1184,6 +1218,8 @@ def _public(row: ExperimentRow) -> ExperimentPublic:
     return ExperimentPublic(
         id=row.id,
         name=row.name,
+        notes=row.notes,
+        tags=sorted(tag.tag for tag in row.tags),
         status=Status(row.status),
         spec=spec,
         created_at=row.created_at,

@@ -154,6 +154,51 @@ def test_nul_bytes_and_control_characters_in_names_are_refused(seeded) -> None:
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "name"]
 
 
+def test_bad_updates_are_422_naming_the_field(seeded) -> None:
+    _, client = seeded
+    for body, loc in [
+        ({"tags": ["two words"]}, ["body", "tags", 0]),
+        ({"tags": ["ok", "a,b"]}, ["body", "tags", 1]),
+        ({"tags": ["x" * 65]}, ["body", "tags", 0]),
+        ({"tags": [""]}, ["body", "tags", 0]),
+        ({"tags": [f"t{i}" for i in range(21)]}, ["body", "tags"]),
+        ({"tags": "flips"}, ["body", "tags"]),
+        ({"notes": "a\x00b"}, ["body", "notes"]),
+        ({"notes": "x" * 10_001}, ["body", "notes"]),
+        ({"name": ""}, ["body", "name"]),
+        ({"status": "succeeded"}, ["body", "status"]),  # only what a person says of a run can change
+    ]:
+        response = client.patch("/experiments/1", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["detail"][0]["loc"] == loc, (body, response.text)
+    missing = client.patch("/experiments/999", json={"notes": "x"})
+    assert missing.status_code == 404 and missing.json() == {"detail": "experiment 999 not found"}
+    for params in ({"tag": "two words"}, {"tag": ["t"] * 21}):
+        response = client.get("/experiments", params=params)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["query", "tag"], params
+
+
+def test_rename_note_and_tag_a_run_then_find_it_by_its_tags(api_only: Deployment, client_for) -> None:
+    client = client_for(api_only)
+    first, second = (client.post("/experiments", json=tiny_spec(name=n)).json()["id"] for n in ("a", "b"))
+    updated = client.patch(f"/experiments/{first}", json={"tags": ["flips", "digits", "flips"], "notes": "hurt\n"})
+    assert updated.status_code == 200, updated.text
+    updated = updated.json()
+    assert (updated["tags"], updated["notes"], updated["name"]) == (["digits", "flips"], "hurt\n", "a")
+    renamed = client.patch(f"/experiments/{first}", json={"name": "flipped digits"}).json()  # the rest is kept
+    assert renamed["name"] == renamed["spec"]["name"] == "flipped digits" and renamed["tags"] == ["digits", "flips"]
+    client.patch(f"/experiments/{second}", json={"tags": ["digits"]})
+
+    def found(*tags: str) -> list[int]:
+        return [e["id"] for e in client.get("/experiments", params={"tag": list(tags)}).json()["items"]]
+
+    assert (found("digits"), found("digits", "flips"), found("nothing")) == ([second, first], [first], [])
+    assert client.patch(f"/experiments/{first}", json={"tags": []}).json()["tags"] == []
+    assert found("flips") == [] and client.get(f"/experiments/{first}").json()["notes"] == "hurt\n"
+    rerun = client.post(f"/experiments/{first}/rerun").json()  # the same spec, renamed; notes are the run's own
+    assert (rerun["name"], rerun["notes"], rerun["tags"]) == ("flipped digits", "", [])
+
+
 def test_idempotency_key_replays_the_first_submission(api_only: Deployment, client_for) -> None:
     client = client_for(api_only)
     headers = {"Idempotency-Key": "7d1c7f0e-retry"}

@@ -12,7 +12,7 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.errors import Conflict, InvalidInput, NotFound
-from service.schemas import Status
+from service.schemas import ExperimentUpdate, Status
 from service.specs import EpochMetrics, ExperimentSpec
 from service.store import (
     FINAL_CHECKPOINT_TTL_S,
@@ -249,6 +249,29 @@ def test_deleting_takes_all_that_was_recorded_and_never_hands_the_id_on(store: S
     store.delete_experiment(rerun)  # the newest: its id is not handed to the next experiment
     assert submit(store) == rerun + 1
     api.close()
+
+
+def test_a_running_experiment_can_be_renamed_and_tagged_without_touching_its_training(store: Store) -> None:
+    experiment_id = submit(store)
+    job = store.claim("w", **LEASE)
+    store.record_epoch(job, metrics(1), b"one")
+    tagged = store.update_experiment(experiment_id, ExperimentUpdate(name="renamed", tags=["b", "a"], notes="n"))
+    assert (tagged.name, tagged.spec.name, tagged.tags, tagged.notes) == ("renamed", "renamed", ["a", "b"], "n")
+    assert tagged.spec.model_copy(update={"name": SPEC.name}) == job.spec  # nothing else of the spec changed
+    # The worker's lease and writes are untouched: it records its next epoch and finishes.
+    store.heartbeat(job, lease_s=30)
+    store.record_epoch(job, metrics(2), b"two")
+    store.finish(job, Status.succeeded)
+    done = store.get_experiment(experiment_id)
+    assert (done.status, done.current_epoch, done.name, done.tags) == (Status.succeeded, 2, "renamed", ["a", "b"])
+    # Replacing keeps a tag given again and drops the others.
+    assert store.update_experiment(experiment_id, ExperimentUpdate(tags=["b", "c"])).tags == ["b", "c"]
+    assert store.list_experiments(status=None, limit=10, offset=0, tags=["b", "c"])[1] == 1
+    with pytest.raises(NotFound):
+        store.update_experiment(experiment_id + 1, ExperimentUpdate(notes="x"))
+    store.delete_experiment(experiment_id)  # its tags go with it
+    with store.engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM experiment_tags")) == 0
 
 
 def test_deleting_a_sweep_takes_its_trials(store: Store) -> None:

@@ -24,7 +24,7 @@ from service.deps import (
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput
 from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
 from service.predictions import load_predictor
-from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, Status
+from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, ExperimentUpdate, Status, Tag
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
@@ -121,12 +121,22 @@ def list_experiments(
         str | None, Query(max_length=200, pattern=PRINTABLE, description="part of the name, any case")
     ] = None,
     sweep: Annotated[int | None, Query(ge=1, le=MAX_ID, description="a sweep's trials")] = None,
+    tag: Annotated[
+        list[Tag] | None, Query(max_length=20, description="tagged so; repeat it for runs with every tag")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ):
     """Newest first; `total` counts every match. The filters combine."""
     items, total = store.list_experiments(
-        status=status, dataset=dataset, model=model, name=name, sweep_id=sweep, limit=limit, offset=offset
+        status=status,
+        dataset=dataset,
+        model=model,
+        name=name,
+        sweep_id=sweep,
+        tags=tag or (),
+        limit=limit,
+        offset=offset,
     )
     return ExperimentList(items=items, total=total, limit=limit, offset=offset)
 
@@ -157,6 +167,13 @@ def parse_ids(ids: str, *, minimum: int) -> list[int]:
 @router.get("/{experiment_id}", response_model=ExperimentPublic)
 def get_experiment(experiment_id: ExperimentId, store: StoreDep):
     return store.get_experiment(experiment_id)
+
+
+@router.patch("/{experiment_id}", response_model=ExperimentPublic)
+def update_experiment(experiment_id: ExperimentId, update: ExperimentUpdate, store: StoreDep):
+    """Rename an experiment, write notes on it, or set its tags (the list given replaces the old one), at any
+    time, even while it trains: nothing its training reads changes. A field left out is kept."""
+    return store.update_experiment(experiment_id, update)
 
 
 @router.post("/{experiment_id}/rerun", status_code=201, response_model=ExperimentPublic)
