@@ -252,17 +252,20 @@ def list_(
     model: Annotated[str | None, typer.Option(help="only this model kind (mlp, cnn, resnet18, ...)")] = None,
     name: Annotated[str | None, typer.Option(help="only those with this in their name (any case)")] = None,
     sweep: Annotated[int | None, typer.Option(help="only this sweep's trials")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="only those with this tag; repeatable")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     url: Url = DEFAULT_URL,
 ) -> None:
     """The newest experiments."""
     filters = {"status": status, "dataset": dataset, "model": model, "name": name, "sweep": sweep}
-    page = _call(url, lambda c: c.list(**filters, limit=limit))
-    table = Table("id", "name", "status", "dataset", "model", "epoch", "best", "created")
+    page = _call(url, lambda c: c.list(**filters, tags=tag or (), limit=limit))
+    tagged = any(e.tags for e in page.items)
+    table = Table("id", "name", "status", "dataset", "model", "epoch", "best", "created", *(["tags"] if tagged else []))
     for e in page.items:
         table.add_row(
             str(e.id), e.name, e.status.value, e.spec.dataset.name, e.spec.model.kind,
             f"{e.current_epoch}/{e.epochs}", _summary(e), e.created_at.strftime("%Y-%m-%d %H:%M"),
+            *([" ".join(e.tags)] if tagged else []),
         )  # fmt: skip
     out.print(table)
     out.print(f"{len(page.items)} of {page.total}")
@@ -279,6 +282,10 @@ def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
         out.print(experiment.error, style="red")
     if experiment.stop_reason:
         out.print(experiment.stop_reason)
+    if experiment.tags:
+        out.print(f"tags: {' '.join(experiment.tags)}", highlight=False)
+    if experiment.notes:
+        out.print(Text(experiment.notes))
     out.print_json(experiment.spec.model_dump_json())
     if rows:
         out.print(_metrics_table(rows))
@@ -553,6 +560,30 @@ def _compact(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(map(_compact, value)) + "]"
     return value if isinstance(value, str) else json.dumps(value)
+
+
+@app.command()
+def edit(
+    experiment_id: int,
+    name: Annotated[str | None, typer.Option(help="its new name")] = None,
+    notes: Annotated[str | None, typer.Option(help="notes on the run, replacing any it had ('' clears them)")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="add this tag; repeatable")] = None,
+    untag: Annotated[list[str] | None, typer.Option(help="remove this tag; repeatable")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Rename an experiment, write notes on it, add or remove its tags (find them with `list --tag`)."""
+    if name is None and notes is None and not tag and not untag:
+        raise _fail("nothing to change: give --name, --notes, --tag or --untag", EXIT_USAGE)
+
+    def update(client: Client) -> ExperimentPublic:
+        tags = None
+        if tag or untag:
+            tags = [t for t in dict.fromkeys([*client.get(experiment_id).tags, *(tag or [])]) if t not in (untag or [])]
+        return client.update(experiment_id, name=name, notes=notes, tags=tags)
+
+    experiment = _call(url, update)
+    tags = f" [{' '.join(experiment.tags)}]" if experiment.tags else ""
+    out.print(Text(f"experiment {experiment.id}: {experiment.name}{tags}"))
 
 
 @app.command()

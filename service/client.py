@@ -129,13 +129,31 @@ class Client:
         model: str | None = None,
         name: str | None = None,
         sweep: int | None = None,
+        tags: Sequence[str] = (),
         limit: int = 50,
         offset: int = 0,
     ) -> ExperimentList:
-        """Newest first; the filters combine (`name`: part of the name, in any case; `model`: a model kind)."""
+        """Newest first; the filters combine (`name`: part of the name, in any case; `model`: a model kind;
+        `tags`: every one of them)."""
         filters = {"status": status, "dataset": dataset, "model": model, "name": name, "sweep": sweep}
-        params = {"limit": limit, "offset": offset} | {k: str(v) for k, v in filters.items() if v is not None}
+        params = {"limit": limit, "offset": offset, "tag": list(tags)}
+        params |= {k: str(v) for k, v in filters.items() if v is not None}
         return ExperimentList.model_validate(self._request("GET", "/experiments", params=params).json())
+
+    def update(
+        self,
+        experiment_id: int,
+        *,
+        name: str | None = None,
+        notes: str | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> ExperimentPublic:
+        """Rename an experiment, write its notes, or replace its tags; what is left None is kept."""
+        fields = {"name": name, "notes": notes, "tags": None if tags is None else list(tags)}
+        body = {k: v for k, v in fields.items() if v is not None}
+        return ExperimentPublic.model_validate(
+            self._request("PATCH", f"/experiments/{experiment_id}", json=body).json()
+        )
 
     def metrics(self, experiment_id: int, *, since_epoch: int = 0) -> list[EpochMetrics]:
         rows = self._request("GET", f"/experiments/{experiment_id}/metrics", params={"since_epoch": since_epoch})

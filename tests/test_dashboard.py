@@ -96,6 +96,26 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.select_option("#filter-status", "failed")
         sync_api.expect(page.locator("#experiments tbody")).to_have_text("No experiment matches.")
 
+        # Notes and tags, written on the run's page and kept; a tag in the list filters by it.
+        page.goto(f"{dep.url}/#/experiments/{line_id}")
+        page.fill("#notes", "a straight line fits")
+        page.fill("#tags", "regression  baseline")
+        page.click("#save-notes")
+        sync_api.expect(page.locator("#notes-saved")).to_have_text("saved")
+        sync_api.expect(page.locator("#tags")).to_have_value("baseline regression")
+        page.fill("#tags", "two,words")
+        page.click("#save-notes")
+        sync_api.expect(page.locator("#notes-saved")).to_contain_text("body.tags.0")
+        stored = httpx.get(f"{dep.url}/experiments/{line_id}").json()
+        assert (stored["notes"], stored["tags"]) == ("a straight line fits", ["baseline", "regression"]), stored
+        page.reload()
+        sync_api.expect(page.locator("#notes")).to_have_value("a straight line fits")
+        page.goto(f"{dep.url}/#/")
+        page.locator(f'#experiments tr[data-id="{line_id}"] button.tag', has_text="baseline").click()
+        sync_api.expect(page.locator("#filter-tag")).to_have_value("baseline")
+        sync_api.expect(page.locator("#experiments tbody tr")).to_have_count(1)
+        sync_api.expect(page.locator(f'#experiments tr[data-id="{line_id}"]')).to_be_visible()
+
         # A sweep: listed, its trials ranked as they finish, their curves overlaid, then deleted with its trials.
         base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}
         sweep = {"name": "two lrs", "base": base, "grid": {"optimizer.lr": [0.00001, 0.01]}}

@@ -232,6 +232,18 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert "2 of 2" in _cli("list", "--sweep", "1", url=dep.url, cwd=REPO).stdout
         mine = _cli("list", "--name", "YAML", "--dataset", "mnist-10k", url=dep.url, cwd=REPO).stdout
         assert "from yaml" in mine and "1 of 1" in mine, mine
+        edited = _cli("edit", "1", "--tag", "yaml", "-t", "mlp", "--notes", "first try", url=dep.url, cwd=REPO)
+        assert edited.returncode == 0 and "experiment 1: from yaml [mlp yaml]" in edited.stdout, edited.stdout
+        assert "[yaml]" in _cli("edit", "1", "--untag", "mlp", url=dep.url, cwd=REPO).stdout
+        tagged = _cli("list", "--tag", "yaml", url=dep.url, cwd=REPO).stdout
+        assert "from yaml" in tagged and "1 of 1" in tagged, tagged
+        shown = _cli("show", "1", url=dep.url, cwd=REPO).stdout
+        assert "tags: yaml" in shown and "first try" in shown, shown
+        nothing = _cli("edit", "1", url=dep.url, cwd=REPO)
+        assert nothing.returncode == 2 and "nothing to change" in nothing.stderr, nothing.stderr
+        with Client(dep.url) as sdk:
+            assert sdk.update(1, notes="", tags=["yaml", "mnist"]).tags == ["mnist", "yaml"]
+            assert [e.notes for e in sdk.list(tags=["mnist", "yaml"]).items] == [""]
 
         # --set changes the file's spec; a name with rich's markup in it is printed as it is.
         named = "lr [0.01] [/] [red]"

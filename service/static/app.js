@@ -64,8 +64,10 @@ function listView() {
   const name = h("input", {type: "search", id: "filter-name", placeholder: "name contains", oninput: () => refresh()});
   const status = h("select", {id: "filter-status", onchange: () => refresh()},
     ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", {value: s}, s || "any status")));
+  const tag = h("input", {type: "search", id: "filter-tag", placeholder: "tag", oninput: () => refresh()});
+  const byTag = (t) => () => { tag.value = t; refresh(); };
   view.replaceChildren(h("h1", {}, "Experiments"),
-    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status),
+    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status, " ", tag),
     h("table", {id: "experiments"},
       h("thead", {}, h("tr", {}, ["", "id", "name", "status", "dataset", "model", "epoch", "best", "duration"]
         .map((c) => h("th", {}, c)))), body));
@@ -74,17 +76,25 @@ function listView() {
     const query = new URLSearchParams({limit: 100});
     if (name.value) query.set("name", name.value);
     if (status.value) query.set("status", status.value);
+    if (tag.value.trim()) query.set("tag", tag.value.trim());
     const asked = ++latest;
-    const page = await api(`/experiments?${query}`);
+    let page;
+    try {
+      page = await api(`/experiments?${query}`);
+    } catch (err) {  // e.g. a tag with a space in it
+      if (asked === latest) body.replaceChildren(h("tr", {}, h("td", {colspan: 9, class: "error"}, err.message)));
+      return;
+    }
     if (asked !== latest) return;
     body.replaceChildren(...page.items.map((e) => h("tr", {"data-id": e.id},
       h("td", {}, h("input", {type: "checkbox", checked: selected.has(e.id),
         onchange: (ev) => (ev.target.checked ? selected.add(e.id) : selected.delete(e.id))})),
       h("td", {}, h("a", {href: `#/experiments/${e.id}`}, e.id)),
-      h("td", {}, h("a", {href: `#/experiments/${e.id}`}, e.name)),
+      h("td", {}, h("a", {href: `#/experiments/${e.id}`}, e.name),
+        e.tags.flatMap((t) => [" ", h("button", {class: "tag", title: "only runs with this tag", onclick: byTag(t)}, t)])),
       h("td", {}, badge(e.status)), h("td", {}, e.spec.dataset.name), h("td", {}, e.spec.model.kind),
       h("td", {}, `${e.current_epoch}/${e.epochs}`), h("td", {}, bestText(e)), h("td", {}, duration(e)))));
-    const none = name.value || status.value ? "No experiment matches." : "No experiments yet.";
+    const none = name.value || status.value || tag.value ? "No experiment matches." : "No experiments yet.";
     if (!page.items.length) body.append(h("tr", {}, h("td", {colspan: 9}, none)));
   }
   refresh();
@@ -116,7 +126,7 @@ async function experimentView(id) {
   const curves = h("div", {id: "curves", class: "charts"});
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
-  view.replaceChildren(header, progress, curves,
+  view.replaceChildren(header, notesPanel(experiment), progress, curves,
     h("div", {class: "columns"},
       h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment)),
       h("section", {}, h("h2", {}, "Spec"), h("pre", {class: "spec"}, JSON.stringify(experiment.spec, null, 2)))),
@@ -159,6 +169,27 @@ async function experimentView(id) {
     }
   });
   cleanup = () => source.close();
+}
+
+// What the user writes of a run, and its tags (space-separated): saved with PATCH, never read by its training.
+function notesPanel(e) {
+  const notes = h("textarea", {id: "notes", rows: 2, placeholder: "notes: what this run showed"});
+  notes.value = e.notes;
+  const tags = h("input", {id: "tags", placeholder: "tags, e.g. baseline flips", size: 40, value: e.tags.join(" ")});
+  const message = h("span", {id: "notes-saved"});
+  const save = h("button", {id: "save-notes", onclick: async () => {
+    try {
+      const saved = await api(`/experiments/${e.id}`, {method: "PATCH", headers: {"content-type": "application/json"},
+        body: JSON.stringify({notes: notes.value, tags: tags.value.split(/\s+/).filter(Boolean)})});
+      tags.value = saved.tags.join(" ");
+      message.className = "ok";
+      message.textContent = "saved";
+    } catch (err) {
+      message.className = "error";
+      message.textContent = err.message;
+    }
+  }}, "Save notes");
+  return h("div", {class: "notes"}, notes, h("p", {}, tags, " ", save, " ", message));
 }
 
 // A button whose request's error shows beside it.
