@@ -3,16 +3,31 @@ ExperimentUpdate, which only the API reads."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 
 from service.specs import ExperimentSpec, Name, Strict
 
-# A word to find runs by: letters, digits and _ . : / = + - (no spaces or commas), as in `?tag=flips`.
-Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\w.:/=+-]+$", examples=["flips"])]
+TAG_PATTERN = r"^[\w.:/=+-]{1,64}$"
+
+
+def _tag(tag: str) -> str:
+    if not re.fullmatch(TAG_PATTERN, tag):  # said in words: the pattern's own message is a regular expression
+        raise PydanticCustomError(
+            "tag",
+            "a tag is 1 to 64 letters, digits or _ . : / = + - (no spaces or commas), not '{tag}'",
+            {"tag": tag if len(tag) <= 64 else f"{tag[:61]}..."},
+        )
+    return tag
+
+
+# A word to find runs by, as in `?tag=flips`.
+Tag = Annotated[str, Field(json_schema_extra={"pattern": TAG_PATTERN}, examples=["flips"]), AfterValidator(_tag)]
 
 
 class Status(StrEnum):

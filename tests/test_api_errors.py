@@ -173,6 +173,8 @@ def test_bad_updates_are_422_naming_the_field(seeded) -> None:
         assert response.json()["detail"][0]["loc"] == loc, (body, response.text)
     missing = client.patch("/experiments/999", json={"notes": "x"})
     assert missing.status_code == 404 and missing.json() == {"detail": "experiment 999 not found"}
+    spaced = client.patch("/experiments/1", json={"tags": ["two words"]}).json()["detail"][0]["msg"]
+    assert spaced.startswith("a tag is 1 to 64 letters") and spaced.endswith("not 'two words'"), spaced
     for params in ({"tag": "two words"}, {"tag": ["t"] * 21}):
         response = client.get("/experiments", params=params)
         assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["query", "tag"], params
