@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from service.specs import CNNSpec, DatasetSpec, ExperimentSpec
 from tests.conftest import load_bundled
@@ -18,7 +19,7 @@ from worker.checkpoints import dump_checkpoint
 from worker.export import model_code, model_script
 from worker.inference import Predictor
 from worker.models import create_model, input_preprocess, meta_model, model_kinds
-from worker.preprocess import normalize
+from worker.preprocess import Preprocess, normalize
 
 LAYERS = [
     {"kind": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1, "bias": False},
@@ -97,28 +98,79 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
             expected[name] = predictor.predict_rows(torch.tensor([[float(a) for a in args]]))
         else:
             expected[name] = [(s.class_name, s.probability) for s in predictor.predict(Image.open(args[0]))]
-    # A fresh interpreter in the scripts' folder: what a user's own machine with torch would run.
+    answers = _run_scripts(runs, tmp_path)
+    for name, answer in answers.items():
+        if name == "regression":
+            assert float(answer) == pytest.approx(expected[name][0], rel=1e-4)
+        else:
+            _assert_same_classes(name, answer, expected[name])
+    assert set(answers) == set(MODELS)
+    # A new model kind needs a case here: the endpoint writes every kind the registry has.
+    assert {spec["kind"] for spec in MODELS.values()} == set(model_kinds())
+
+
+def test_the_script_reads_an_image_as_trainlab_does(tmp_path: Path) -> None:
+    """A photo stored sideways (EXIF), transparency (grey with alpha, a palette), 16-bit grey, colour, another
+    size: the script's model sees what /predict's does, in grey and in colour."""
+    digit = Image.fromarray(load_bundled(DatasetSpec(name="digits")).val.images[3, 0].numpy())
+    tall = digit.resize((24, 40), Image.Resampling.NEAREST)  # neither square nor the model's 8x8
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # "turn 90° clockwise to view"
+    palette = tall.convert("RGB").quantize(16)
+    images = {
+        "sideways.jpg": (tall.transpose(Image.Transpose.ROTATE_90), {"exif": exif, "quality": 95}),
+        "alpha.png": (Image.merge("LA", (Image.new("L", tall.size, 40), tall)), {}),
+        "16-bit.png": (Image.fromarray(np.asarray(tall, dtype=np.uint16) * 256 + 100), {}),
+        "palette.png": (palette, {"transparency": palette.getpixel((0, 0))}),  # the background's colour
+        "colour.png": (Image.merge("RGB", (tall, tall.transpose(Image.Transpose.FLIP_LEFT_RIGHT), digit.resize(tall.size))), {}),
+    }  # fmt: skip
+    for file, (image, options) in images.items():
+        image.save(tmp_path / file, **options)
+    runs, expected = [], {}
+    for channels in (1, 3):
+        data = _image_checkpoint(channels)
+        predictor = Predictor(data)
+        (tmp_path / f"c{channels}.pt").write_bytes(data)
+        (tmp_path / f"c{channels}.py").write_text(model_script(predictor.model, predictor.spec, "image"))
+        for file in images:
+            name = f"{channels} channels, {file}"
+            runs.append((name, str(tmp_path / f"c{channels}.py"), [str(tmp_path / f"c{channels}.pt"), file]))
+            expected[name] = [(s.class_name, s.probability) for s in predictor.predict(Image.open(tmp_path / file))]
+    answers = _run_scripts(runs, tmp_path)
+    assert set(answers) == set(expected)
+    for name, answer in answers.items():
+        _assert_same_classes(name, answer, expected[name])
+
+
+def _image_checkpoint(channels: int) -> bytes:
+    """A small CNN's checkpoint for 8x8 images of `channels`, its weights drawn at random."""
+    spec = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": {"kind": "cnn", "channels": [4]}})
+    preprocess = Preprocess(channels=channels, height=8, width=8, mean=(0.4,) * channels, std=(0.3,) * channels)
+    torch.manual_seed(channels)
+    model = create_model(spec.model, preprocess.input_shape, 10)
+    return dump_checkpoint(
+        epoch=1, spec=spec, preprocess=preprocess, class_names=tuple("0123456789"), model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), trainer_state={},
+    )  # fmt: skip
+
+
+def _run_scripts(runs: list[tuple[str, str, list[str]]], folder: Path) -> dict[str, str]:
+    """Each (name, script, arguments) run in a fresh interpreter in `folder`, as a user's own machine with torch
+    would run it: name -> what it printed. Checks that none of them imported trainlab."""
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps(runs)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=folder, capture_output=True, text=True, timeout=300,
         check=False,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.splitlines()[-1])
     assert output["trainlab_modules"] == []
-    for name, answer in output["answers"].items():
-        if name == "regression":
-            assert float(answer) == pytest.approx(expected[name][0], rel=1e-4)
-            continue
-        lines = [line.split("\t") for line in answer.splitlines()]
-        assert [c for c, _ in lines] == [c for c, _ in expected[name]], (name, answer)
-        assert [float(p) for _, p in lines] == pytest.approx([p for _, p in expected[name]], abs=1e-4), name
-    assert set(output["answers"]) == set(MODELS)
-    # A new model kind needs a case here: the endpoint writes every kind the registry has.
-    assert {spec["kind"] for spec in MODELS.values()} == set(model_kinds())
+    return output["answers"]
+
+
+def _assert_same_classes(name: str, answer: str, expected: list[tuple[str, float]]) -> None:
+    lines = [line.split("\t") for line in answer.splitlines()]
+    assert [c for c, _ in lines] == [c for c, _ in expected], (name, answer)
+    assert [float(p) for _, p in lines] == pytest.approx([p for _, p in expected], abs=1e-4), name
 
 
 def test_the_default_cnn_reads_as_one_would_write_it() -> None:

@@ -107,9 +107,9 @@ into it. Needs torch{torchvision}, and Pillow to read an image.
     python this_file.py CHECKPOINT.pt 0.5 -1.2 ...    # a model trained on a table: one row's feature values
 
 The checkpoint (GET /experiments/ID/checkpoint.pt) also holds the preprocessing ("preprocess": the input size and
-each channel's or feature's mean and std) and the class names. An image of another size is scaled by its shorter
-side and centre-cropped, as in trainlab; trainlab also turns photos upright by their EXIF orientation and lays
-transparency over white (worker/preprocess.py).
+each channel's or feature's mean and std) and the class names. An image is read as trainlab reads it
+(worker/preprocess.py): turned upright by its EXIF orientation, 16-bit grey scaled to 8 bits, transparency laid over
+white, and, at another size, scaled by its shorter side and centre-cropped.
 """
 
 from __future__ import annotations
@@ -137,10 +137,19 @@ def model_input(checkpoint: dict, args: list[str]) -> torch.Tensor:
     if pre["height"] == pre["width"] == 1:  # a table: the features as channels of a 1x1 "image"
         x = torch.tensor([float(value) for value in args]).view(1, -1, 1, 1)
     else:
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         width, height = pre["width"], pre["height"]
-        image = Image.open(args[0]).convert("L" if pre["channels"] == 1 else "RGB")
+        image = Image.open(args[0])
+        try:
+            image = ImageOps.exif_transpose(image)  # phones store photos sideways
+        except Exception:  # EXIF that does not parse is ignored, as browsers do
+            pass
+        if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit grey: the high byte (L would clip to white)
+            image = image.convert("I").point(lambda v: v / 256).convert("L")
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:  # over white, as a page shows it
+            image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+        image = image.convert("L" if pre["channels"] == 1 else "RGB")
         if image.size != (width, height):
             scale = max(width / image.width, height / image.height)
             size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
