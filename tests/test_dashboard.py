@@ -28,6 +28,8 @@ def page(tmp_path: Path, request):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(120_000)
+        # expect()'s own default is 5 s: less than a first :validate takes while another test trains beside this one.
+        sync_api.expect.set_options(timeout=60_000)
         yield page
         report = getattr(request.node, "rep_call", None)  # set by conftest's pytest_runtest_makereport
         if report is not None and report.failed:
