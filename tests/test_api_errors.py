@@ -62,7 +62,7 @@ def server(tmp_path_factory, module_db_url: str) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("errors")
     with (
         deployment(root, module_db_url, TRAINLAB_MAX_TRAIN_SAMPLES="1000000") as dep,
-        httpx.Client(base_url=dep.url) as client,
+        httpx.Client(base_url=dep.url, timeout=30) as client,
     ):
         for i in range(3):
             assert client.post("/experiments", json=tiny_spec(name=f"kept-{i}")).status_code == 201
@@ -73,7 +73,11 @@ def server(tmp_path_factory, module_db_url: str) -> Iterator[Deployment]:
 def predicting(request, tmp_path_factory) -> Iterator[tuple[Deployment, int]]:
     """One API (no worker) on a database of its own with one trained experiment, shared by the predict tests."""
     root = tmp_path_factory.mktemp("predict")
-    with new_database(request.param, root) as url, deployment(root, url) as dep, httpx.Client(base_url=dep.url) as c:
+    with (
+        new_database(request.param, root) as url,
+        deployment(root, url) as dep,
+        httpx.Client(base_url=dep.url, timeout=30) as c,
+    ):
         experiment_id = c.post("/experiments", json=tiny_spec(epochs=1)).json()["id"]
         train_in_process(dep)
         yield dep, experiment_id

@@ -44,7 +44,10 @@ def page(tmp_path: Path, request):
 def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, page) -> None:
     spec = {"name": "from the browser", "dataset": {"name": "mnist-10k"},
             "model": {"kind": "cnn", "channels": [16, 32]}, "epochs": 2}  # fmt: skip
-    with deployment(tmp_path, db_url, workers=1, TRAINLAB_PROGRESS_INTERVAL_S="0.3") as dep:
+    with (
+        deployment(tmp_path, db_url, workers=1, TRAINLAB_PROGRESS_INTERVAL_S="0.3") as dep,
+        httpx.Client(base_url=dep.url, timeout=30) as http,
+    ):
         page.goto(f"{dep.url}/#/submit")
         page.fill("#spec", json.dumps({**spec, "epochs": 0}))
         page.click("#validate")
@@ -70,7 +73,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=180_000)
         assert page.locator('#curves circle[data-series="validation"][data-epoch="2"]').count() == 2  # loss, accuracy
         sync_api.expect(page.locator("#confusion")).to_be_visible()
-        script = httpx.get(dep.url + page.locator("a", has_text="model.py").first.get_attribute("href"))
+        script = http.get(page.locator("a", has_text="model.py").first.get_attribute("href"))
         assert script.status_code == 200 and "def build_model() -> nn.Module:" in script.text, script.text
 
         page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
@@ -84,7 +87,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
         # A regression is compared on what it records, by default the loss its best epoch is chosen by.
         line = json.loads((REPO / "examples" / "diabetes-linear-regression.json").read_text()) | {"epochs": 2}
-        line_id = httpx.post(f"{dep.url}/experiments", json=line).json()["id"]
+        line_id = http.post("/experiments", json=line).json()["id"]
         page.goto(f"{dep.url}/#/experiments/{line_id}")
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=60_000)
         page.goto(f"{dep.url}/#/compare?ids={line_id}")
@@ -108,7 +111,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.fill("#tags", "two,words")
         page.click("#save-notes")
         sync_api.expect(page.locator("#notes-saved")).to_contain_text("body.tags.0")
-        stored = httpx.get(f"{dep.url}/experiments/{line_id}").json()
+        stored = http.get(f"/experiments/{line_id}").json()
         assert (stored["notes"], stored["tags"]) == ("a straight line fits", ["baseline", "regression"]), stored
         page.reload()
         sync_api.expect(page.locator("#notes")).to_have_value("a straight line fits")
@@ -121,7 +124,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         # A sweep: listed, its trials ranked as they finish, their curves overlaid, then deleted with its trials.
         base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}
         sweep = {"name": "two lrs", "base": base, "grid": {"optimizer.lr": [0.00001, 0.01]}}
-        sweep_id = httpx.post(f"{dep.url}/sweeps", json=sweep).json()["id"]
+        sweep_id = http.post("/sweeps", json=sweep).json()["id"]
         page.goto(f"{dep.url}/#/sweeps")
         page.click(f'#sweeps tr[data-id="{sweep_id}"] a')
         sync_api.expect(page.locator("#trials [data-status=succeeded]")).to_have_count(2, timeout=60_000)
@@ -131,10 +134,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.click("#delete-sweep")
         page.wait_for_url(f"{dep.url}/#/sweeps")
         sync_api.expect(page.locator(f'#sweeps tr[data-id="{sweep_id}"]')).to_have_count(0)
-        assert httpx.get(f"{dep.url}/sweeps/{sweep_id}").status_code == 404
+        assert http.get(f"/sweeps/{sweep_id}").status_code == 404
 
         # Steering: a run too long to wait for is cancelled from its page, then deleted.
-        long_id = httpx.post(f"{dep.url}/experiments", json={**spec, "name": "too long", "epochs": 50}).json()["id"]
+        long_id = http.post("/experiments", json={**spec, "name": "too long", "epochs": 50}).json()["id"]
         page.goto(f"{dep.url}/#/experiments/{long_id}")
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("running", timeout=60_000)
         page.click("#cancel")
@@ -144,4 +147,4 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.wait_for_url(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"]')).to_be_visible()
         sync_api.expect(page.locator(f'#experiments tr[data-id="{long_id}"]')).to_have_count(0)
-        assert httpx.get(f"{dep.url}/experiments/{long_id}").status_code == 404
+        assert http.get(f"/experiments/{long_id}").status_code == 404

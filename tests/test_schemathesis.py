@@ -17,7 +17,8 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 
 def test_fuzzing_the_api_finds_no_server_error(tmp_path: Path, db_url: str) -> None:
     with deployment(tmp_path, db_url) as dep:
-        with httpx.Client(base_url=dep.url) as client:  # something to find: a trained and a queued experiment
+        # Something to find: a trained and a queued experiment.
+        with httpx.Client(base_url=dep.url, timeout=30) as client:
             assert client.post("/experiments", json=tiny_spec(epochs=1)).status_code == 201
             train_in_process(dep)
             assert client.post("/experiments", json=tiny_spec()).status_code == 201

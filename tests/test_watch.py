@@ -210,7 +210,7 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
             cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert script.returncode == 0 and script.stdout.startswith("7\t"), script.stdout + script.stderr
-        missing = httpx.get(f"{dep.url}/experiments/99/model.py")
+        missing = httpx.get(f"{dep.url}/experiments/99/model.py", timeout=30)
         assert missing.status_code == 404 and "experiment 99" in missing.text, missing.text
         unwritable = _cli("checkpoint", "1", "-o", str(tmp_path / "no" / "such.pt"), url=dep.url, cwd=tmp_path)
         assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr, unwritable.stderr
