@@ -30,6 +30,9 @@ def main() -> None:
                  "batch_size": [32, 128]}, "base": {"dataset": {"name": "digits"}, "model": {"kind": "mlp",
                  "hidden": [64]}, "epochs": 8}}  # fmt: skip
         client.post("/sweeps", json=sweep).raise_for_status()
+        notes = {"tags": ["baseline", "cnn"], "notes": "The first CNN: the baseline the later runs are compared with."}
+        client.patch("/experiments/1", json=notes).raise_for_status()
+        client.patch("/experiments/3", json={"tags": ["regression"]}).raise_for_status()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 860})
