@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.expression import Exists
 
 from service.cache import LRUCache
 from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
@@ -639,7 +640,7 @@ class Store:
             rows = session.scalars(query.order_by(ExperimentRow.id.desc()).limit(limit).offset(offset)).all()
             return [_public(row) for row in rows], total
 
-    def _tagged(self, tag: str):
+    def _tagged(self, tag: str) -> Exists:
         """Whether an experiment's JSON list of tags holds `tag`: each database's own function for a JSON array's
         elements (a scan, as the dataset and model filters are)."""
         sqlite = self.engine.dialect.name == "sqlite"
@@ -670,9 +671,7 @@ class Store:
         the next batch boundary). Checkpoints are kept for /predict."""
         now = utcnow()
         with self._write() as session:
-            row = session.get(ExperimentRow, experiment_id, with_for_update=True, populate_existing=True)
-            if row is None:
-                raise NotFound(f"experiment {experiment_id} not found")
+            row = self._row(session, experiment_id, lock=True)
             if row.status not in _sources(Status.cancelled):
                 raise Conflict(
                     f"experiment {experiment_id} is {row.status}: only queued or running experiments can be cancelled"
@@ -687,9 +686,7 @@ class Store:
     def update_experiment(self, experiment_id: int, update: ExperimentUpdate) -> ExperimentPublic:
         """Rename, annotate or tag an experiment, in any state: nothing its training reads changes."""
         with self._write() as session:
-            row = session.get(ExperimentRow, experiment_id, with_for_update=True, populate_existing=True)
-            if row is None:
-                raise NotFound(f"experiment {experiment_id} not found")
+            row = self._row(session, experiment_id, lock=True)
             if update.name is not None:
                 row.name, row.spec = update.name, {**row.spec, "name": update.name}
             if update.notes is not None:
@@ -703,9 +700,7 @@ class Store:
         """A finished experiment and everything recorded of it: metrics, checkpoints, events, attempts. 409 while
         it is queued or running, or while a queued or running experiment is to start from its weights."""
         with self._write() as session:
-            row = session.get(ExperimentRow, experiment_id, with_for_update=True, populate_existing=True)
-            if row is None:
-                raise NotFound(f"experiment {experiment_id} not found")
+            row = self._row(session, experiment_id, lock=True)
             if TRANSITIONS[Status(row.status)]:
                 raise Conflict(
                     f"experiment {experiment_id} is {row.status}: cancel it first "
@@ -847,8 +842,9 @@ class Store:
             session.execute(delete(DatasetRow).where(DatasetRow.name == name))
 
     @staticmethod
-    def _row(session: Session, experiment_id: int) -> ExperimentRow:
-        row = session.get(ExperimentRow, experiment_id)
+    def _row(session: Session, experiment_id: int, *, lock: bool = False) -> ExperimentRow:
+        """The experiment's row, or NotFound; with `lock`, held (FOR UPDATE) and read afresh until the commit."""
+        row = session.get(ExperimentRow, experiment_id, with_for_update=lock or None, populate_existing=lock)
         if row is None:
             raise NotFound(f"experiment {experiment_id} not found")
         return row
