@@ -94,6 +94,11 @@ def check_spec(spec: ExperimentSpec, settings: Settings, store: Store, loc: Loc 
             "so each convolution acts as a linear layer (only its kernel's centre meets data): an mlp does the same "
             "with fewer parameters"
         )
+    if spec.compile and getattr(spec.model, "freeze", None) == "backbone" and not spec.augment:
+        warnings.append(
+            "compile: true compiles nothing here: with the backbone frozen and no augmentation, the backbone's "
+            "features are computed once and only the head (a linear layer) trains on them"
+        )
     return warnings
 
 

@@ -68,6 +68,11 @@ def test_validate_warns_and_queues_nothing(service) -> None:
         [warning] = client.post("/experiments:validate", json={**table, "model": model}).json()["warnings"]
         assert "diabetes is a table" in warning and "an mlp does the same" in warning, warning
     assert client.post("/experiments:validate", json=table).json()["warnings"] == []
+    head_only = tiny_spec(model={"kind": "resnet18", "pretrained": "none", "freeze": "backbone"}, compile=True)
+    [warning] = client.post("/experiments:validate", json=head_only).json()["warnings"]
+    assert "compile: true compiles nothing" in warning, warning
+    augmented = {**head_only, "augment": [{"kind": "gaussian_noise", "std": 0.1}]}  # the backbone runs every epoch
+    assert client.post("/experiments:validate", json=augmented).json()["warnings"] == []
     refused = client.post("/experiments:validate/augmentations.png", json=table)  # was a 500 (found by fuzzing)
     assert refused.status_code == 409 and "diabetes is a table" in refused.text, refused.text
     assert client.get("/experiments").json()["total"] == before

@@ -9,13 +9,15 @@ import pytest
 import torch
 import torchvision
 
-from service.specs import ExperimentSpec
-from tests.conftest import deployment, wait_for_status
+from service.specs import EpochMetrics, ExperimentSpec
+from tests.conftest import deployment, load_bundled, wait_for_status
 from tests.datafiles import upload_hymenoptera
 from worker import pretrained
 from worker.checkpoints import load_checkpoint
 from worker.datasets import load_dataset
-from worker.engine import fit
+from worker.engine import DeviceSplit, Interrupted, evaluate, fit
+from worker.models import TransferNet, create_model, input_preprocess
+from worker.objectives import Objective
 
 
 @pytest.fixture
@@ -89,6 +91,75 @@ def test_freeze_backbone_trains_only_the_head(tmp_path: Path, torch_home: Path, 
         assert "conv1.weight" in changed and "layer4.1.bn2.running_mean" in changed
     # The new head (10 digits, not ImageNet's 1000 classes) trained in both.
     assert trained["head.weight"].shape == (10, 512)
+
+
+def _head_only(**overrides) -> ExperimentSpec:
+    return ExperimentSpec.model_validate({
+        "dataset": {"name": "digits"}, "epochs": 3, "precision": "fp32", "batch_size": 64,
+        "model": {"kind": "resnet18", "pretrained": "none", "freeze": "backbone", "image_size": 32, "dropout": 0.2},
+        **overrides,
+    })  # fmt: skip
+
+
+def _fit(spec: ExperimentSpec, **kwargs) -> list[tuple[EpochMetrics, bytes]]:
+    out: list[tuple[EpochMetrics, bytes]] = []
+    fit(spec, load_bundled(spec.dataset), torch.device("cpu"), on_epoch=lambda m, c: out.append((m, c)), **kwargs)
+    return out
+
+
+def _timing_free(runs: list[tuple[EpochMetrics, bytes]]) -> list[dict]:
+    return [m.model_dump(exclude={"duration_s", "samples_per_s"}) for m, _ in runs]
+
+
+def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the_whole_models(monkeypatch) -> None:
+    """Head-only training without augmentation: the backbone maps an image to the same features every epoch, so
+    they are computed once; each epoch's checkpoint, run whole, gives the validation metrics recorded for it."""
+    seen: list[int] = []
+    features = TransferNet.features
+    monkeypatch.setattr(TransferNet, "features", lambda net, x: seen.append(len(x)) or features(net, x))
+    spec = _head_only()
+    dataset = load_bundled(spec.dataset)
+    images = len(dataset.train) + len(dataset.val)
+    runs = _fit(spec)
+    assert sum(seen) == images  # not once per epoch
+    monkeypatch.undo()
+
+    preprocess = input_preprocess(spec.model, dataset.info.preprocess)
+    val = DeviceSplit.of(dataset.val, torch.device("cpu"), preprocess)
+    objective = Objective.of(spec.task, spec.loss, preprocess)
+    for metrics, checkpoint in runs:
+        model = create_model(spec.model, preprocess.input_shape, dataset.info.num_classes)
+        model.load_state_dict(load_checkpoint(checkpoint).model_state)
+        loss, whole = evaluate(model, val, preprocess, objective)
+        assert loss == pytest.approx(metrics.val_loss, rel=1e-5)
+        assert whole["val_accuracy"] == pytest.approx(metrics.val_accuracy, abs=1 / len(val))
+    assert runs[-1][0].val_accuracy > runs[0][0].val_accuracy  # the head learns
+
+
+def test_a_run_stopped_while_its_features_are_computed_or_later_finishes_as_if_it_never_stopped() -> None:
+    spec = _head_only(epochs=2)
+    whole = _fit(spec)
+    calls: list[int] = []
+    with pytest.raises(Interrupted) as early:  # the first should_stop() comes before any training batch
+        _fit(spec, should_stop=lambda: calls.append(1) or len(calls) > 1)
+    assert (early.value.epoch, early.value.progress.batches) == (1, 0)
+    resumed = _fit(spec, resume=load_checkpoint(early.value.checkpoint))
+    assert _timing_free(resumed) == _timing_free(whole)
+
+    done: list[tuple[EpochMetrics, bytes]] = []
+    asked_in_epoch_2: list[int] = []
+
+    def three_batches_into_epoch_2() -> bool:
+        if done:
+            asked_in_epoch_2.append(1)
+        return len(asked_in_epoch_2) > 3
+
+    with pytest.raises(Interrupted) as late:  # the resumed process computes the features anew
+        fit(spec, load_bundled(spec.dataset), torch.device("cpu"), on_epoch=lambda m, c: done.append((m, c)),
+            should_stop=three_batches_into_epoch_2)  # fmt: skip
+    assert (late.value.epoch, late.value.progress.batches) == (2, 3)
+    resumed = _fit(spec, resume=load_checkpoint(late.value.checkpoint))
+    assert _timing_free(resumed) == _timing_free(whole[1:])
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from service.specs import EarlyStoppingSpec, EpochMetrics, ExperimentSpec
 from worker.augment import Augmentation, build_augmentation
 from worker.checkpoints import CheckpointContent, dump_checkpoint
 from worker.datasets import Dataset, Split
-from worker.models import create_model, input_preprocess
+from worker.models import TransferNet, create_model, input_preprocess
 from worker.numerics import Numerics, eval_batch_size, resolve_numerics
 from worker.objectives import Objective
 from worker.preprocess import Preprocess, normalize, standardize, to_unit
@@ -207,7 +207,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceSplit:
-    images: torch.Tensor
+    images: torch.Tensor  # uint8 images; or, for head-only training, the features a frozen backbone made of them
     labels: torch.Tensor
     # The images as the model sees them, computed once when no augmentation comes between (saves a few
     # small kernels per batch, which is what bounds small models on a GPU, and redoing it every evaluation).
@@ -224,6 +224,24 @@ class DeviceSplit:
     def inputs(self, batch: slice, preprocess: Preprocess) -> torch.Tensor:
         """The model's (unaugmented) float inputs for `batch`."""
         return self.standardized[batch] if self.standardized is not None else normalize(self.images[batch], preprocess)
+
+
+@torch.no_grad()
+def frozen_features(
+    net: TransferNet, data: DeviceSplit, preprocess: Preprocess, numerics: Numerics, *, chunk: int,
+    should_stop: ShouldStop,
+) -> DeviceSplit:  # fmt: skip
+    """`data` as the head of `net` sees it: each image through the frozen backbone (in eval mode, fp32, as
+    evaluation runs it), in chunks of `chunk` images in index order, so that every process computes the same
+    features (a resumed run replays an uninterrupted one). Raises Interrupted between chunks on `should_stop()`."""
+    net.backbone.eval()
+    parts = []
+    for start in range(0, len(data), chunk):
+        if should_stop():
+            raise Interrupted()
+        parts.append(net.features(numerics.layout(data.inputs(slice(start, start + chunk), preprocess))))
+    features = torch.cat(parts)
+    return DeviceSplit(features, data.labels, features)
 
 
 def train_one_epoch(
@@ -425,16 +443,24 @@ def fit(
 
     train = DeviceSplit.of(dataset.train, device, preprocess if augment is None else None)
     val = DeviceSplit.of(dataset.val, device, preprocess)
+    # A frozen backbone maps an image to the same features every epoch. With no augmentation to change the
+    # images, they are computed once, when this process starts its first epoch, and only the head trains and
+    # evaluates on them: an epoch after that costs the head's work, not the backbone's forward pass.
+    frozen = model if isinstance(model, TransferNet) and model.frozen and augment is None else None
     runner, compile_s = model, None  # what trains and evaluates; checkpoints save `model`
-    if spec.compile:
+    if frozen is not None:
+        runner = frozen.head  # compile: true would have nothing to compile (the API warns of that)
+    elif spec.compile:
         runner, compile_s = compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size)
+    step_numerics = numerics if runner is model else resolve_numerics(spec.precision, device, runner)
     blocker = graph_blocker(
-        device, optimizer, scaler, per_batch_lr=schedule is not None and schedule.per_batch, compiled=spec.compile
-    )
+        device, optimizer, scaler, per_batch_lr=schedule is not None and schedule.per_batch,
+        compiled=compile_s is not None,
+    )  # fmt: skip
     if device.type == "cuda" and cuda_graphs and blocker is not None:
         log.info("training without CUDA graphs: %s", blocker)
     step = TrainStep(
-        runner, optimizer, objective, numerics, scaler, device=device, batch_size=spec.batch_size,
+        runner, optimizer, objective, step_numerics, scaler, device=device, batch_size=spec.batch_size,
         grad_clip_norm=spec.grad_clip_norm, graphs=cuda_graphs and blocker is None,
     )  # fmt: skip
     for epoch in range(first_epoch, spec.epochs + 1):
@@ -458,6 +484,11 @@ def fit(
             })  # fmt: skip
 
         try:
+            if frozen is not None and epoch == first_epoch:  # inside the epoch: its time counts, a stop is heard
+                train, val = (
+                    frozen_features(frozen, split, preprocess, numerics, chunk=spec.batch_size, should_stop=should_stop)
+                    for split in (train, val)
+                )
             train_loss, train_metrics = train_one_epoch(
                 step,
                 train,
@@ -471,10 +502,11 @@ def fit(
                 progress_every_s=progress_every_s,
             )
         except Interrupted as stop:
-            state = {"progress": asdict(stop.progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
-            raise Interrupted(stop.progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
+            progress = stop.progress or done  # no progress: stopped before a batch of this epoch trained
+            state = {"progress": asdict(progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
+            raise Interrupted(progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
-        val_loss, val_metrics = evaluate(runner, val, preprocess, objective, numerics)
+        val_loss, val_metrics = evaluate(runner, val, preprocess, objective, step_numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "
