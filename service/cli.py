@@ -338,6 +338,17 @@ def _watch(url: str, experiment_id: int) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
+def _progress_fields(data: dict) -> dict[str, str]:
+    """A progress event's fields for the bar: a training epoch's batches, or (stage "features") a frozen
+    backbone's features being computed at the start of the first epoch."""
+    features = data.get("stage") == "features"
+    return {
+        "epoch": f"{data['epoch']}/{data['epochs']}" + (" (the frozen backbone's features)" if features else ""),
+        "loss": "-" if features else f"{data['loss']:.4f}",
+        "rate": f"{data['samples_per_s']:.0f} samples/s",
+    }
+
+
 def _follow(client: Client, experiment_id: int) -> str:
     """Render the event stream; the final status."""
     bar = Progress(
@@ -358,10 +369,7 @@ def _follow(client: Client, experiment_id: int) -> str:
                 note = event.data.get("error") or event.data.get("stop_reason") or ""
                 bar.console.print(Text.assemble((status, "bold"), f" {note}".rstrip()))
             elif event.kind == "progress":
-                fields = {
-                    "epoch": f"{event.data['epoch']}/{event.data['epochs']}", "loss": f"{event.data['loss']:.4f}",
-                    "rate": f"{event.data['samples_per_s']:.0f} samples/s",
-                }  # fmt: skip
+                fields = _progress_fields(event.data)
                 if task is None:
                     task = bar.add_task("train", total=event.data["batches"], **fields)
                 bar.update(task, completed=event.data["batch"], total=event.data["batches"], **fields)

@@ -49,6 +49,17 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         httpx.Client(base_url=dep.url, timeout=30) as http,
     ):
         page.goto(f"{dep.url}/#/submit")
+        # How an experiment's page words its progress: a frozen backbone's features, or a training epoch's batches.
+        features = {"epoch": 1, "epochs": 4, "stage": "features", "batch": 3, "batches": 8, "samples_per_s": 31.6,
+                    "eta_s": 4.2}  # fmt: skip
+        assert page.evaluate("progressText", features) == (
+            "epoch 1/4: the frozen backbone's features, batch 3/8, 32 samples/s, ETA 4 s "
+        )
+        training = {"epoch": 2, "epochs": 4, "batch": 3, "batches": 8, "loss": 0.25, "samples_per_s": 812.4,
+                    "eta_epoch_s": 1.0, "eta_run_s": 9.0}  # fmt: skip
+        assert page.evaluate("progressText", training) == (
+            "epoch 2/4: batch 3/8, loss 0.2500, 812 samples/s, epoch ETA 1 s, run ETA 9 s "
+        )
         page.fill("#spec", json.dumps({**spec, "epochs": 0}))
         page.click("#validate")
         sync_api.expect(page.locator("#feedback .error")).to_contain_text("body.epochs")

@@ -120,9 +120,17 @@ def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the
     spec = _head_only()
     dataset = load_bundled(spec.dataset)
     images = len(dataset.train) + len(dataset.val)
-    runs = _fit(spec)
+    events: list[dict] = []
+    runs = _fit(spec, on_progress=events.append, progress_every_s=0)
     assert sum(seen) == images  # not once per epoch
     monkeypatch.undo()
+    # Progress while the features are computed, at the start of epoch 1; then the training's, as for any model.
+    batches = sum(-(-len(split) // spec.batch_size) for split in (dataset.train, dataset.val))
+    stages = [e.get("stage") for e in events]
+    assert stages[:batches] == ["features"] * batches and "features" not in stages[batches:]
+    features = [(e["epoch"], e["batch"], e["batches"]) for e in events[:batches]]
+    assert features == [(1, b, batches) for b in range(batches)]
+    assert all(e["eta_s"] >= 0 for e in events[1:batches]) and events[batches]["epoch"] == 1
 
     preprocess = input_preprocess(spec.model, dataset.info.preprocess)
     val = DeviceSplit.of(dataset.val, torch.device("cpu"), preprocess)

@@ -75,9 +75,8 @@ def test_event_stream_replays_what_a_dropped_connection_missed(tmp_path: Path, d
         progress = [e.data for e in events if e.kind == "progress"]
         assert progress, "no progress event inside an epoch"
         for p in progress:
-            assert (
-                0 < p["batch"] < p["batches"] == 125
-            )  # 8,000 training images, batches of 64 and p["loss"] > 0 and p["samples_per_s"] > 0
+            assert 0 < p["batch"] < p["batches"] == 125  # 8,000 training images, batches of 64
+            assert p["loss"] > 0 and p["samples_per_s"] > 0
             assert p["eta_epoch_s"] >= 0 and p["eta_run_s"] >= p["eta_epoch_s"]
         assert any("epoch=3/3" in e.data["message"] for e in events if e.kind == "log")
 
@@ -165,6 +164,19 @@ def test_cli_compare_shows_lists_that_differ_item_by_item() -> None:
     ]
     flips = [{"kind": "hflip", "p": 0.5}]
     assert list(_difference_rows("augment", [[], flips])) == [("augment", ["[]", "[hflip(p=0.5)]"])]
+
+
+def test_cli_watch_says_when_a_frozen_backbones_features_are_being_computed() -> None:
+    from service.cli import _progress_fields
+
+    training = {"epoch": 2, "epochs": 4, "batch": 3, "batches": 8, "loss": 0.25, "samples_per_s": 812.4,
+                "eta_epoch_s": 1.0, "eta_run_s": 9.0}  # fmt: skip
+    assert _progress_fields(training) == {"epoch": "2/4", "loss": "0.2500", "rate": "812 samples/s"}
+    features = {"epoch": 1, "epochs": 4, "stage": "features", "batch": 3, "batches": 8, "samples_per_s": 31.6,
+                "eta_s": 4.2}  # fmt: skip
+    assert _progress_fields(features) == {
+        "epoch": "1/4 (the frozen backbone's features)", "loss": "-", "rate": "32 samples/s",
+    }  # fmt: skip
 
 
 def _table_rows(text: str) -> set[tuple[str, ...]]:

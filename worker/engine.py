@@ -15,7 +15,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,6 +38,8 @@ OnEpoch = Callable[[EpochMetrics, bytes], None]
 ShouldStop = Callable[[], bool]
 # (batches done, batches in the epoch, running mean loss): called at most every `progress_every_s`.
 OnBatches = Callable[[int, int, float], None]
+# (batches done, batches in all) while a frozen backbone's features are computed.
+OnChunks = Callable[[int, int], None]
 
 
 class Interrupted(Exception):
@@ -228,20 +230,29 @@ class DeviceSplit:
 
 @torch.no_grad()
 def frozen_features(
-    net: TransferNet, data: DeviceSplit, preprocess: Preprocess, numerics: Numerics, *, chunk: int,
-    should_stop: ShouldStop,
-) -> DeviceSplit:  # fmt: skip
-    """`data` as the head of `net` sees it: each image through the frozen backbone (in eval mode, fp32, as
+    net: TransferNet, splits: Sequence[DeviceSplit], preprocess: Preprocess, numerics: Numerics, *, chunk: int,
+    should_stop: ShouldStop, on_chunks: OnChunks | None = None, progress_every_s: float = 1.0,
+) -> list[DeviceSplit]:  # fmt: skip
+    """Each split as the head of `net` sees it: its images through the frozen backbone (in eval mode, fp32, as
     evaluation runs it), in chunks of `chunk` images in index order, so that every process computes the same
     features (a resumed run replays an uninterrupted one). Raises Interrupted between chunks on `should_stop()`."""
     net.backbone.eval()
-    parts = []
-    for start in range(0, len(data), chunk):
-        if should_stop():
-            raise Interrupted()
-        parts.append(net.features(numerics.layout(data.inputs(slice(start, start + chunk), preprocess))))
-    features = torch.cat(parts)
-    return DeviceSplit(features, data.labels, features)
+    chunks, done = sum(-(-len(data) // chunk) for data in splits), 0
+    report_at = time.monotonic() + progress_every_s
+    out = []
+    for data in splits:
+        parts = []
+        for start in range(0, len(data), chunk):
+            if on_chunks is not None and time.monotonic() >= report_at:
+                on_chunks(done, chunks)
+                report_at = time.monotonic() + progress_every_s
+            if should_stop():
+                raise Interrupted()
+            parts.append(net.features(numerics.layout(data.inputs(slice(start, start + chunk), preprocess))))
+            done += 1
+        features = torch.cat(parts)
+        out.append(DeviceSplit(features, data.labels, features))
+    return out
 
 
 def train_one_epoch(
@@ -367,6 +378,42 @@ def compile_model(
     return compiled, time.perf_counter() - started
 
 
+class ProgressReport:
+    """`fit`'s progress events: a training epoch's batches (running loss, samples/s, the epoch's and the run's
+    ETA), or the batches of a frozen backbone's features (`"stage": "features"`, with their ETA). Rates count from
+    when a callback is made, so that computing the features does not inflate the training's ETA."""
+
+    def __init__(self, send: Callable[[dict], None], epochs: int, batch_size: int) -> None:
+        self.send, self.epochs, self.batch_size = send, epochs, batch_size
+
+    def batches(self, epoch: int, first: int) -> OnBatches:
+        """For an epoch that starts at batch `first` (a resumed one: later than 0)."""
+        since = time.perf_counter()
+
+        def report(batch: int, batches: int, loss: float) -> None:
+            per_s = (batch - first) / (time.perf_counter() - since)
+            eta_epoch = (batches - batch) / per_s if per_s else None
+            self.send({
+                "epoch": epoch, "epochs": self.epochs, "batch": batch, "batches": batches, "loss": loss,
+                "samples_per_s": per_s * self.batch_size, "eta_epoch_s": eta_epoch,
+                "eta_run_s": None if eta_epoch is None else eta_epoch + (self.epochs - epoch) * batches / per_s,
+            })  # fmt: skip
+
+        return report
+
+    def features(self, epoch: int) -> OnChunks:
+        since = time.perf_counter()
+
+        def report(batch: int, batches: int) -> None:
+            per_s = batch / (time.perf_counter() - since)
+            self.send({
+                "epoch": epoch, "epochs": self.epochs, "stage": "features", "batch": batch, "batches": batches,
+                "samples_per_s": per_s * self.batch_size, "eta_s": (batches - batch) / per_s if per_s else None,
+            })  # fmt: skip
+
+        return report
+
+
 def fit(
     spec: ExperimentSpec,
     dataset: Dataset,
@@ -384,8 +431,9 @@ def fit(
     checkpoint to `on_epoch`. A fresh run starts from `initial_weights` (pretrained; the tensors whose names and
     shapes fit). Stops early when the spec's early stopping says so; raises Interrupted when `should_stop()`
     turns true. `on_progress` gets, every `progress_every_s` inside an epoch, its batches done, running loss,
-    samples/s and the estimated seconds left of the epoch and of the run. On CUDA, training steps replay a CUDA
-    graph where the step allows it (worker.steps); `cuda_graphs=False` runs them eagerly, for comparison."""
+    samples/s and the estimated seconds left of the epoch and of the run (ProgressReport). On CUDA, training steps
+    replay a CUDA graph where the step allows it (worker.steps); `cuda_graphs=False` runs them eagerly, for
+    comparison."""
     info = dataset.info
     preprocess = input_preprocess(spec.model, info.preprocess)
     objective = Objective.of(spec.task, spec.loss, preprocess)
@@ -463,6 +511,7 @@ def fit(
         runner, optimizer, objective, step_numerics, scaler, device=device, batch_size=spec.batch_size,
         grad_clip_norm=spec.grad_clip_norm, graphs=cuda_graphs and blocker is None,
     )  # fmt: skip
+    progress = ProgressReport(on_progress, spec.epochs, spec.batch_size) if on_progress is not None else None
     for epoch in range(first_epoch, spec.epochs + 1):
         seed = epoch_seed(spec.seed, epoch)
         done, lr = EpochProgress(), optimizer.param_groups[0]["lr"]
@@ -473,22 +522,12 @@ def fit(
         else:
             torch.manual_seed(seed)
         started = time.perf_counter()
-
-        def batches_done(batch: int, batches: int, loss: float, epoch: int = epoch, first: int = done.batches) -> None:
-            per_s = (batch - first) / (time.perf_counter() - started)
-            eta_epoch = (batches - batch) / per_s if per_s else None
-            on_progress({
-                "epoch": epoch, "epochs": spec.epochs, "batch": batch, "batches": batches, "loss": loss,
-                "samples_per_s": per_s * spec.batch_size, "eta_epoch_s": eta_epoch,
-                "eta_run_s": None if eta_epoch is None else eta_epoch + (spec.epochs - epoch) * batches / per_s,
-            })  # fmt: skip
-
         try:
             if frozen is not None and epoch == first_epoch:  # inside the epoch: its time counts, a stop is heard
-                train, val = (
-                    frozen_features(frozen, split, preprocess, numerics, chunk=spec.batch_size, should_stop=should_stop)
-                    for split in (train, val)
-                )
+                train, val = frozen_features(
+                    frozen, (train, val), preprocess, numerics, chunk=spec.batch_size, should_stop=should_stop,
+                    on_chunks=progress.features(epoch) if progress else None, progress_every_s=progress_every_s,
+                )  # fmt: skip
             train_loss, train_metrics = train_one_epoch(
                 step,
                 train,
@@ -498,13 +537,13 @@ def fit(
                 schedule=schedule,
                 should_stop=should_stop,
                 done=done,
-                on_batches=batches_done if on_progress is not None else None,
+                on_batches=progress.batches(epoch, done.batches) if progress else None,
                 progress_every_s=progress_every_s,
             )
         except Interrupted as stop:
-            progress = stop.progress or done  # no progress: stopped before a batch of this epoch trained
-            state = {"progress": asdict(progress), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
-            raise Interrupted(progress, checkpoint(epoch - 1, interrupted=state), epoch) from None
+            so_far = stop.progress or done  # none: stopped before a batch of this epoch trained
+            state = {"progress": asdict(so_far), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
+            raise Interrupted(so_far, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
         val_loss, val_metrics = evaluate(runner, val, preprocess, objective, step_numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):

@@ -40,6 +40,18 @@ function describe(detail) {
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+// A progress event in words: a training epoch's batches, or (stage "features") a frozen backbone's features
+// being computed at the start of the first epoch.
+function progressText(p) {
+  const rate = `${fmt(p.samples_per_s, 0)} samples/s`;
+  if (p.stage === "features") {
+    return `epoch ${p.epoch}/${p.epochs}: the frozen backbone's features, batch ${p.batch}/${p.batches}, ${rate}, ` +
+      `ETA ${fmt(p.eta_s, 0)} s `;
+  }
+  return `epoch ${p.epoch}/${p.epochs}: batch ${p.batch}/${p.batches}, loss ${fmt(p.loss)}, ${rate}, ` +
+    `epoch ETA ${fmt(p.eta_epoch_s, 0)} s, run ETA ${fmt(p.eta_run_s, 0)} s `;
+}
 const badge = (status) => h("span", {class: `badge ${status}`, "data-status": status}, status);
 
 function bestText(e) {
@@ -150,9 +162,7 @@ async function experimentView(id) {
   });
   source.addEventListener("progress", (ev) => {
     const p = JSON.parse(ev.data);
-    progress.replaceChildren(`epoch ${p.epoch}/${p.epochs}: batch ${p.batch}/${p.batches}, loss ${fmt(p.loss)}, `,
-      `${p.samples_per_s.toFixed(0)} samples/s, epoch ETA ${fmt(p.eta_epoch_s, 0)} s, run ETA ${fmt(p.eta_run_s, 0)} s `,
-      h("progress", {max: p.batches, value: p.batch}));
+    progress.replaceChildren(progressText(p), h("progress", {max: p.batches, value: p.batch}));
   });
   source.addEventListener("queue", (ev) => {
     const q = JSON.parse(ev.data);
