@@ -112,17 +112,20 @@ def _timing_free(runs: list[tuple[EpochMetrics, bytes]]) -> list[dict]:
 
 
 def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the_whole_models(monkeypatch) -> None:
-    """Head-only training without augmentation: the backbone maps an image to the same features every epoch, so
-    they are computed once; each epoch's checkpoint, run whole, gives the validation metrics recorded for it."""
+    """A frozen backbone maps an image to the same features every epoch, so they are computed once; each epoch's
+    checkpoint, run whole, gives the validation metrics recorded for it."""
     seen: list[int] = []
     features = TransferNet.features
     monkeypatch.setattr(TransferNet, "features", lambda net, x: seen.append(len(x)) or features(net, x))
     spec = _head_only()
     dataset = load_bundled(spec.dataset)
-    images = len(dataset.train) + len(dataset.val)
     events: list[dict] = []
     runs = _fit(spec, on_progress=events.append, progress_every_s=0)
-    assert sum(seen) == images  # not once per epoch
+    assert sum(seen) == len(dataset.train) + len(dataset.val)  # not once per epoch
+    # Augmented training images go through the backbone every epoch; the validation images still once.
+    seen.clear()
+    augmented = _fit(_head_only(augment=[{"kind": "gaussian_noise", "std": 0.1}]))
+    assert sum(seen) == spec.epochs * len(dataset.train) + len(dataset.val)
     monkeypatch.undo()
     # Progress while the features are computed, at the start of epoch 1; then the training's, as for any model.
     batches = sum(-(-len(split) // spec.batch_size) for split in (dataset.train, dataset.val))
@@ -135,13 +138,14 @@ def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the
     preprocess = input_preprocess(spec.model, dataset.info.preprocess)
     val = DeviceSplit.of(dataset.val, torch.device("cpu"), preprocess)
     objective = Objective.of(spec.task, spec.loss, preprocess)
-    for metrics, checkpoint in runs:
+    for metrics, checkpoint in runs + augmented:
         model = create_model(spec.model, preprocess.input_shape, dataset.info.num_classes)
         model.load_state_dict(load_checkpoint(checkpoint).model_state)
         loss, whole = evaluate(model, val, preprocess, objective)
         assert loss == pytest.approx(metrics.val_loss, rel=1e-5)
         assert whole["val_accuracy"] == pytest.approx(metrics.val_accuracy, abs=1 / len(val))
     assert runs[-1][0].val_accuracy > runs[0][0].val_accuracy  # the head learns
+    assert augmented[-1][0].val_accuracy > augmented[0][0].val_accuracy
 
 
 def test_a_run_stopped_while_its_features_are_computed_or_later_finishes_as_if_it_never_stopped() -> None:

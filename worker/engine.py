@@ -491,16 +491,20 @@ def fit(
 
     train = DeviceSplit.of(dataset.train, device, preprocess if augment is None else None)
     val = DeviceSplit.of(dataset.val, device, preprocess)
-    # A frozen backbone maps an image to the same features every epoch. With no augmentation to change the
-    # images, they are computed once, when this process starts its first epoch, and only the head trains and
-    # evaluates on them: an epoch after that costs the head's work, not the backbone's forward pass.
-    frozen = model if isinstance(model, TransferNet) and model.frozen and augment is None else None
-    runner, compile_s = model, None  # what trains and evaluates; checkpoints save `model`
-    if frozen is not None:
+    # A frozen backbone maps an image to the same features every epoch. The validation images' are computed once,
+    # when this process starts its first epoch, and evaluation runs the head alone on them; so are the training
+    # images' when no augmentation changes them, and then only the head trains: an epoch after the first costs the
+    # head's work, not the backbone's forward passes.
+    frozen = model if isinstance(model, TransferNet) and model.frozen else None
+    head_only = frozen is not None and augment is None
+    head_numerics = resolve_numerics(spec.precision, device, frozen.head) if frozen is not None else numerics
+    runner, compile_s = model, None  # what trains; checkpoints save `model`
+    if head_only:
         runner = frozen.head  # compile: true would have nothing to compile (the API warns of that)
     elif spec.compile:
         runner, compile_s = compile_model(model, train, val, preprocess, objective, numerics, spec.batch_size)
-    step_numerics = numerics if runner is model else resolve_numerics(spec.precision, device, runner)
+    step_numerics = head_numerics if head_only else numerics
+    evaluator = frozen.head if frozen is not None else runner
     blocker = graph_blocker(
         device, optimizer, scaler, per_batch_lr=schedule is not None and schedule.per_batch,
         compiled=compile_s is not None,
@@ -524,10 +528,12 @@ def fit(
         started = time.perf_counter()
         try:
             if frozen is not None and epoch == first_epoch:  # inside the epoch: its time counts, a stop is heard
-                train, val = frozen_features(
-                    frozen, (train, val), preprocess, numerics, chunk=spec.batch_size, should_stop=should_stop,
-                    on_chunks=progress.features(epoch) if progress else None, progress_every_s=progress_every_s,
+                extracted = frozen_features(
+                    frozen, (train, val) if head_only else (val,), preprocess, numerics, chunk=spec.batch_size,
+                    should_stop=should_stop, on_chunks=progress.features(epoch) if progress else None,
+                    progress_every_s=progress_every_s,
                 )  # fmt: skip
+                train, val = extracted if head_only else (train, *extracted)
             train_loss, train_metrics = train_one_epoch(
                 step,
                 train,
@@ -545,7 +551,7 @@ def fit(
             state = {"progress": asdict(so_far), "epoch": epoch, "lr": lr, "rng": _rng_state(device)}
             raise Interrupted(so_far, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
-        val_loss, val_metrics = evaluate(runner, val, preprocess, objective, step_numerics)
+        val_loss, val_metrics = evaluate(evaluator, val, preprocess, objective, head_numerics)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "
