@@ -583,13 +583,9 @@ def edit(
     if name is None and notes is None and not tag and not untag:
         raise _fail("nothing to change: give --name, --notes, --tag or --untag", EXIT_USAGE)
 
-    def update(client: Client) -> ExperimentPublic:
-        tags = None
-        if tag or untag:
-            tags = [t for t in dict.fromkeys([*client.get(experiment_id).tags, *(tag or [])]) if t not in (untag or [])]
-        return client.update(experiment_id, name=name, notes=notes, tags=tags)
-
-    experiment = _call(url, update)
+    experiment = _call(
+        url, lambda c: c.update(experiment_id, name=name, notes=notes, add_tags=tag or None, remove_tags=untag or None)
+    )
     tags = f" [{' '.join(experiment.tags)}]" if experiment.tags else ""
     out.print(Text(f"experiment {experiment.id}: {experiment.name}{tags}"))
 

@@ -147,10 +147,13 @@ class Client:
         name: str | None = None,
         notes: str | None = None,
         tags: Sequence[str] | None = None,
+        add_tags: Sequence[str] | None = None,
+        remove_tags: Sequence[str] | None = None,
     ) -> ExperimentPublic:
-        """Rename an experiment, write its notes, or replace its tags; what is left None is kept."""
-        fields = {"name": name, "notes": notes, "tags": None if tags is None else list(tags)}
-        body = {k: v for k, v in fields.items() if v is not None}
+        """Rename an experiment, write its notes, replace its tags, or add and remove some (in one write: another
+        edit at the same time is not lost); what is left None is kept."""
+        fields = {"name": name, "notes": notes, "tags": tags, "add_tags": add_tags, "remove_tags": remove_tags}
+        body = {k: v if isinstance(v, str) else list(v) for k, v in fields.items() if v is not None}
         return ExperimentPublic.model_validate(
             self._request("PATCH", f"/experiments/{experiment_id}", json=body).json()
         )

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from service.specs import ExperimentSpec, Name, Strict
@@ -28,6 +28,8 @@ def _tag(tag: str) -> str:
 
 # A word to find runs by, as in `?tag=flips`.
 Tag = Annotated[str, Field(json_schema_extra={"pattern": TAG_PATTERN}, examples=["flips"]), AfterValidator(_tag)]
+MAX_TAGS = 20
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS)]
 
 
 class Status(StrEnum):
@@ -62,7 +64,16 @@ class ExperimentUpdate(Strict):
     name: Name | None = None
     # Lines and tabs, but no NUL (PostgreSQL refuses it) or other control characters.
     notes: Annotated[str, Field(max_length=10_000, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")] | None = None
-    tags: Annotated[list[Tag], Field(max_length=20)] | None = None  # replaces the run's tags
+    tags: Tags | None = None  # replaces the run's tags
+    # Added to and taken from the run's tags in one write, so that two edits at the same time both count.
+    add_tags: Tags | None = None
+    remove_tags: Tags | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_tag(self) -> Self:
+        if self.tags is not None and (self.add_tags is not None or self.remove_tags is not None):
+            raise ValueError("give tags (the whole list) or add_tags and remove_tags, not both")
+        return self
 
 
 class ExperimentPublic(BaseModel):

@@ -50,6 +50,7 @@ from sqlalchemy.sql.expression import Exists
 from service.cache import LRUCache
 from service.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from service.schemas import (
+    MAX_TAGS,
     AttemptPublic,
     BestEpoch,
     EventPublic,
@@ -693,6 +694,14 @@ class Store:
                 row.notes = update.notes
             if update.tags is not None:
                 row.tags = sorted(set(update.tags))
+            elif update.add_tags or update.remove_tags:
+                tags = (set(row.tags) | set(update.add_tags or ())) - set(update.remove_tags or ())
+                if len(tags) > MAX_TAGS:
+                    raise InvalidInput(
+                        f"experiment {experiment_id} would have {len(tags)} tags; a run has at most {MAX_TAGS}",
+                        loc=["body", "add_tags"],
+                    )
+                row.tags = sorted(tags)
             session.flush()
             return _public(row)
 

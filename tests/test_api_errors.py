@@ -171,6 +171,10 @@ def test_bad_updates_are_422_naming_the_field(seeded) -> None:
         ({"notes": "x" * 10_001}, ["body", "notes"]),
         ({"name": ""}, ["body", "name"]),
         ({"status": "succeeded"}, ["body", "status"]),  # only what a person says of a run can change
+        ({"tags": ["a"], "add_tags": ["b"]}, ["body"]),  # the whole list, or what to add and remove: not both
+        ({"add_tags": ["two words"]}, ["body", "add_tags", 0]),
+        ({"remove_tags": [f"t{i}" for i in range(21)]}, ["body", "remove_tags"]),
+        ({"add_tags": [f"t{i}" for i in range(21)]}, ["body", "add_tags"]),  # more than a run may have
     ]:
         response = client.patch("/experiments/1", json=body)
         assert response.status_code == 422, (body, response.text)
@@ -203,6 +207,9 @@ def test_rename_note_and_tag_a_run_then_find_it_by_its_tags(api_only: Deployment
     assert found("flips") == [] and client.get(f"/experiments/{first}").json()["notes"] == "hurt\n"
     rerun = client.post(f"/experiments/{first}/rerun").json()  # the same spec, renamed; notes are the run's own
     assert (rerun["name"], rerun["notes"], rerun["tags"]) == ("flipped digits", "", [])
+    # Tags added and removed in one write (`trainlab edit --tag/--untag`); removing one it lacks is no error.
+    changed = client.patch(f"/experiments/{second}", json={"add_tags": ["x", "flips"], "remove_tags": ["digits", "y"]})
+    assert changed.status_code == 200 and changed.json()["tags"] == ["flips", "x"], changed.text
 
 
 def test_idempotency_key_replays_the_first_submission(api_only: Deployment, client_for) -> None:

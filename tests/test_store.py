@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -273,6 +275,26 @@ def test_a_running_experiment_can_be_renamed_and_tagged_without_touching_its_tra
     assert (found("b", "größe"), found("b"), found("gr"), found('"b"'), found("b", "a")) == (1, 1, 0, 0, 0)
     with pytest.raises(NotFound):
         store.update_experiment(experiment_id + 1, ExperimentUpdate(notes="x"))
+
+
+def test_tags_added_and_removed_at_the_same_time_all_count(store: Store) -> None:
+    """`trainlab edit --tag` from two terminals at once: each edit adds its tag in one write, so neither is lost."""
+    experiment_id = submit(store)
+    store.update_experiment(experiment_id, ExperimentUpdate(tags=["old", "keep"]))
+
+    def tag(i: int) -> None:
+        store.update_experiment(experiment_id, ExperimentUpdate(add_tags=[f"t{i}"], remove_tags=["old", "absent"]))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(tag, range(8)))
+    assert store.get_experiment(experiment_id).tags == sorted(["keep", *(f"t{i}" for i in range(8))])
+    # At most 20 tags, counted after the change; a refused change keeps what was there.
+    with pytest.raises(InvalidInput, match="would have 21 tags; a run has at most 20") as refused:
+        store.update_experiment(experiment_id, ExperimentUpdate(add_tags=[f"u{i}" for i in range(12)]))
+    assert refused.value.loc == ["body", "add_tags"]
+    assert len(store.get_experiment(experiment_id).tags) == 9
+    with pytest.raises(ValidationError, match="give tags .the whole list. or add_tags and remove_tags, not both"):
+        ExperimentUpdate(tags=["a"], add_tags=["b"])
 
 
 def test_deleting_a_sweep_takes_its_trials(store: Store) -> None:
