@@ -256,6 +256,7 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         with Client(dep.url) as sdk:
             assert sdk.update(1, notes="", tags=["yaml", "mnist"]).tags == ["mnist", "yaml"]
             assert [e.notes for e in sdk.list(tags=["mnist", "yaml"]).items] == [""]
+            assert sdk.update(1, add_tags=["cnn"], remove_tags=["mnist"]).tags == ["cnn", "yaml"]
 
         # --set changes the file's spec; a name with rich's markup in it is printed as it is.
         named = "lr [0.01] [/] [red]"
