@@ -126,6 +126,16 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         assert (stored["notes"], stored["tags"]) == ("a straight line fits", ["baseline", "regression"]), stored
         page.reload()
         sync_api.expect(page.locator("#notes")).to_have_value("a straight line fits")
+        # Saved elsewhere (another tab, the command line): shown when this page is looked at again.
+        http.patch(f"/experiments/{line_id}", json={"name": "renamed elsewhere", "notes": "from the CLI"})
+        page.evaluate("window.dispatchEvent(new Event('focus'))")
+        sync_api.expect(page.locator(".exp-header h1")).to_contain_text("renamed elsewhere")
+        sync_api.expect(page.locator("#notes")).to_have_value("from the CLI")
+        page.fill("#notes", "typing, not saved yet")  # never overwritten by what is saved elsewhere
+        http.patch(f"/experiments/{line_id}", json={"name": "renamed again", "notes": "a straight line fits"})
+        page.evaluate("window.dispatchEvent(new Event('focus'))")
+        sync_api.expect(page.locator(".exp-header h1")).to_contain_text("renamed again")
+        sync_api.expect(page.locator("#notes")).to_have_value("typing, not saved yet")
         page.goto(f"{dep.url}/#/")
         page.locator(f'#experiments tr[data-id="{line_id}"] button.tag', has_text="baseline").click()
         sync_api.expect(page.locator("#filter-tag")).to_have_value("baseline")

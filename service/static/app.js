@@ -138,7 +138,8 @@ async function experimentView(id) {
   const curves = h("div", {id: "curves", class: "charts"});
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
-  view.replaceChildren(header, notesPanel(experiment), progress, curves,
+  const [notes, showNotes] = notesPanel(experiment);
+  view.replaceChildren(header, notes, progress, curves,
     h("div", {class: "columns"},
       h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment)),
       h("section", {}, h("h2", {}, "Spec"), h("pre", {class: "spec"}, JSON.stringify(experiment.spec, null, 2)))),
@@ -178,7 +179,21 @@ async function experimentView(id) {
       showExtras(extras, e);
     }
   });
-  cleanup = () => source.close();
+  // A rename, notes or tags saved elsewhere (another tab, the command line) show when this page is looked at
+  // again; the event stream carries none of them, and has ended once the run has.
+  const lookedAt = async () => {
+    if (document.visibilityState !== "visible") return;
+    const e = await api(`/experiments/${id}`);
+    renderHeader(e);
+    showNotes(e);
+  };
+  document.addEventListener("visibilitychange", lookedAt);
+  window.addEventListener("focus", lookedAt);
+  cleanup = () => {
+    source.close();
+    document.removeEventListener("visibilitychange", lookedAt);
+    window.removeEventListener("focus", lookedAt);
+  };
 }
 
 // What the user writes of a run, and its tags (space-separated): saved with PATCH, never read by its training.
@@ -187,11 +202,14 @@ function notesPanel(e) {
   notes.value = e.notes;
   const tags = h("input", {id: "tags", placeholder: "tags, e.g. baseline flips", size: 40, value: e.tags.join(" ")});
   const message = h("span", {id: "notes-saved"});
+  let edited = false;  // unsaved typing, which what is saved elsewhere must not overwrite
+  for (const field of [notes, tags]) field.addEventListener("input", () => { edited = true; });
   const save = h("button", {id: "save-notes", onclick: async () => {
     try {
       const saved = await api(`/experiments/${e.id}`, {method: "PATCH", headers: {"content-type": "application/json"},
         body: JSON.stringify({notes: notes.value, tags: tags.value.split(/\s+/).filter(Boolean)})});
       tags.value = saved.tags.join(" ");
+      edited = false;
       message.className = "ok";
       message.textContent = "saved";
     } catch (err) {
@@ -199,7 +217,12 @@ function notesPanel(e) {
       message.textContent = err.message;
     }
   }}, "Save notes");
-  return h("div", {class: "notes"}, notes, h("p", {}, tags, " ", save, " ", message));
+  const show = (current) => {
+    if (edited) return;
+    notes.value = current.notes;
+    tags.value = current.tags.join(" ");
+  };
+  return [h("div", {class: "notes"}, notes, h("p", {}, tags, " ", save, " ", message)), show];
 }
 
 // A button whose request's error shows beside it.
