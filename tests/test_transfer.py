@@ -12,7 +12,7 @@ import torchvision
 from service.specs import EpochMetrics, ExperimentSpec
 from tests.conftest import deployment, load_bundled, wait_for_status
 from tests.datafiles import upload_hymenoptera
-from worker import pretrained
+from worker import engine, pretrained
 from worker.checkpoints import load_checkpoint
 from worker.datasets import load_dataset
 from worker.engine import DeviceSplit, Interrupted, evaluate, fit
@@ -117,11 +117,16 @@ def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the
     seen: list[int] = []
     features = TransferNet.features
     monkeypatch.setattr(TransferNet, "features", lambda net, x: seen.append(len(x)) or features(net, x))
+    standardized: list[int] = []
+    normalize = engine.normalize
+    monkeypatch.setattr(engine, "normalize", lambda x, p: standardized.append(len(x)) or normalize(x, p))
     spec = _head_only()
     dataset = load_bundled(spec.dataset)
     events: list[dict] = []
     runs = _fit(spec, on_progress=events.append, progress_every_s=0)
     assert sum(seen) == len(dataset.train) + len(dataset.val)  # not once per epoch
+    # Read once, the images are standardised batch by batch, never as a whole split's float copy.
+    assert sum(standardized) == len(dataset.train) + len(dataset.val) and max(standardized) == spec.batch_size
     # Augmented training images go through the backbone every epoch; the validation images still once.
     seen.clear()
     augmented = _fit(_head_only(augment=[{"kind": "gaussian_noise", "std": 0.1}]))

@@ -489,13 +489,16 @@ def fit(
             trainer_state={**trainer_state(), **extra},
         )
 
-    train = DeviceSplit.of(dataset.train, device, preprocess if augment is None else None)
-    val = DeviceSplit.of(dataset.val, device, preprocess)
     # A frozen backbone maps an image to the same features every epoch. The validation images' are computed once,
     # when this process starts its first epoch, and evaluation runs the head alone on them; so are the training
     # images' when no augmentation changes them, and then only the head trains: an epoch after the first costs the
     # head's work, not the backbone's forward passes.
     frozen = model if isinstance(model, TransferNet) and model.frozen else None
+    # Images read once (into the backbone) are standardised batch by batch: a whole split's float copy would be
+    # four times its uint8 images in memory.
+    standardized_once = preprocess if frozen is None else None
+    train = DeviceSplit.of(dataset.train, device, standardized_once if augment is None else None)
+    val = DeviceSplit.of(dataset.val, device, standardized_once)
     head_only = frozen is not None and augment is None
     head_numerics = resolve_numerics(spec.precision, device, frozen.head) if frozen is not None else numerics
     runner, compile_s = model, None  # what trains; checkpoints save `model`
