@@ -34,6 +34,7 @@ bench: install
 	$(PY) -m bench.time_to_accuracy
 	$(PY) -m bench.service_overhead
 	$(PY) -m bench.predict_latency
+	$(PY) -m bench.frozen_features
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

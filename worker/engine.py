@@ -426,6 +426,7 @@ def fit(
     on_progress: Callable[[dict], None] | None = None,
     progress_every_s: float = 1.0,
     cuda_graphs: bool = True,
+    feature_cache: bool = True,
 ) -> FitResult:
     """Train epochs (resume.epoch + 1 or 1) .. spec.epochs; after each, evaluate and hand over metrics and a
     checkpoint to `on_epoch`. A fresh run starts from `initial_weights` (pretrained; the tensors whose names and
@@ -433,7 +434,8 @@ def fit(
     turns true. `on_progress` gets, every `progress_every_s` inside an epoch, its batches done, running loss,
     samples/s and the estimated seconds left of the epoch and of the run (ProgressReport). On CUDA, training steps
     replay a CUDA graph where the step allows it (worker.steps); `cuda_graphs=False` runs them eagerly, for
-    comparison."""
+    comparison. A frozen backbone's features are computed once (see below); `feature_cache=False` runs it every
+    epoch, for comparison."""
     info = dataset.info
     preprocess = input_preprocess(spec.model, info.preprocess)
     objective = Objective.of(spec.task, spec.loss, preprocess)
@@ -493,7 +495,7 @@ def fit(
     # when this process starts its first epoch, and evaluation runs the head alone on them; so are the training
     # images' when no augmentation changes them, and then only the head trains: an epoch after the first costs the
     # head's work, not the backbone's forward passes.
-    frozen = model if isinstance(model, TransferNet) and model.frozen else None
+    frozen = model if feature_cache and isinstance(model, TransferNet) and model.frozen else None
     # Images read once (into the backbone) are standardised batch by batch: a whole split's float copy would be
     # four times its uint8 images in memory.
     standardized_once = preprocess if frozen is None else None
