@@ -698,7 +698,8 @@ class Store:
                 tags = (set(row.tags) | set(update.add_tags or ())) - set(update.remove_tags or ())
                 if len(tags) > MAX_TAGS:
                     raise InvalidInput(
-                        f"experiment {experiment_id} would have {len(tags)} tags; a run has at most {MAX_TAGS}",
+                        f"experiment {experiment_id} would have {len(tags)} tags; a run has at most {MAX_TAGS}: "
+                        "remove some (remove_tags) first",
                         loc=["body", "add_tags"],
                     )
                 row.tags = sorted(tags)

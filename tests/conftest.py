@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.settings import Settings
-from service.specs import DatasetSpec
+from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
 from service.store import Store
 
 # One torch thread in every process of the tests (pytest's, APIs', workers'): two tests at once (`make test` runs
@@ -48,6 +48,23 @@ def load_bundled(spec: DatasetSpec) -> Dataset:
     from worker.datasets import load_dataset
 
     return load_dataset(spec, SCRATCH_DATA_DIR)
+
+
+def fit_bundled(experiment: ExperimentSpec, **kwargs) -> list[tuple[EpochMetrics, bytes]]:
+    """Train `experiment` on its bundled dataset in this process, on the CPU: each epoch's metrics and checkpoint."""
+    import torch
+
+    from worker.engine import fit
+
+    out: list[tuple[EpochMetrics, bytes]] = []
+    fit(experiment, load_bundled(experiment.dataset), torch.device("cpu"),
+        on_epoch=lambda m, c: out.append((m, c)), **kwargs)  # fmt: skip
+    return out
+
+
+def timing_free(m: EpochMetrics) -> dict:
+    """An epoch's metrics without its timings, to compare runs by."""
+    return m.model_dump(exclude={"duration_s", "samples_per_s"})
 
 
 def free_port() -> int:

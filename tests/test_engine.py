@@ -17,7 +17,7 @@ import torch
 from PIL import ExifTags, Image
 
 from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
-from tests.conftest import load_bundled, malicious_checkpoint
+from tests.conftest import fit_bundled, load_bundled, malicious_checkpoint, timing_free
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import CompileFailed, Interrupted, compile_model, fit
@@ -34,31 +34,20 @@ def spec(**overrides) -> ExperimentSpec:
     return ExperimentSpec.model_validate({**base, **overrides})
 
 
-def run(experiment: ExperimentSpec, **kwargs) -> list[tuple[EpochMetrics, bytes]]:
-    out: list[tuple[EpochMetrics, bytes]] = []
-    dataset = load_bundled(experiment.dataset)
-    fit(experiment, dataset, CPU, on_epoch=lambda m, c: out.append((m, c)), **kwargs)
-    return out
-
-
-def timing_free(m: EpochMetrics) -> dict:
-    return m.model_dump(exclude={"duration_s", "samples_per_s"})
-
-
 @pytest.mark.parametrize("optimizer", [{"kind": "adam"}, {"kind": "sgd", "lr": 0.05, "nesterov": True}])
 def test_resuming_from_a_checkpoint_replays_the_uninterrupted_run(optimizer) -> None:
     experiment = spec(optimizer=optimizer)
-    whole = run(experiment)
+    whole = fit_bundled(experiment)
     assert [m.epoch for m, _ in whole] == [1, 2, 3]
-    resumed = run(experiment, resume=load_checkpoint(whole[0][1]))
+    resumed = fit_bundled(experiment, resume=load_checkpoint(whole[0][1]))
     assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
 
 
 def test_a_run_starts_from_an_earlier_runs_weights_where_they_fit() -> None:
-    (last, checkpoint) = run(spec(epochs=3, optimizer={"kind": "adam", "lr": 0.003}))[-1]
+    (last, checkpoint) = fit_bundled(spec(epochs=3, optimizer={"kind": "adam", "lr": 0.003}))[-1]
     slow = {"epochs": 1, "optimizer": {"kind": "adam", "lr": 1e-5}}  # too slow to learn much in one epoch
-    [(warm, _)] = run(spec(**slow), initial_weights=load_checkpoint(checkpoint).model_state)
-    [(cold, _)] = run(spec(**slow))
+    [(warm, _)] = fit_bundled(spec(**slow), initial_weights=load_checkpoint(checkpoint).model_state)
+    [(cold, _)] = fit_bundled(spec(**slow))
     assert warm.val_accuracy >= last.val_accuracy - 0.02 > cold.val_accuracy + 0.3, (last, warm, cold)
 
     # Weights for other classes fit all but the output layer, which starts anew; other widths are named.
@@ -79,7 +68,7 @@ def test_stop_request_interrupts_at_a_batch_boundary() -> None:
         return len(calls) > 3
 
     with pytest.raises(Interrupted):
-        run(spec(), should_stop=stop_after_three_batches)
+        fit_bundled(spec(), should_stop=stop_after_three_batches)
     assert len(calls) == 4
 
 
@@ -89,20 +78,20 @@ def test_an_epoch_interrupted_mid_way_finishes_as_if_it_never_stopped() -> None:
         augment=[{"kind": "gaussian_noise", "std": 0.05}],
         scheduler={"kind": "onecycle", "max_lr": 0.01},
     )
-    whole = run(experiment)
+    whole = fit_bundled(experiment)
     batches_per_epoch = -(-len(load_bundled(experiment.dataset).train) // experiment.batch_size)
     calls = []
     with pytest.raises(Interrupted) as stopped:  # 7 batches into epoch 2
-        run(experiment, should_stop=lambda: calls.append(1) or len(calls) > batches_per_epoch + 7)
+        fit_bundled(experiment, should_stop=lambda: calls.append(1) or len(calls) > batches_per_epoch + 7)
     assert (stopped.value.epoch, stopped.value.progress.batches) == (2, 7)
-    resumed = run(experiment, resume=load_checkpoint(stopped.value.checkpoint))
+    resumed = fit_bundled(experiment, resume=load_checkpoint(stopped.value.checkpoint))
     assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
 
 
 def test_seeded_runs_are_identical_and_seeds_matter() -> None:
-    a, b = run(spec(epochs=1)), run(spec(epochs=1))
+    a, b = fit_bundled(spec(epochs=1)), fit_bundled(spec(epochs=1))
     assert timing_free(a[0][0]) == timing_free(b[0][0])
-    assert timing_free(run(spec(epochs=1, seed=1))[0][0]) != timing_free(a[0][0])
+    assert timing_free(fit_bundled(spec(epochs=1, seed=1))[0][0]) != timing_free(a[0][0])
 
 
 def test_split_is_stratified_disjoint_and_seeded() -> None:
@@ -171,7 +160,7 @@ def test_images_are_read_as_a_viewer_sees_them(tmp_path: Path) -> None:
 
 def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> None:
     experiment = spec(epochs=2)
-    checkpoint = run(experiment)[-1][1]
+    checkpoint = fit_bundled(experiment)[-1][1]
     predictor = Predictor(checkpoint)
     dataset = load_dataset(experiment.dataset, tmp_path)
     correct = 0
@@ -184,7 +173,7 @@ def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> N
 
 def test_predictor_serves_conv_nets_channels_last_with_the_contiguous_models_answers() -> None:
     experiment = spec(epochs=1, model={"kind": "cnn", "channels": [8, 16], "hidden": 32})
-    predictor = Predictor(run(experiment)[-1][1])
+    predictor = Predictor(fit_bundled(experiment)[-1][1])
     second_conv = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d)][1]
     assert second_conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not second_conv.weight.is_contiguous()
@@ -218,7 +207,7 @@ def test_every_precision_trains_and_serves_fp32_weights(precision: str) -> None:
         model={"kind": "cnn", "channels": [8], "hidden": 32}, optimizer={"kind": "adam", "lr": 0.01}, epochs=2,
         precision=precision,
     )  # fmt: skip
-    rows = run(experiment)
+    rows = fit_bundled(experiment)
     assert rows[-1][0].val_accuracy > 0.85  # the 8x8 digits are easy; broken arithmetic is not
     content = load_checkpoint(rows[-1][1])
     assert all(t.dtype == torch.float32 for t in content.model_state.values() if t.is_floating_point())
@@ -241,8 +230,8 @@ def test_compile_is_timed_apart_covers_every_batch_shape_and_trains_like_eager(m
 
     monkeypatch.setattr("worker.engine.compile_model", compile_then_forbid_recompiles)
     # 1,437 training and 360 validation digits: two training batch sizes (64, 29) and two evaluation ones.
-    eager = run(spec(epochs=2))
-    compiled = run(spec(epochs=2, compile=True))
+    eager = fit_bundled(spec(epochs=2))
+    compiled = fit_bundled(spec(epochs=2, compile=True))
     assert compiled[0][0].compile_s > 0 and compiled[1][0].compile_s is None and eager[0][0].compile_s is None
     for (e, _), (c, _) in zip(eager, compiled, strict=True):  # fused bf16 kernels round differently
         assert c.val_accuracy == pytest.approx(e.val_accuracy, abs=0.02)
@@ -258,7 +247,7 @@ def test_a_worker_that_cannot_compile_says_to_set_compile_false(monkeypatch) -> 
     monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # a cached kernel needs no compiler
     with pytest.raises(CompileFailed, match=r"No working C\+\+ compiler.*Set compile: false"):
-        run(spec(epochs=1, compile=True))
+        fit_bundled(spec(epochs=1, compile=True))
 
 
 def test_cuda_graphs_are_refused_exactly_where_a_replay_would_be_wrong() -> None:

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from service.specs import EpochMetrics, ExperimentSpec
-from tests.conftest import deployment, load_bundled, wait_for_status
+from tests.conftest import deployment, fit_bundled, load_bundled, timing_free, wait_for_status
 from tests.datafiles import upload_hymenoptera
 from worker import engine, pretrained
 from worker.checkpoints import load_checkpoint
@@ -101,16 +101,6 @@ def _head_only(**overrides) -> ExperimentSpec:
     })  # fmt: skip
 
 
-def _fit(spec: ExperimentSpec, **kwargs) -> list[tuple[EpochMetrics, bytes]]:
-    out: list[tuple[EpochMetrics, bytes]] = []
-    fit(spec, load_bundled(spec.dataset), torch.device("cpu"), on_epoch=lambda m, c: out.append((m, c)), **kwargs)
-    return out
-
-
-def _timing_free(runs: list[tuple[EpochMetrics, bytes]]) -> list[dict]:
-    return [m.model_dump(exclude={"duration_s", "samples_per_s"}) for m, _ in runs]
-
-
 def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the_whole_models(monkeypatch) -> None:
     """A frozen backbone maps an image to the same features every epoch, so they are computed once; each epoch's
     checkpoint, run whole, gives the validation metrics recorded for it."""
@@ -123,18 +113,18 @@ def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the
     spec = _head_only()
     dataset = load_bundled(spec.dataset)
     events: list[dict] = []
-    runs = _fit(spec, on_progress=events.append, progress_every_s=0)
+    runs = fit_bundled(spec, on_progress=events.append, progress_every_s=0)
     assert sum(seen) == len(dataset.train) + len(dataset.val)  # not once per epoch
     # Read once, the images are standardised batch by batch, never as a whole split's float copy.
     assert sum(standardized) == len(dataset.train) + len(dataset.val) and max(standardized) == spec.batch_size
     # Augmented training images go through the backbone every epoch; the validation images still once.
     seen.clear()
-    augmented = _fit(_head_only(augment=[{"kind": "gaussian_noise", "std": 0.1}]))
+    augmented = fit_bundled(_head_only(augment=[{"kind": "gaussian_noise", "std": 0.1}]))
     assert sum(seen) == spec.epochs * len(dataset.train) + len(dataset.val)
     # Without the cache (bench.frozen_features compares the two) every image goes through it every epoch, and the
     # head learns the same: only the order of batches through the backbone differs, so the last bits may.
     seen.clear()
-    uncached = _fit(_head_only(epochs=2), feature_cache=False)
+    uncached = fit_bundled(_head_only(epochs=2), feature_cache=False)
     assert sum(seen) == 2 * (len(dataset.train) + len(dataset.val))
     for (a, _), (b, _) in zip(uncached, runs, strict=False):
         assert (a.train_loss, a.val_loss) == pytest.approx((b.train_loss, b.val_loss), rel=1e-4)
@@ -163,13 +153,13 @@ def test_a_frozen_backbone_sees_each_image_once_and_the_recorded_metrics_are_the
 
 def test_a_run_stopped_while_its_features_are_computed_or_later_finishes_as_if_it_never_stopped() -> None:
     spec = _head_only(epochs=2)
-    whole = _fit(spec)
+    whole = fit_bundled(spec)
     calls: list[int] = []
     with pytest.raises(Interrupted) as early:  # the first should_stop() comes before any training batch
-        _fit(spec, should_stop=lambda: calls.append(1) or len(calls) > 1)
+        fit_bundled(spec, should_stop=lambda: calls.append(1) or len(calls) > 1)
     assert (early.value.epoch, early.value.progress.batches) == (1, 0)
-    resumed = _fit(spec, resume=load_checkpoint(early.value.checkpoint))
-    assert _timing_free(resumed) == _timing_free(whole)
+    resumed = fit_bundled(spec, resume=load_checkpoint(early.value.checkpoint))
+    assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole]
 
     done: list[tuple[EpochMetrics, bytes]] = []
     asked_in_epoch_2: list[int] = []
@@ -183,8 +173,8 @@ def test_a_run_stopped_while_its_features_are_computed_or_later_finishes_as_if_i
         fit(spec, load_bundled(spec.dataset), torch.device("cpu"), on_epoch=lambda m, c: done.append((m, c)),
             should_stop=three_batches_into_epoch_2)  # fmt: skip
     assert (late.value.epoch, late.value.progress.batches) == (2, 3)
-    resumed = _fit(spec, resume=load_checkpoint(late.value.checkpoint))
-    assert _timing_free(resumed) == _timing_free(whole[1:])
+    resumed = fit_bundled(spec, resume=load_checkpoint(late.value.checkpoint))
+    assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
 
 
 @pytest.mark.slow
