@@ -20,7 +20,7 @@ from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
 from tests.conftest import fit_bundled, load_bundled, malicious_checkpoint, timing_free
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
-from worker.engine import CompileFailed, Interrupted, compile_model, fit
+from worker.engine import CompileFailed, Interrupted, compile_model, fit, training_batches
 from worker.inference import Predictor
 from worker.models import create_model
 from worker.preprocess import image_to_uint8, normalize
@@ -86,6 +86,23 @@ def test_an_epoch_interrupted_mid_way_finishes_as_if_it_never_stopped() -> None:
     assert (stopped.value.epoch, stopped.value.progress.batches) == (2, 7)
     resumed = fit_bundled(experiment, resume=load_checkpoint(stopped.value.checkpoint))
     assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
+
+
+def test_a_last_batch_of_one_sample_joins_the_one_before() -> None:
+    # 1,438 training digits in batches of 479 leave one over: batchnorm on the 1x1 map of a fourth conv block
+    # cannot train on a batch of one (PyTorch raises), and onecycle's schedule counts the steps an epoch takes.
+    experiment = spec(
+        model={"kind": "cnn", "channels": [8, 8, 8, 8], "batchnorm": True}, batch_size=479, epochs=2,
+        scheduler={"kind": "onecycle", "max_lr": 0.01},
+    )  # fmt: skip
+    assert len(load_bundled(experiment.dataset).train) == 1438
+    assert [batch.stop - batch.start for batch in training_batches(1438, 479)] == [479, 479, 480]
+    assert [m.epoch for m, _ in fit_bundled(experiment)] == [1, 2]
+    for n, size in ((1438, 64), (129, 64), (128, 64), (65, 64), (2, 1), (1, 64)):
+        batches = training_batches(n, size)
+        assert torch.arange(n).tolist() == [i for batch in batches for i in range(n)[batch]]
+        assert all(batch.stop - batch.start in (size, size + 1) for batch in batches[:-1])
+        assert len(batches) == 1 or batches[-1].stop - batches[-1].start > 1
 
 
 def test_seeded_runs_are_identical_and_seeds_matter() -> None:

@@ -277,16 +277,16 @@ def train_one_epoch(
     # Drawn on the CPU so the order does not depend on the device.
     order = torch.randperm(n, generator=generator).to(device)
     step.reset(done.loss_sum, done.sums)
-    batches = -(-n // batch_size)
+    batches = training_batches(n, batch_size)
     report_at = time.monotonic() + progress_every_s
-    for batch, start in enumerate(range(done.batches * batch_size, n, batch_size), start=done.batches):
+    for batch in range(done.batches, len(batches)):
         if on_batches is not None and time.monotonic() >= report_at:
             # One device sync per interval, for the running loss.
-            on_batches(batch, batches, step.loss_sum.item() / max(start, 1))
+            on_batches(batch, len(batches), step.loss_sum.item() / max(batches[batch].start, 1))
             report_at = time.monotonic() + progress_every_s
         if should_stop():
             raise Interrupted(EpochProgress(batch, step.loss_sum.item(), tuple(step.sums.tolist())))
-        idx = order[start : start + batch_size]
+        idx = order[batches[batch]]
         if augment is None and data.standardized is not None:
             inputs = data.standardized[idx]
         else:
@@ -326,6 +326,16 @@ def evaluate(
     return loss_sum.item() / len(data), objective.metrics(sums.tolist(), len(data), "val")
 
 
+def training_batches(n: int, size: int) -> list[slice]:
+    """The batches that cut `n` training samples into batches of `size`, except that a last batch of one sample
+    joins the one before: batchnorm cannot normalise one value per channel in training (PyTorch raises), and a
+    step on a single sample is mostly noise."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, stop) for start, stop in zip(starts, [*starts[1:], n], strict=True)]
+
+
 def _batch_sizes(n: int, size: int) -> set[int]:
     """The sizes of the batches that cut `n` samples into batches of `size`."""
     return {min(n, size)} | ({n % size} if n > size and n % size else set())
@@ -356,7 +366,7 @@ def compile_model(
     saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     try:
         compiled.train()
-        for n in _batch_sizes(len(train), batch_size):
+        for n in {batch.stop - batch.start for batch in training_batches(len(train), batch_size)}:
             with numerics.autocast():
                 outputs = compiled(numerics.layout(train.inputs(slice(0, n), preprocess)))
                 loss = objective.loss(outputs, train.labels[:n])
@@ -453,7 +463,7 @@ def fit(
     model = numerics.place(model, device)
     scaler = numerics.scaler()
     optimizer = build_optimizer(spec.optimizer, model.parameters())
-    steps_per_epoch = -(-len(dataset.train) // spec.batch_size)
+    steps_per_epoch = len(training_batches(len(dataset.train), spec.batch_size))
     schedule = build_schedule(spec.scheduler, optimizer, epochs=spec.epochs, steps_per_epoch=steps_per_epoch)
     stopper = EarlyStopping(spec.early_stopping) if spec.early_stopping is not None else None
     augment = build_augmentation(spec.augment)
