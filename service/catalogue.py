@@ -23,7 +23,7 @@ from worker.datasets import (
     load_uploaded,
     uploaded_info,
 )
-from worker.models import ShapeError, count_parameters, meta_model
+from worker.models import BatchError, ShapeError, describe, meta_model
 from worker.pretrained import WeightsUnavailable, locate, unfit
 
 Loc = Sequence[str | int]
@@ -110,13 +110,19 @@ def _has_convolutions(spec: ExperimentSpec) -> bool:
 
 
 def _check_model(spec: ExperimentSpec, info: DatasetInfo, settings: Settings, store: Store, loc: Loc) -> int:
-    """The model's parameter count, once it is known to fit the data and to have its weights here."""
-    model = spec.model
+    """The model's parameter count, once it is known to fit the data, to train on batches of `batch_size` and to
+    have its weights here."""
+    model, shape = spec.model, info.preprocess.input_shape
     try:
-        parameters = count_parameters(model, info.preprocess.input_shape, info.num_classes)
+        net = meta_model(model, shape, info.num_classes)
+        if spec.batch_size == 1:  # only a batch of one can give batchnorm one value per channel
+            describe(net, shape, spec.batch_size)
     except ShapeError as exc:
         where = [*loc, "model", "layers", exc.index] if model.kind == "sequential" else [*loc, "model"]
         raise InvalidInput(str(exc), loc=where) from None
+    except BatchError as exc:
+        raise InvalidInput(str(exc), loc=[*loc, "batch_size"]) from None
+    parameters = sum(p.numel() for p in net.parameters())
     pretrained_loc = [*loc, "model", "pretrained"]
     if model.pretrained == "imagenet":
         try:

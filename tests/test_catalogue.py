@@ -250,6 +250,12 @@ def test_layer_lists_are_shape_checked_before_anything_is_queued(api) -> None:
         "model": {"kind": "cnn", "channels": [8, 8, 8, 8], "pool": "none", "kernel_size": 5, "padding": 0},
     }
     assert client.post("/experiments", json=cnn).json()["detail"][0]["loc"] == ["body", "model"]
+    # Batchnorm on a 1x1 map cannot train on batches of one: named before queueing, not when the job fails.
+    normed = {"dataset": {"name": "digits"}, "model": {"kind": "cnn", "channels": [8, 8, 8, 8], "batchnorm": True}}
+    for endpoint in ("/experiments:validate", "/experiments"):
+        error = client.post(endpoint, json={**normed, "batch_size": 1}).json()["detail"][0]
+        assert error["loc"] == ["body", "batch_size"] and "layer '13' one value per channel" in error["msg"], error
+    assert client.post("/experiments:validate", json={**normed, "batch_size": 2}).status_code == 200
     task = client.post(
         "/experiments", json={"task": "regression", "dataset": {"name": "digits"}, "model": {"kind": "linear"}}
     )

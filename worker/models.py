@@ -54,13 +54,12 @@ def meta_model(spec: Any, input_shape: InputShape, num_outputs: int) -> nn.Modul
         return create_model(spec, input_shape, num_outputs)
 
 
-def count_parameters(spec: Any, input_shape: InputShape, num_outputs: int) -> int:
-    """Parameters of the model a spec describes."""
-    return sum(p.numel() for p in meta_model(spec, input_shape, num_outputs).parameters())
-
-
 def uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+class BatchError(ValueError):
+    """A training batch that a layer cannot take: batchnorm given one value per channel."""
 
 
 class ShapeError(ValueError):
@@ -96,13 +95,15 @@ _OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "rmsprop": 2, "sgd": 1}
 
 
 def describe_model(spec: Any, model: nn.Module, input_shape: InputShape) -> ModelReport:
-    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model`."""
-    layers, activations = describe(model, input_shape)
+    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model`. Raises
+    BatchError when the model cannot train on batches of the spec's `batch_size`."""
+    layers, saved, largest = describe(model, input_shape, spec.batch_size)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    activations *= spec.batch_size
     states = _OPTIMIZER_STATES[spec.optimizer.kind]
-    memory = 4 * (parameters + trainable * (1 + states) + 2 * activations)
+    # Besides what the backward pass keeps, twice the largest layer output: a layer's input and output alive at once
+    # in the forward pass, their gradients in the backward pass.
+    memory = 4 * (parameters + trainable * (1 + states) + 2 * spec.batch_size * largest) + saved
     return ModelReport(layers, parameters, trainable, memory)
 
 
@@ -113,23 +114,45 @@ def _numel(shape: Shape) -> int:
     return n
 
 
-def describe(model: nn.Module, input_shape: InputShape) -> tuple[list[LayerReport], int]:
-    """Each top-level layer's output shape and parameters, and the values all leaf modules output for one
-    example (what the backward pass keeps), from a forward pass of a meta-device model."""
+def describe(model: nn.Module, input_shape: InputShape, batch_size: int) -> tuple[list[LayerReport], int, int]:
+    """From a training step's forward pass of a meta-device model over a batch: each top-level layer's output shape
+    and parameters, the bytes autograd saves for the backward pass (activations, pooling indices, dropout masks;
+    nothing of a frozen backbone's), and the values in the largest output of a leaf module for one example.
+    Raises BatchError where a batchnorm layer would get one value per channel, which it cannot normalise."""
     children = list(model.named_children())
     shapes: dict[int, Shape] = {}
-    activations = [0]
+    saved: dict[int, int] = {}  # by storage: a tensor saved by two layers, or a view of it, counts once
+    largest = [0]
 
-    def count(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
-        activations[0] += _numel(tuple(out.shape[1:]))
+    def save(tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tensor, nn.Parameter):
+            storage = tensor.untyped_storage()
+            saved[storage._cdata] = storage.nbytes()
+        return tensor
+
+    def measure(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        largest[0] = max(largest[0], _numel(tuple(out.shape[1:])))
+
+    def check(name: str, module: nn.Module, x: torch.Tensor) -> None:
+        if module.training and x.numel() == x.shape[1]:
+            raise BatchError(
+                f"batch_size {batch_size} gives batchnorm layer {name!r} one value per channel (input "
+                f"{list(x.shape)}), which it cannot normalise in training: use a batch_size of at least 2"
+            )
 
     hooks = [
         child.register_forward_hook(lambda _m, _i, out, i=i: shapes.__setitem__(i, tuple(out.shape[1:])))
         for i, (_, child) in enumerate(children)
     ]
-    hooks += [m.register_forward_hook(count) for m in model.modules() if not any(m.children())]
+    hooks += [m.register_forward_hook(measure) for m in model.modules() if not any(m.children())]
+    hooks += [
+        m.register_forward_pre_hook(lambda m, args, name=name: check(name, m, args[0]))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     try:
-        model.eval()(torch.empty((1, *input_shape), device="meta"))
+        with torch.autograd.graph.saved_tensors_hooks(save, lambda tensor: tensor):
+            model.train()(torch.empty((batch_size, *input_shape), device="meta"))
     finally:
         for hook in hooks:
             hook.remove()
@@ -138,7 +161,7 @@ def describe(model: nn.Module, input_shape: InputShape) -> tuple[list[LayerRepor
         for i, (_, child) in enumerate(children)
         if i in shapes
     ]
-    return layers, activations[0]
+    return layers, sum(saved.values()), largest[0]
 
 
 def _kind(module: nn.Module) -> str:

@@ -54,8 +54,8 @@ class Validation(BaseModel):
     layers: list[LayerShape]
     parameters: int
     trainable_parameters: int
-    # Weights, gradients, optimizer state and one batch's activations (kept for the backward pass), in fp32:
-    # an order of magnitude, not a promise.
+    # Weights, gradients and optimizer state, what autograd keeps of one batch for the backward pass and twice
+    # the largest layer output, in fp32: an estimate (0.74-0.85 of a ResNet18 step's peak, docs/PERFORMANCE.md).
     estimated_memory_bytes: int
     # The model as PyTorch code, layer for layer: `build_model()` of GET /experiments/{id}/model.py.
     model_code: str
