@@ -161,8 +161,10 @@ def test_a_database_outage_costs_no_epoch_no_job_and_no_worker(
                 assert answer.status_code == 503, answer.text
                 assert answer.headers["retry-after"] == "5"
             assert "database cannot be reached" in answer.json()["detail"]
-            # Epoch 2 ends within seconds: hold the outage until its write has failed at least once.
-            wait_until(lambda: "recording epoch 2: the database cannot be reached" in dep.logs("worker"), timeout=60)
+            # Epoch 2 ends within seconds: hold the outage until its write has failed at least once, and until the
+            # lease thread, which looks every second, has met the outage too (a fast epoch can fail first).
+            failures = ("recording epoch 2: the database cannot be reached", "the lease cannot be renewed")
+            wait_until(lambda: all(failure in dep.logs("worker") for failure in failures), timeout=60)
         done = wait_for_status(client, experiment_id, {"succeeded", "failed"}, timeout=180)
         assert done["status"] == "succeeded" and done["attempt"] == 1, dep.logs("worker")
         assert [{k: r[k] for k in COMPARED} for r in metrics(client, experiment_id)] == uninterrupted

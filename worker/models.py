@@ -121,7 +121,9 @@ def describe(model: nn.Module, input_shape: InputShape, batch_size: int) -> tupl
     Raises BatchError where a batchnorm layer would get one value per channel, which it cannot normalise."""
     children = list(model.named_children())
     shapes: dict[int, Shape] = {}
-    saved: dict[int, int] = {}  # by storage: a tensor saved by two layers, or a view of it, counts once
+    # By storage (meta storages have no data pointer: keyed by the storage itself), so that a tensor saved by two
+    # layers, or a view of it, counts once.
+    saved: dict[int, int] = {}
     largest = [0]
 
     def save(tensor: torch.Tensor) -> torch.Tensor:
