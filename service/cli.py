@@ -217,9 +217,10 @@ def validate(
     for layer in report["layers"]:
         table.add_row(str(layer["index"]), layer["kind"], _shape(layer["output_shape"]), f"{layer['parameters']:,}")
     out.print(table)
-    memory = _size(report["estimated_memory_bytes"])
+    parts = ", ".join(f"{name.replace('_', ' ')} {_size(n)}" for name, n in report["memory"].items())
     out.print(f"{report['parameters']:,} parameters, {report['trainable_parameters']:,} trainable; training needs "
-              f"about {memory} at batch size {report['spec']['batch_size']}")  # fmt: skip
+              f"about {_size(report['estimated_memory_bytes'])} at batch size {report['spec']['batch_size']} "
+              f"({parts})")  # fmt: skip
     if code:
         out.print(f"\n{report['model_code']}", markup=False, highlight=False)
     _warn(report["warnings"])

@@ -83,15 +83,34 @@ class LayerReport:
 
 
 @dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a training step needs, in fp32: all weights; gradients and optimizer state for the trained ones; and
+    activations: what autograd keeps of a batch for the backward pass, plus twice the largest layer output (a
+    layer's input and output alive at once in the forward pass, their gradients in the backward pass)."""
+
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer_state + self.activations
+
+
+@dataclass(frozen=True)
 class ModelReport:
     layers: list[LayerReport]
     parameters: int
     trainable_parameters: int
-    estimated_memory_bytes: int
+    memory: MemoryEstimate
 
 
-# Adam/AdamW keep two fp32 moments per trained parameter; SGD with momentum one.
-_OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "rmsprop": 2, "sgd": 1}
+def _optimizer_states(spec: Any) -> int:
+    """Values an optimizer keeps per trained parameter: Adam(W)'s two moments, SGD's momentum buffer (none without
+    momentum), RMSprop's average of squares and, with momentum, its buffer."""
+    momentum = int(getattr(spec, "momentum", 0) > 0)
+    return {"adam": 2, "adamw": 2, "sgd": momentum, "rmsprop": 1 + momentum}[spec.kind]
 
 
 def describe_model(spec: Any, model: nn.Module, input_shape: InputShape) -> ModelReport:
@@ -100,10 +119,10 @@ def describe_model(spec: Any, model: nn.Module, input_shape: InputShape) -> Mode
     layers, saved, largest = describe(model, input_shape, spec.batch_size)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    states = _OPTIMIZER_STATES[spec.optimizer.kind]
-    # Besides what the backward pass keeps, twice the largest layer output: a layer's input and output alive at once
-    # in the forward pass, their gradients in the backward pass.
-    memory = 4 * (parameters + trainable * (1 + states) + 2 * spec.batch_size * largest) + saved
+    states = _optimizer_states(spec.optimizer)
+    memory = MemoryEstimate(
+        4 * parameters, 4 * trainable, 4 * trainable * states, saved + 4 * 2 * spec.batch_size * largest
+    )
     return ModelReport(layers, parameters, trainable, memory)
 
 

@@ -3,6 +3,7 @@ the model as code."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from typing import Annotated
 
@@ -47,6 +48,17 @@ class LayerShape(BaseModel):
     parameters: int
 
 
+class Memory(BaseModel):
+    """Bytes a training step needs, in fp32: all weights; gradients and optimizer state for the trained ones;
+    activations: what autograd keeps of a batch for the backward pass (nothing of a frozen backbone's) and twice
+    the largest layer output. An estimate: 0.74-0.85 of a ResNet18 step's measured peak (docs/PERFORMANCE.md)."""
+
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+
+
 class Validation(BaseModel):
     spec: ExperimentSpec
     warnings: list[str]
@@ -54,9 +66,8 @@ class Validation(BaseModel):
     layers: list[LayerShape]
     parameters: int
     trainable_parameters: int
-    # Weights, gradients and optimizer state, what autograd keeps of one batch for the backward pass and twice
-    # the largest layer output, in fp32: an estimate (0.74-0.85 of a ResNet18 step's peak, docs/PERFORMANCE.md).
-    estimated_memory_bytes: int
+    estimated_memory_bytes: int  # the sum of `memory`
+    memory: Memory
     # The model as PyTorch code, layer for layer: `build_model()` of GET /experiments/{id}/model.py.
     model_code: str
 
@@ -97,7 +108,8 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: Stor
         ],  # fmt: skip
         parameters=report.parameters,
         trainable_parameters=report.trainable_parameters,
-        estimated_memory_bytes=report.estimated_memory_bytes,
+        estimated_memory_bytes=report.memory.total,
+        memory=Memory(**dataclasses.asdict(report.memory)),
         model_code=model_code(model, spec.model.kind),
     )
 
