@@ -322,7 +322,7 @@ function submitView() {
         body: JSON.stringify(spec)});
       feedback.replaceChildren(h("p", {class: "ok"}, `Valid: ${v.parameters.toLocaleString()} parameters `,
         `(${v.trainable_parameters.toLocaleString()} trained), about ${size(v.estimated_memory_bytes)} to train `,
-        `(${Object.entries(v.memory).map(([name, n]) => `${name.replace("_", " ")} ${size(n)}`).join(", ")}); `,
+        `(${Object.entries(v.memory).map(([name, n]) => `${name.replaceAll("_", " ")} ${size(n)}`).join(", ")}); `,
         `input ${v.input_shape.join("×")}`),
         ...v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
         h("table", {id: "layers"}, h("tr", {}, h("th", {}, "#"), h("th", {}, "layer"), h("th", {}, "output shape"), h("th", {}, "parameters")),
