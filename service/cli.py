@@ -217,7 +217,7 @@ def validate(
     for layer in report["layers"]:
         table.add_row(str(layer["index"]), layer["kind"], _shape(layer["output_shape"]), f"{layer['parameters']:,}")
     out.print(table)
-    parts = ", ".join(f"{name.replace('_', ' ')} {_size(n)}" for name, n in report["memory"].items())
+    parts = ", ".join(f"{name.replace('_', ' ')} {_size(n)}" for name, n in report["memory"].items() if n)
     out.print(f"{report['parameters']:,} parameters, {report['trainable_parameters']:,} trainable; training needs "
               f"about {_size(report['estimated_memory_bytes'])} at batch size {report['spec']['batch_size']} "
               f"({parts})")  # fmt: skip

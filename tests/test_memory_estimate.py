@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from service.specs import DatasetSpec, ExperimentSpec
-from tests.conftest import load_bundled
+from tests.conftest import fit_bundled, load_bundled
 from worker import engine
+from worker.engine import frozen_features
 from worker.models import create_model, describe, describe_model, meta_model
 
 
@@ -26,7 +27,7 @@ def _saved_bytes(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     return sum(kept.values())
 
 
-def test_the_memory_estimate_counts_what_training_keeps_and_a_frozen_backbone_keeps_nothing() -> None:
+def test_the_memory_estimate_counts_what_the_backward_pass_keeps_and_what_trains() -> None:
     digits = load_bundled(DatasetSpec(name="digits"))
     shape = digits.info.preprocess.input_shape
     batch = digits.train.images[:16].float()
@@ -42,7 +43,8 @@ def test_the_memory_estimate_counts_what_training_keeps_and_a_frozen_backbone_ke
         saved = _saved_bytes(create_model(experiment.model, shape, 10), batch)
         assert describe(meta, shape, 16)[1] == saved > 0, model
         if "freeze" in model:
-            estimates[model["freeze"]] = describe_model(experiment, meta, shape).memory
+            examples = len(digits.train) + len(digits.val)
+            estimates[model["freeze"]] = describe_model(experiment, meta, shape, examples).memory
     frozen, tuned = estimates["backbone"], estimates["none"]
     # The same 11.2M parameters; fine-tuning keeps the backbone's activations, its gradients and Adam's moments,
     # where a frozen backbone keeps only the head's (512 x 10 + 10 parameters).
@@ -50,6 +52,7 @@ def test_the_memory_estimate_counts_what_training_keeps_and_a_frozen_backbone_ke
     assert (frozen.gradients, frozen.optimizer_state) == (4 * 5130, 8 * 5130)
     assert (tuned.gradients, tuned.optimizer_state) == (tuned.weights, 2 * tuned.weights)
     assert frozen.activations < tuned.activations / 3 and frozen.total < tuned.total / 3
+    assert tuned.features == 0
 
 
 @pytest.mark.parametrize(
@@ -67,4 +70,30 @@ def test_the_memory_estimate_counts_the_state_each_optimizer_keeps(optimizer: di
     torch.nn.functional.cross_entropy(model(digits.train.images[:64].float()), digits.train.labels[:64]).backward()
     step.step()
     kept = sum(v.nbytes for state in step.state.values() for v in state.values() if v.dim() > 0)  # not step counts
-    assert describe_model(experiment, meta_model(experiment.model, shape, 10), shape).memory.optimizer_state == kept
+    memory = describe_model(experiment, meta_model(experiment.model, shape, 10), shape, len(digits.train)).memory
+    assert memory.optimizer_state == kept
+
+
+@pytest.mark.parametrize("augment", [[], [{"kind": "gaussian_noise", "std": 0.1}]])
+def test_the_memory_estimate_counts_the_features_a_frozen_backbone_keeps(monkeypatch, augment: list) -> None:
+    """`fit` keeps a frozen backbone's features of the validation split, and with no augmentation of the training
+    split too: the estimate counts the bytes of the features a real run computes."""
+    experiment = ExperimentSpec.model_validate({
+        "dataset": {"name": "digits"}, "epochs": 1, "augment": augment,
+        "model": {"kind": "resnet18", "pretrained": "none", "freeze": "backbone", "image_size": 32},
+    })  # fmt: skip
+    kept: list[int] = []
+
+    def computed(*args, **kwargs) -> list[engine.DeviceSplit]:
+        splits = frozen_features(*args, **kwargs)
+        kept.extend(split.images.nbytes for split in splits)
+        return splits
+
+    monkeypatch.setattr(engine, "frozen_features", computed)
+    fit_bundled(experiment)
+    digits = load_bundled(experiment.dataset)
+    shape = digits.info.preprocess.input_shape
+    meta = meta_model(experiment.model, shape, 10)
+    examples = len(digits.train) + len(digits.val)
+    estimate = describe_model(experiment, meta, shape, examples).memory
+    assert estimate.features == sum(kept) == 4 * 512 * (len(digits.val) if augment else examples)

@@ -84,18 +84,19 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes a training step needs, in fp32: all weights; gradients and optimizer state for the trained ones; and
+    """Bytes a training run needs, in fp32: all weights; gradients and optimizer state for the trained ones;
     activations: what autograd keeps of a batch for the backward pass, plus twice the largest layer output (a
-    layer's input and output alive at once in the forward pass, their gradients in the backward pass)."""
+    layer's input and output alive at once in the forward pass, their gradients in the backward pass); features."""
 
     weights: int
     gradients: int
     optimizer_state: int
     activations: int
+    features: int  # a frozen backbone's, computed once and kept for every epoch (see `worker.engine.fit`)
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer_state + self.activations
+        return self.weights + self.gradients + self.optimizer_state + self.activations + self.features
 
 
 @dataclass(frozen=True)
@@ -113,16 +114,21 @@ def _optimizer_states(spec: Any) -> int:
     return {"adam": 2, "adamw": 2, "sgd": momentum, "rmsprop": 1 + momentum}[spec.kind]
 
 
-def describe_model(spec: Any, model: nn.Module, input_shape: InputShape) -> ModelReport:
-    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model`. Raises
-    BatchError when the model cannot train on batches of the spec's `batch_size`."""
+def describe_model(spec: Any, model: nn.Module, input_shape: InputShape, examples: int) -> ModelReport:
+    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model`, for a dataset
+    of `examples` (training and validation). Raises BatchError when the model cannot train on batches of the
+    spec's `batch_size`."""
     layers, saved, largest = describe(model, input_shape, spec.batch_size)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     states = _optimizer_states(spec.optimizer)
-    memory = MemoryEstimate(
-        4 * parameters, 4 * trainable, 4 * trainable * states, saved + 4 * 2 * spec.batch_size * largest
-    )
+    features = 0
+    if isinstance(model, TransferNet) and model.frozen:
+        # The validation split's features, and with no augmentation the training split's too.
+        kept = round(examples * spec.dataset.val_fraction) if spec.augment else examples
+        features = 4 * kept * next(m for m in model.head.modules() if isinstance(m, nn.Linear)).in_features
+    activations = saved + 4 * 2 * spec.batch_size * largest
+    memory = MemoryEstimate(4 * parameters, 4 * trainable, 4 * trainable * states, activations, features)
     return ModelReport(layers, parameters, trainable, memory)
 
 

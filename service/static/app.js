@@ -320,9 +320,10 @@ function submitView() {
     try {
       const v = await api("/experiments:validate", {method: "POST", headers: {"content-type": "application/json"},
         body: JSON.stringify(spec)});
+      const parts = Object.entries(v.memory).filter(([, n]) => n).map(([name, n]) => `${name.replaceAll("_", " ")} ${size(n)}`);
       feedback.replaceChildren(h("p", {class: "ok"}, `Valid: ${v.parameters.toLocaleString()} parameters `,
         `(${v.trainable_parameters.toLocaleString()} trained), about ${size(v.estimated_memory_bytes)} to train `,
-        `(${Object.entries(v.memory).map(([name, n]) => `${name.replaceAll("_", " ")} ${size(n)}`).join(", ")}); `,
+        `(${parts.join(", ")}); `,
         `input ${v.input_shape.join("×")}`),
         ...v.warnings.map((w) => h("p", {class: "warning"}, `⚠ ${w}`)),
         h("table", {id: "layers"}, h("tr", {}, h("th", {}, "#"), h("th", {}, "layer"), h("th", {}, "output shape"), h("th", {}, "parameters")),
