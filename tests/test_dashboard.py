@@ -66,8 +66,8 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.fill("#spec", json.dumps({"dataset": {"name": "digits"}, "model": {"kind": "linear"}}))
         page.click("#validate")
         sync_api.expect(page.locator("#feedback .ok")).to_contain_text(
-            "650 parameters (650 trained), about 58 KiB to train "
-            "(weights 3 KiB, gradients 3 KiB, optimizer state 5 KiB, activations 48 KiB)"
+            "650 parameters (650 trained), about 620 KiB to train "
+            "(weights 3 KiB, gradients 3 KiB, optimizer state 5 KiB, activations 48 KiB, data 562 KiB)"
         )
         page.fill("#spec", json.dumps({**spec, "augment": [{"kind": "hflip"}]}))
         page.click("#validate")

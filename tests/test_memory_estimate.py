@@ -43,8 +43,7 @@ def test_the_memory_estimate_counts_what_the_backward_pass_keeps_and_what_trains
         saved = _saved_bytes(create_model(experiment.model, shape, 10), batch)
         assert describe(meta, shape, 16)[1] == saved > 0, model
         if "freeze" in model:
-            examples = len(digits.train) + len(digits.val)
-            estimates[model["freeze"]] = describe_model(experiment, meta, shape, examples).memory
+            estimates[model["freeze"]] = describe_model(experiment, meta, digits.info).memory
     frozen, tuned = estimates["backbone"], estimates["none"]
     # The same 11.2M parameters; fine-tuning keeps the backbone's activations, its gradients and Adam's moments,
     # where a frozen backbone keeps only the head's (512 x 10 + 10 parameters).
@@ -70,30 +69,52 @@ def test_the_memory_estimate_counts_the_state_each_optimizer_keeps(optimizer: di
     torch.nn.functional.cross_entropy(model(digits.train.images[:64].float()), digits.train.labels[:64]).backward()
     step.step()
     kept = sum(v.nbytes for state in step.state.values() for v in state.values() if v.dim() > 0)  # not step counts
-    memory = describe_model(experiment, meta_model(experiment.model, shape, 10), shape, len(digits.train)).memory
+    memory = describe_model(experiment, meta_model(experiment.model, shape, 10), digits.info).memory
     assert memory.optimizer_state == kept
 
 
-@pytest.mark.parametrize("augment", [[], [{"kind": "gaussian_noise", "std": 0.1}]])
-def test_the_memory_estimate_counts_the_features_a_frozen_backbone_keeps(monkeypatch, augment: list) -> None:
-    """`fit` keeps a frozen backbone's features of the validation split, and with no augmentation of the training
-    split too: the estimate counts the bytes of the features a real run computes."""
-    experiment = ExperimentSpec.model_validate({
-        "dataset": {"name": "digits"}, "epochs": 1, "augment": augment,
-        "model": {"kind": "resnet18", "pretrained": "none", "freeze": "backbone", "image_size": 32},
-    })  # fmt: skip
-    kept: list[int] = []
+FROZEN = {"kind": "resnet18", "pretrained": "none", "freeze": "backbone", "image_size": 32}
+NOISE = [{"kind": "gaussian_noise", "std": 0.1}]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model", "augment"),
+    [("digits", {"kind": "mlp"}, []), ("digits", {"kind": "mlp"}, NOISE), ("digits", FROZEN, []),
+     ("digits", FROZEN, NOISE), ("diabetes", {"kind": "linear"}, [])],
+)  # fmt: skip
+def test_the_memory_estimate_counts_the_data_and_features_a_run_keeps(
+    monkeypatch, dataset: str, model: dict, augment: list
+) -> None:
+    """`fit` keeps the dataset's examples, an fp32 copy of each split it standardises once (the validation split,
+    and with no augmentation the training split), and a frozen backbone's features of those splits instead of
+    the copies: the estimate counts the bytes of the tensors a real run makes."""
+    experiment = ExperimentSpec.model_validate(
+        {
+            "dataset": {"name": dataset},
+            "epochs": 1,
+            "augment": augment,
+            "model": model,
+            "task": "regression" if dataset == "diabetes" else "classification",
+        }
+    )
+    kept = {"data": 0, "features": 0}
+
+    def placed(split, device, preprocess=None) -> engine.DeviceSplit:
+        data = device_split(split, device, preprocess)
+        kept["data"] += data.images.nbytes + (data.standardized.nbytes if data.standardized is not None else 0)
+        return data
 
     def computed(*args, **kwargs) -> list[engine.DeviceSplit]:
         splits = frozen_features(*args, **kwargs)
-        kept.extend(split.images.nbytes for split in splits)
+        kept["features"] += sum(split.images.nbytes for split in splits)
         return splits
 
+    device_split = engine.DeviceSplit.of
+    monkeypatch.setattr(engine.DeviceSplit, "of", placed)
     monkeypatch.setattr(engine, "frozen_features", computed)
     fit_bundled(experiment)
-    digits = load_bundled(experiment.dataset)
-    shape = digits.info.preprocess.input_shape
-    meta = meta_model(experiment.model, shape, 10)
-    examples = len(digits.train) + len(digits.val)
-    estimate = describe_model(experiment, meta, shape, examples).memory
-    assert estimate.features == sum(kept) == 4 * 512 * (len(digits.val) if augment else examples)
+    data = load_bundled(experiment.dataset)
+    meta = meta_model(experiment.model, data.info.preprocess.input_shape, data.info.num_classes)
+    estimate = describe_model(experiment, meta, data.info).memory
+    assert (estimate.data, estimate.features) == (kept["data"], kept["features"]), kept
+    assert kept["data"] >= data.train.images.nbytes > 0

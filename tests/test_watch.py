@@ -296,9 +296,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         for text in (spec_file.read_text(), as_json):
             piped = _cli("validate", "-", "-s", "model.hidden=[8]", url=dep.url, cwd=REPO, stdin=text)
             assert piped.returncode == 0 and "6,370 parameters, 6,370 trainable" in piped.stdout, piped.stderr
-            assert (  # not "0 MiB"
-                "about 690 KiB at batch size 64 "
-                "(weights 25 KiB, gradients 25 KiB, optimizer state 50 KiB, activations 590 KiB)" in piped.stdout
+            assert (  # parts under a MiB in KiB, not "0 MiB"
+                "about 38 MiB at batch size 64 (weights 25 KiB, gradients 25 KiB, optimizer state 50 KiB, "
+                "activations 590 KiB, data 37 MiB)" in piped.stdout
             )
         nothing = _cli("submit", url=dep.url, cwd=REPO)
         assert nothing.returncode == 2 and "--set dataset.name=" in nothing.stderr, nothing.stderr

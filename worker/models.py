@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from service.specs import CNNSpec, LinearSpec, MLPSpec, PretrainedSpec, SequentialSpec
+from worker.datasets import DatasetInfo
 from worker.preprocess import Preprocess
 
 InputShape = tuple[int, int, int]  # (C, H, W)
@@ -86,17 +87,20 @@ class LayerReport:
 class MemoryEstimate:
     """Bytes a training run needs, in fp32: all weights; gradients and optimizer state for the trained ones;
     activations: what autograd keeps of a batch for the backward pass, plus twice the largest layer output (a
-    layer's input and output alive at once in the forward pass, their gradients in the backward pass); features."""
+    layer's input and output alive at once in the forward pass, their gradients in the backward pass); data: the
+    dataset's examples and, where `worker.engine.fit` standardises a split once, its fp32 copy; features: a frozen
+    backbone's, computed once and kept."""
 
     weights: int
     gradients: int
     optimizer_state: int
     activations: int
-    features: int  # a frozen backbone's, computed once and kept for every epoch (see `worker.engine.fit`)
+    data: int
+    features: int
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer_state + self.activations + self.features
+        return sum(dataclasses.astuple(self))
 
 
 @dataclass(frozen=True)
@@ -114,21 +118,27 @@ def _optimizer_states(spec: Any) -> int:
     return {"adam": 2, "adamw": 2, "sgd": momentum, "rmsprop": 1 + momentum}[spec.kind]
 
 
-def describe_model(spec: Any, model: nn.Module, input_shape: InputShape, examples: int) -> ModelReport:
-    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model`, for a dataset
-    of `examples` (training and validation). Raises BatchError when the model cannot train on batches of the
-    spec's `batch_size`."""
-    layers, saved, largest = describe(model, input_shape, spec.batch_size)
+def describe_model(spec: Any, model: nn.Module, info: DatasetInfo) -> ModelReport:
+    """What `POST /experiments:validate` shows of an experiment spec's model, built by `meta_model` for the
+    dataset `info` describes. Raises BatchError when the model cannot train on batches of the spec's
+    `batch_size`."""
+    shape, examples = info.preprocess.input_shape, info.size
+    layers, saved, largest = describe(model, shape, spec.batch_size)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     states = _optimizer_states(spec.optimizer)
+    # `fit` standardises the validation split once, and the training split too with no augmentation between;
+    # a frozen backbone's inputs instead batch by batch, keeping its features of those splits.
+    once = round(examples * spec.dataset.val_fraction) if spec.augment else examples
+    frozen = isinstance(model, TransferNet) and model.frozen
+    values = _numel(shape)
+    data = examples * values * (4 if info.tabular else 1) + (0 if frozen else 4 * once * values)
     features = 0
-    if isinstance(model, TransferNet) and model.frozen:
-        # The validation split's features, and with no augmentation the training split's too.
-        kept = round(examples * spec.dataset.val_fraction) if spec.augment else examples
-        features = 4 * kept * next(m for m in model.head.modules() if isinstance(m, nn.Linear)).in_features
+    if frozen:
+        head = next(m for m in model.head.modules() if isinstance(m, nn.Linear))
+        features = 4 * once * head.in_features
     activations = saved + 4 * 2 * spec.batch_size * largest
-    memory = MemoryEstimate(4 * parameters, 4 * trainable, 4 * trainable * states, activations, features)
+    memory = MemoryEstimate(4 * parameters, 4 * trainable, 4 * trainable * states, activations, data, features)
     return ModelReport(layers, parameters, trainable, memory)
 
 

@@ -51,14 +51,16 @@ class LayerShape(BaseModel):
 class Memory(BaseModel):
     """Bytes training needs, in fp32: all weights; gradients and optimizer state for the trained ones; activations:
     what autograd keeps of a batch for the backward pass (nothing of a frozen backbone's) and twice the largest
-    layer output; features: a frozen backbone's, computed once and kept (the validation split's, and with no
-    augmentation the training split's). An estimate: the first four came to 0.74-0.85 of a ResNet18 step's
-    measured peak (docs/PERFORMANCE.md)."""
+    layer output; data: the dataset's examples and the fp32 copy of the splits standardised once (the validation
+    split's, and with no augmentation the training split's); features: a frozen backbone's of those splits,
+    computed once and kept, where their standardised copies are not. An estimate: the first four came to
+    0.74-0.85 of a ResNet18 step's measured peak (docs/PERFORMANCE.md)."""
 
     weights: int
     gradients: int
     optimizer_state: int
     activations: int
+    data: int
     features: int
 
 
@@ -98,7 +100,7 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: Stor
     info = dataset_for(spec, settings, store)
     shape = info.preprocess.input_shape
     model = meta_model(spec.model, shape, info.num_classes)
-    report = describe_model(spec, model, shape, info.size)
+    report = describe_model(spec, model, info)
     if spec.model.kind == "sequential":
         spec = spec.model_copy(update={"model": resolve_layers(spec.model, shape, info.num_classes)})
     return Validation(
