@@ -89,7 +89,8 @@ class MemoryEstimate:
     activations: what autograd keeps of a batch for the backward pass, plus twice the largest layer output (a
     layer's input and output alive at once in the forward pass, their gradients in the backward pass); data: the
     dataset's examples and, where `worker.engine.fit` standardises a split once, its fp32 copy; features: a frozen
-    backbone's, computed once and kept."""
+    backbone's, computed once and kept. An estimate: the first four parts came to 0.74-0.85 of a ResNet18 step's
+    measured peak (docs/PERFORMANCE.md)."""
 
     weights: int
     gradients: int

@@ -3,7 +3,6 @@ the model as code."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from typing import Annotated
 
@@ -32,7 +31,7 @@ from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
-from worker.models import describe_model, meta_model, resolve_layers
+from worker.models import MemoryEstimate, describe_model, meta_model, resolve_layers
 from worker.previews import augmentation_samples
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
@@ -48,22 +47,6 @@ class LayerShape(BaseModel):
     parameters: int
 
 
-class Memory(BaseModel):
-    """Bytes training needs, in fp32: all weights; gradients and optimizer state for the trained ones; activations:
-    what autograd keeps of a batch for the backward pass (nothing of a frozen backbone's) and twice the largest
-    layer output; data: the dataset's examples and the fp32 copy of the splits standardised once (the validation
-    split's, and with no augmentation the training split's); features: a frozen backbone's of those splits,
-    computed once and kept, where their standardised copies are not. An estimate: the first four came to
-    0.74-0.85 of a ResNet18 step's measured peak (docs/PERFORMANCE.md)."""
-
-    weights: int
-    gradients: int
-    optimizer_state: int
-    activations: int
-    data: int
-    features: int
-
-
 class Validation(BaseModel):
     spec: ExperimentSpec
     warnings: list[str]
@@ -71,8 +54,8 @@ class Validation(BaseModel):
     layers: list[LayerShape]
     parameters: int
     trainable_parameters: int
-    estimated_memory_bytes: int  # the sum of `memory`
-    memory: Memory
+    estimated_memory_bytes: int  # the sum of `memory`'s parts
+    memory: MemoryEstimate
     # The model as PyTorch code, layer for layer: `build_model()` of GET /experiments/{id}/model.py.
     model_code: str
 
@@ -114,7 +97,7 @@ def validate_experiment(spec: ExperimentSpec, settings: SettingsDep, store: Stor
         parameters=report.parameters,
         trainable_parameters=report.trainable_parameters,
         estimated_memory_bytes=report.memory.total,
-        memory=Memory(**dataclasses.asdict(report.memory)),
+        memory=report.memory,
         model_code=model_code(model, spec.model.kind),
     )
 
