@@ -44,12 +44,12 @@ def _refuse(message: str, field: str = "file") -> InvalidInput:
     return InvalidInput(message, loc=["body", field])
 
 
-def _refuse_unsplittable(counts: Counter[str], what: str, field: str = "file") -> None:
+def _refuse_unsplittable(counts: Counter[str], what: str, remedy: str, field: str = "file") -> None:
     """Validation takes examples of each class that has two or more (`worker.datasets.stratified_split`): with no
     such class, nothing would be left to validate on."""
     if max(counts.values()) < 2:
         raise _refuse(f"every {what}: nothing would be left to validate on (validation takes examples of each class "
-                      "that has two or more)", field)  # fmt: skip
+                      f"that has two or more); {remedy}", field)  # fmt: skip
 
 
 def read_image_zip(data: bytes, settings: Settings, image_size: int | None) -> Upload:
@@ -83,6 +83,7 @@ def read_image_zip(data: bytes, settings: Settings, image_size: int | None) -> U
         _refuse_unsplittable(
             Counter(name for name, _ in splits["train"]),
             "class in train/ has a single image and there is no val/ folder",
+            "add a val/ folder, or more images to the classes",
         )
     channels = 1 if all(image.mode in GRAYSCALE_MODES for _, image in splits["train"]) else 3
     size = _common_size([image for split in splits.values() for _, image in split], image_size)
@@ -225,7 +226,9 @@ def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -
         class_names = sorted(set(targets))
         if len(class_names) < 2:
             raise _refuse(f"the target column {target!r} needs at least two classes", "target")
-        _refuse_unsplittable(Counter(targets), f"class of the target column {target!r} has a single row", "target")
+        _refuse_unsplittable(
+            Counter(targets), f"class of the target column {target!r} has a single row", "add rows", "target"
+        )
         y = np.asarray([class_names.index(v) for v in targets], dtype=np.int64)
         preprocess = tabular_preprocess(x)
     pool = tabular_pool(x, y)

@@ -102,7 +102,7 @@ BAD_ZIPS = {
     "layout": ({"images/a/1.png": "IMG0"}, 422, "ImageFolder layout"),
     "val class": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1", "val/c/3.png": "IMG2"}, 422, "val/ has classes"),
     # Validation takes an image from each class that has two: here none has, and there is no val/ to use instead.
-    "one image a class": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1"}, 422, "nothing would be left to valid"),
+    "one image a class": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1"}, 422, "add a val/ folder, or more"),
     "not a zip": ({}, 422, "not a readable zip"),
     "damaged entry": ({"train/a/1.png": "IMG0", "train/b/2.png": "IMG1"}, 422, "cannot be read from the zip"),
 }
@@ -289,7 +289,7 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         huge = _upload(client, "t3", "\n".join(lines).encode(), "d.csv", target="progression")
         assert huge.status_code == 422 and "line 6: NaN, infinite values and values beyond" in huge.text, huge.text
         single = _upload(client, "t4", b"x,label\n1,yes\n2,no\n", "d.csv", target="label", task="classification")
-        assert single.status_code == 422 and "a single row" in single.text, single.text
+        assert single.status_code == 422 and "a single row" in single.text and "add rows" in single.text, single.text
 
         base = {"task": "regression", "model": {"kind": "linear"}, "epochs": 30, "batch_size": 32,
                 "optimizer": {"kind": "sgd", "lr": 0.01, "momentum": 0.9}}  # fmt: skip
