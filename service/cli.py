@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +26,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
-from service.compare import chart_metric
+from service.compare import chart_metric, compact, difference_rows
 from service.errors import InvalidInput
 from service.schemas import ExperimentPublic, RowPredictions, Status
 from service.specs import EpochMetrics
@@ -324,7 +323,7 @@ def _epoch_line(row: EpochMetrics, epochs: int) -> str:
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
-    return f"{value:.4g}" if isinstance(value, float) else _compact(value)
+    return f"{value:.4g}" if isinstance(value, float) else compact(value)
 
 
 @app.command()
@@ -535,7 +534,7 @@ def compare(
     ids = [f"#{e.id}" for e in found.experiments]
     differences = Table("spec", *ids, title="where the specs differ")
     for difference in found.spec_differences:
-        for path, values in _difference_rows(difference.path, difference.values):
+        for path, values in difference_rows(difference.path, difference.values):
             differences.add_row(path, *values)
     out.print(differences if found.spec_differences else "the specs are the same (but for names)")
     per_epoch = Table("epoch", *ids, title=metric)
@@ -548,27 +547,6 @@ def compare(
     best.add_row("val loss", *map(_fmt, found.best_val_loss))
     best.add_row("  vs first", *map(_fmt, found.best_val_loss_vs_first))
     out.print(best)
-
-
-def _difference_rows(path: str, values: list[Any]) -> Iterator[tuple[str, list[str]]]:
-    """Lists of one length everywhere (a model's layers) item by item, and only the items that differ: the layer
-    order of two CNNs shows as the layers swapped."""
-    if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
-        for index, items in enumerate(zip(*values, strict=True)):
-            if len({json.dumps(item) for item in items}) > 1:
-                yield f"{path}.{index}", [_compact(item) for item in items]
-    else:
-        yield path, [_compact(value) for value in values]
-
-
-def _compact(value: Any) -> str:
-    """A spec value in one line: a section with a kind as `kind(field=value, ...)`."""
-    if isinstance(value, dict) and "kind" in value:
-        fields = ", ".join(f"{k}={json.dumps(v)}" for k, v in value.items() if k != "kind")
-        return f"{value['kind']}({fields})"
-    if isinstance(value, list):
-        return "[" + ", ".join(map(_compact, value)) + "]"
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 @app.command()

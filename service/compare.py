@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Collection, Iterator
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
@@ -50,6 +51,10 @@ class EpochComparison(BaseModel):
 class Comparison(BaseModel):
     experiments: list[ExperimentPublic]
     spec_differences: list[SpecDifference]
+    # What sets each experiment apart, in brief: its values where the specs differ (`optimizer.lr=0.01,
+    # augment=[hflip(p=0.5)]`); a list of one length in every spec (a model's layers) item by item. Empty where
+    # the specs are the same.
+    labels: list[str]
     epochs: list[EpochComparison]
     # Each experiment's best epoch (highest validation accuracy; lowest validation loss for a regression): its
     # validation accuracy and loss, and those minus the first experiment's.
@@ -77,6 +82,8 @@ def compare(experiments: list[ExperimentPublic], metrics: list[list[EpochMetrics
         for path in paths
         if len({repr(spec.get(path)) for spec in specs}) > 1
     ]
+    brief = [row for d in differences for row in difference_rows(d.path, d.values)]
+    labels = [", ".join(f"{path}={texts[i]}" for path, texts in brief) for i in range(len(experiments))]
     by_epoch = [{m.epoch: m for m in rows} for rows in metrics]
     epochs = sorted({epoch for rows in by_epoch for epoch in rows})
     rows = [
@@ -94,6 +101,7 @@ def compare(experiments: list[ExperimentPublic], metrics: list[list[EpochMetrics
     return Comparison(
         experiments=experiments,
         spec_differences=differences,
+        labels=labels,
         epochs=rows,
         best_val_accuracy=accuracy,
         best_val_accuracy_vs_first=_minus_first(accuracy),
@@ -105,3 +113,25 @@ def compare(experiments: list[ExperimentPublic], metrics: list[list[EpochMetrics
 def _minus_first(values: list[float | None]) -> list[float | None]:
     first = values[0]
     return [None if v is None or first is None else v - first for v in values]
+
+
+def difference_rows(path: str, values: list[Any]) -> Iterator[tuple[str, list[str]]]:
+    """One difference as (path, each value in brief) rows: lists of one length everywhere (a model's layers) item
+    by item, and only the items that differ, so that the layer order of two CNNs shows as the layers swapped."""
+    if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+        for index, items in enumerate(zip(*values, strict=True)):
+            if len({json.dumps(item) for item in items}) > 1:
+                yield f"{path}.{index}", [compact(item) for item in items]
+    else:
+        yield path, [compact(value) for value in values]
+
+
+def compact(value: Any) -> str:
+    """A spec value in one line: a section with a kind as `kind(field=value, ...)`, a list in brackets, the rest
+    as JSON (a string bare). The dashboard's `compact` (service/static/app.js) writes the same."""
+    if isinstance(value, dict) and "kind" in value:
+        fields = ", ".join(f"{k}={compact(v)}" for k, v in value.items() if k != "kind")
+        return f"{value['kind']}({fields})"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(compact, value)) + "]"
+    return value if isinstance(value, str) else json.dumps(value)

@@ -79,7 +79,8 @@ def render_comparison(series: Sequence[tuple[str, list[EpochMetrics]]], metric: 
     figure = _figure(9, 5)
     ax = figure.subplots()
     for label, metrics in series:
-        ax.plot([m.epoch for m in metrics], [getattr(m, metric) for m in metrics], "o-", label=label, markersize=3)
+        short = label if len(label) <= 70 else label[:69] + "…"  # a legend as wide as the figure at most
+        ax.plot([m.epoch for m in metrics], [getattr(m, metric) for m in metrics], "o-", label=short, markersize=3)
     _epoch_axis(ax)
     ax.set_ylabel(metric)
     if series:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from service.compare import compact
 from service.errors import InvalidInput
 from service.hints import NOT_AN_OBJECT, message_with_hint, section_key
 from service.schemas import ExperimentPublic
@@ -61,6 +62,7 @@ class TrialPublic(BaseModel):
     experiment_id: int
     name: str
     params: dict[str, Any]
+    label: str  # the params in brief, as the trial's name ends: `optimizer.lr=0.01, augment=[hflip()]`
     status: str
     best_epoch: int | None
     best_val_accuracy: float | None
@@ -148,13 +150,13 @@ def _section(values: dict, path: str) -> dict:
 
 
 def trial_label(params: dict[str, Any]) -> str:
-    """How a trial is named: its name's suffix, and the prefix of any error about it."""
-    return ", ".join(f"{path}={_short(value)}" for path, value in params.items())
+    """How a trial is named (`optimizer.lr=0.01, augment=[hflip()]`): its name's suffix, its curve's label in
+    the sweep's chart, and the prefix of any error about it."""
+    return ", ".join(f"{path}={_short(compact(value))}" for path, value in params.items())
 
 
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[ExperimentPublic]) -> SweepPublic:
@@ -163,6 +165,7 @@ def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[Expe
             experiment_id=e.id,
             name=e.name,
             params=e.sweep_params or {},
+            label=trial_label(e.sweep_params or {}),
             status=e.status,
             best_epoch=e.best.epoch if e.best else None,
             best_val_accuracy=e.best.val_accuracy if e.best else None,

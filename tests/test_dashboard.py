@@ -22,6 +22,26 @@ if not Path(CHROMIUM).exists():
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 
+# A chart of `labels` drawn in the page: its legend's texts, whether any two overlap, their rightmost and lowest
+# extent, and the top of the plot, in the chart's units (460 wide).
+LEGEND_LAYOUT = """(labels) => {
+  const svg = lineChart(labels.map((label, i) => ({label, points: [[1, i], [2, i + 1]]})), {width: 460});
+  document.body.append(svg);
+  const texts = [...svg.querySelectorAll("text.legend")];
+  const boxes = texts.map((t) => t.getBBox());
+  const apart = (a, b) => a.x + a.width <= b.x || b.x + b.width <= a.x || a.y + a.height <= b.y || b.y + b.height <= a.y;
+  const layout = {
+    texts: texts.map((t) => t.childNodes[0].textContent),
+    overlapping: boxes.some((a, i) => boxes.some((b, j) => i < j && !apart(a, b))),
+    right: Math.max(...boxes.map((b) => b.x + b.width)),
+    bottom: Math.max(...boxes.map((b) => b.y + b.height)),
+    plot_top: Math.min(...[...svg.querySelectorAll("line.grid")].map((l) => +l.getAttribute("y1"))),
+  };
+  svg.remove();
+  return layout;
+}"""
+
+
 @pytest.fixture
 def page(tmp_path: Path, request):
     with sync_api.sync_playwright() as playwright:
@@ -60,6 +80,12 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         assert page.evaluate("progressText", training) == (
             "epoch 2/4: batch 3/8, loss 0.2500, 812 samples/s, epoch ETA 1 s, run ETA 9 s "
         )
+        # A chart's legend keeps each label whole, wraps onto further rows, and the plot starts below it.
+        labels = ["#11 augment=[gaussian_noise(std=0.1)]", "#12 augment=[rotation(degrees=15)]", "#13 augment=[]",
+                  "#14 augment=[hflip()]", "#15 augment=[random_crop(padding=4)], optimizer.lr=0.01"]  # fmt: skip
+        layout = page.evaluate(LEGEND_LAYOUT, labels)
+        assert layout["texts"] == labels and not layout["overlapping"], layout
+        assert layout["right"] <= 460 and layout["bottom"] < layout["plot_top"], layout
         page.fill("#spec", json.dumps({**spec, "epochs": 0}))
         page.click("#validate")
         sync_api.expect(page.locator("#feedback .error")).to_contain_text("body.epochs")
@@ -152,6 +178,12 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#trials [data-status=succeeded]")).to_have_count(2, timeout=60_000)
         sync_api.expect(page.locator("#trials tr").nth(1)).to_contain_text("0.01")  # the better lr ranks first
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(4)  # 2 trials x 2 epochs
+        # Each curve is labelled in full by what its trial tried; compared, so are the runs, in a table too.
+        sync_api.expect(page.locator("#comparison text.legend", has_text="optimizer.lr=0.01")).to_have_count(1)
+        page.locator("#view a", has_text="compare").click()
+        sync_api.expect(page.locator("#differences")).to_contain_text("optimizer.lr=1e-05")
+        sync_api.expect(page.locator("#comparison text.legend", has_text="optimizer.lr=1e-05")).to_have_count(1)
+        page.go_back()
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#delete-sweep")
         page.wait_for_url(f"{dep.url}/#/sweeps")

@@ -143,6 +143,10 @@ def test_rerun_reproduces_and_compare_shows_the_difference(service) -> None:
     differences = {d["path"]: d["values"] for d in comparison["spec_differences"]}
     assert differences["optimizer.kind"] == ["adam", "sgd"] and differences["epochs"] == [3, 2]
     assert "optimizer.momentum" in differences and "name" not in differences
+    # Each run's values where they differ, in brief, as one line to label it by.
+    first, second = comparison["labels"]
+    assert first.startswith("epochs=3, ") and "optimizer.kind=adam" in first, first
+    assert second.startswith("epochs=2, ") and "optimizer.kind=sgd" in second, second
     assert [row["epoch"] for row in comparison["epochs"]] == [1, 2, 3]
     assert comparison["epochs"][2]["values"]["val_accuracy"][1] is None
     best = comparison["best_val_accuracy"]
@@ -172,6 +176,8 @@ def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
     scores = [t["best_val_accuracy"] for t in ranked]
     assert scores == sorted(scores, reverse=True)
     assert ranked[-1]["params"] == {"optimizer.lr": 0.001, "batch_size": 128}  # fewest, tiniest steps learn least
+    assert ranked[-1]["label"] == "optimizer.lr=0.001, batch_size=128"
+    assert ranked[-1]["name"] == f"tiny grid [{ranked[-1]['label']}]"
     assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png"))
     assert_png(client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "train_loss"}))
     assert client.get(f"/sweeps/{sweep['id']}/compare.png", params={"metric": "xval_lossx"}).status_code == 422

@@ -194,6 +194,23 @@ def test_a_sweep_over_a_section_by_name_is_told_which_path_to_vary(grid: dict, m
         assert info.value.loc == ["body", path] and detail.endswith(f": {message}"), detail
 
 
+def test_trials_are_named_by_the_values_they_try_in_brief() -> None:
+    """A trial's name ends with what it tried, as the CLI's compare writes values: a section by its kind and
+    fields, not a Python repr of the JSON."""
+    from service.sweeps import SweepCreate, expand
+
+    augment = [[], [{"kind": "hflip"}], [{"kind": "gaussian_noise", "std": 0.1}, {"kind": "rotation", "degrees": 15}]]
+    request = SweepCreate.model_validate({
+        "name": "flips", "base": {"dataset": {"name": "digits"}, "model": {"kind": "mlp"}},
+        "grid": {"augment": augment, "optimizer.lr": [0.01], "deterministic": [False]},
+    })  # fmt: skip
+    assert [spec.name for _, spec in expand(request)] == [
+        "flips [augment=[], optimizer.lr=0.01, deterministic=false]",
+        "flips [augment=[hflip()], optimizer.lr=0.01, deterministic=false]",
+        "flips [augment=[gaussian_noise(std=0.1), rotation(degrees=15)], optimizer.lr=0.01, deterministic=false]",
+    ]
+
+
 def test_a_list_of_lists_given_one_number_gets_no_hint_of_one_level() -> None:
     """`[5]` would still be refused where a table's rows are expected: no hint rather than a wrong one."""
     from pydantic import BaseModel

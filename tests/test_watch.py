@@ -154,16 +154,16 @@ def _cli(*args: str, url: str, cwd: Path, stdin: str = "") -> subprocess.Complet
 
 def test_cli_compare_shows_lists_that_differ_item_by_item() -> None:
     """Two CNNs that differ in layer order show the swapped layers, not two long lists."""
-    from service.cli import _difference_rows
+    from service.compare import difference_rows
 
     relu_pool = [{"kind": "conv2d", "out_channels": 8}, {"kind": "relu"}, {"kind": "maxpool2d", "kernel_size": 2}]
     pool_relu = [relu_pool[0], relu_pool[2], relu_pool[1]]
-    assert list(_difference_rows("model.layers", [relu_pool, pool_relu])) == [
+    assert list(difference_rows("model.layers", [relu_pool, pool_relu])) == [
         ("model.layers.1", ["relu()", "maxpool2d(kernel_size=2)"]),
         ("model.layers.2", ["maxpool2d(kernel_size=2)", "relu()"]),
     ]
     flips = [{"kind": "hflip", "p": 0.5}]
-    assert list(_difference_rows("augment", [[], flips])) == [("augment", ["[]", "[hflip(p=0.5)]"])]
+    assert list(difference_rows("augment", [[], flips])) == [("augment", ["[]", "[hflip(p=0.5)]"])]
 
 
 def test_cli_watch_says_when_a_frozen_backbones_features_are_being_computed() -> None:

@@ -74,9 +74,6 @@ def compare_sweep(sweep_id: SweepId, store: StoreDep, metric: Metric | None = No
     """Every trial's `metric` per epoch, overlaid; by default the metric the trials are ranked by."""
     name, _, experiments = store.get_sweep(sweep_id)
     metric = chart_metric({e.spec.task for e in experiments}, metric)
-    series = [(_label(e.sweep_params), store.list_metrics(e.id)) for e in experiments]
+    series = [(trial_label(e.sweep_params or {}), store.list_metrics(e.id)) for e in experiments]
     return png_response(render_comparison(series, metric, f"sweep #{sweep_id} {name}: {metric}"))
 
-
-def _label(params: dict | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (params or {}).items())[:60]

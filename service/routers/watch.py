@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from service.compare import Metric, chart_metric
+from service.compare import Metric, chart_metric, compare
 from service.deps import SettingsDep, StoreDep
 from service.errors import ERROR_RESPONSES, NotFound
 from service.figures import PNG_RESPONSE, png_response, render_comparison
@@ -171,7 +171,10 @@ def compare_png(
     wanted = parse_ids(ids, minimum=1)
     experiments = [store.get_experiment(i) for i in wanted]
     metric = chart_metric({e.spec.task for e in experiments}, metric)
-    series = [(f"#{e.id} {e.name}", store.list_metrics(e.id)) for e in experiments]
+    metrics = [store.list_metrics(i) for i in wanted]
+    # Labelled by what sets each apart (their names often differ in a suffix the legend cuts off).
+    labels = compare(experiments, metrics).labels
+    series = [(f"#{e.id} {label or e.name}", rows) for e, label, rows in zip(experiments, labels, metrics, strict=True)]
     return png_response(render_comparison(series, metric, f"{metric}: experiments {', '.join(map(str, wanted))}"))
 
 

@@ -376,16 +376,31 @@ function comparisonChart(runs, metric) {
   return lineChart(series, {title: metric, width: 720, height: 360});
 }
 
+// Experiments side by side: their curves of one metric, labelled by what sets them apart (their names often
+// share all but a suffix), and a table of those differences with each best epoch against the first's.
 async function compareView(params) {
   const ids = (params.get("ids") || "").split(",").filter(Boolean);
-  const {runs, metrics} = await loadRuns(ids);
+  const [{runs, metrics}, found] = await Promise.all([loadRuns(ids),
+    ids.length > 1 ? api(`/experiments/compare?ids=${ids.join(",")}`) : null]);
   const metric = metrics.includes(params.get("metric")) ? params.get("metric") : metrics[0];
   const select = h("select", {id: "metric", onchange: (ev) => { location.hash = `#/compare?ids=${ids.join(",")}&metric=${ev.target.value}`; }},
     metrics.map((m) => h("option", {value: m, selected: m === metric}, m)));
   const box = h("div", {id: "comparison", class: "charts"});
   view.replaceChildren(h("h1", {}, "Compare"), h("p", {}, "Metric: ", select,
     ids.length ? ` experiments ${ids.join(", ")}` : " — tick experiments in the table, then “Compare selected”."), box);
-  if (ids.length) box.replaceChildren(comparisonChart(runs, metric));
+  if (!ids.length) return;
+  if (found) {
+    runs.forEach((r, i) => { if (found.labels[i]) r.label = `#${ids[i]} ${found.labels[i]}`; });
+    const delta = (v) => (v === null ? "" : ` (${v >= 0 ? "+" : ""}${fmt(v)})`);
+    view.append(h("table", {id: "differences"},
+      h("tr", {}, ["experiment", "name", "what differs", "best val acc", "best val loss"].map((c) => h("th", {}, c))),
+      found.experiments.map((e, i) => h("tr", {"data-id": e.id},
+        h("td", {}, h("a", {href: `#/experiments/${e.id}`}, `#${e.id}`)), h("td", {}, e.name),
+        h("td", {class: "differs"}, found.labels[i] || "the same spec"),
+        h("td", {}, fmt(found.best_val_accuracy[i]), i ? delta(found.best_val_accuracy_vs_first[i]) : ""),
+        h("td", {}, fmt(found.best_val_loss[i]), i ? delta(found.best_val_loss_vs_first[i]) : "")))));
+  }
+  box.replaceChildren(comparisonChart(runs, metric));
 }
 
 // -- sweeps -----------------------------------------------------------------------------------------------------
@@ -421,10 +436,7 @@ async function sweepView(id) {
     const ids = s.trials.map((t) => t.experiment_id);
     const {runs, metrics} = await loadRuns(ids);
     if (!shown) return;
-    const paths = [...new Set(s.trials.flatMap((t) => Object.keys(t.params)))];
-    const values = (t) => paths.map((p) => JSON.stringify(t.params[p] ?? null));
-    // Labelled by the values tried, in the table's column order: the legend has room for a few characters only.
-    runs.forEach((r, i) => { r.label = `#${ids[i]} ${values(s.trials[i]).join(", ")}`; });
+    runs.forEach((r, i) => { r.label = `#${ids[i]} ${s.trials[i].label}`; });  // the values tried
     const finished = s.trials.every((t) => FINISHED.includes(t.status));
     view.replaceChildren(h("h1", {}, `Sweep #${s.id} ${s.name}`),
       h("p", {}, `${s.trials.length} trials, best first · `, h("a", {href: `#/compare?ids=${ids.join(",")}`}, "compare")),
@@ -433,11 +445,11 @@ async function sweepView(id) {
         await api(`/sweeps/${s.id}`, {method: "DELETE"});
         location.hash = "#/sweeps";
       }) : "",
-      h("table", {id: "trials"}, h("tr", {}, ["rank", "experiment", ...paths, "status", "best epoch", "val acc",
+      h("table", {id: "trials"}, h("tr", {}, ["rank", "experiment", "tried", "status", "best epoch", "val acc",
         "val loss"].map((c) => h("th", {}, c))),
         ...s.trials.map((t, i) => h("tr", {"data-id": t.experiment_id}, h("td", {}, i + 1),
           h("td", {}, h("a", {href: `#/experiments/${t.experiment_id}`}, `#${t.experiment_id}`)),
-          ...values(t).map((v) => h("td", {}, v)), h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
+          h("td", {}, t.label), h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
           h("td", {}, fmt(t.best_val_accuracy)), h("td", {}, fmt(t.best_val_loss))))),
       h("div", {id: "comparison", class: "charts"}, comparisonChart(runs, metrics[0])));
     if (finished) return;

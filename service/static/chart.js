@@ -22,10 +22,27 @@ function niceTicks(lo, hi, count = 5) {
   return ticks;
 }
 
+// Where each series' legend entry goes: left to right, wrapping onto further rows. SVG text cannot be measured
+// before it is on the page, so a label's width is estimated from its length (11px text: ~6.4px a character).
+function legendLayout(labels, left, right) {
+  let x = left, y = 24;
+  return labels.map((label) => {
+    const text = label.length > 60 ? `${label.slice(0, 59)}…` : label;
+    const w = 14 + text.length * 6.4;
+    if (x > left && x + w > right) { x = left; y += 16; }
+    const at = {x, y, text};
+    x += w + 14;
+    return at;
+  });
+}
+
 // series: [{label, points: [[x, y], ...]}]; options: {title, yLabel, width, height}
 function lineChart(series, options = {}) {
-  const width = options.width || 460, height = options.height || 260;
-  const m = {left: 52, right: 12, top: 44, bottom: 38};
+  const width = options.width || 460;
+  const legend = legendLayout(series.map((s) => s.label), 60, width - 12);
+  const extra = legend.length ? legend[legend.length - 1].y - 24 : 0;  // the legend's rows after its first
+  const m = {left: 52, right: 12, top: 44 + extra, bottom: 38};
+  const height = (options.height || 260) + extra;
   const svg = svgEl("svg", {viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img"});
   svg.appendChild(svgEl("text", {x: m.left, y: 16, class: "chart-title"}, options.title || ""));
   const points = series.flatMap((s) => s.points.filter((p) => p[1] !== null && Number.isFinite(p[1])));
@@ -61,8 +78,11 @@ function lineChart(series, options = {}) {
       dot.appendChild(svgEl("title", {}, `${s.label}, epoch ${p[0]}: ${p[1].toPrecision(4)}`));
       svg.appendChild(dot);
     }
-    svg.appendChild(svgEl("rect", {x: m.left + 8 + i * 110, y: 24, width: 10, height: 10, fill: color}));
-    svg.appendChild(svgEl("text", {x: m.left + 22 + i * 110, y: 33, class: "legend"}, s.label.slice(0, 16)));
+    const at = legend[i];
+    svg.appendChild(svgEl("rect", {x: at.x, y: at.y, width: 10, height: 10, fill: color}));
+    const text = svgEl("text", {x: at.x + 14, y: at.y + 9, class: "legend"}, at.text);
+    text.appendChild(svgEl("title", {}, s.label));
+    svg.appendChild(text);
   });
   return svg;
 }
