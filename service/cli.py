@@ -456,6 +456,8 @@ def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None
         for row, classes in enumerate(predicted.classes or [], 1):
             table.add_row(str(row), ", ".join(f"{c.class_name} ({c.probability:.4f})" for c in classes))
     out.print(table)
+    _warn([f"row {row}: {values}: outside the values the model learnt from, so its prediction extrapolates"
+           for row, values in enumerate(predicted.outside_training_range, 1) if values])  # fmt: skip
 
 
 def _dataset_or_none(client: Client, name: str) -> dict | None:

@@ -148,6 +148,10 @@ class RowPredictions(BaseModel):
     values: list[float] | None = None
     # Classification: each row's classes, most probable first.
     classes: list[list[ClassProbability]] | None = None
+    # For each row, its values outside the range the model learnt from, with that range (`bmi = 0.06 (learnt from
+    # 18 to 42.2)`): its prediction extrapolates, often a sign of features scaled or ordered otherwise than in
+    # training. Null for a row within the range (or where the checkpoint predates ranges being kept).
+    outside_training_range: list[str | None]
 
 
 class SweepSummary(BaseModel):

@@ -221,7 +221,7 @@ def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -
             ) from None
         if not (np.abs(y) <= FLOAT32_MAX).all():
             raise _refuse(f"the target column {target!r} has NaN, infinite or beyond-float32 values", "target")
-        class_names, preprocess = [target], tabular_preprocess(x, y)
+        class_names, preprocess = [target], tabular_preprocess(x, features, y)
     else:
         class_names = sorted(set(targets))
         if len(class_names) < 2:
@@ -230,7 +230,7 @@ def read_csv_table(data: bytes, target: str | None, task: str, max_cells: int) -
             Counter(targets), f"class of the target column {target!r} has a single row", "add rows", "target"
         )
         y = np.asarray([class_names.index(v) for v in targets], dtype=np.int64)
-        preprocess = tabular_preprocess(x)
+        preprocess = tabular_preprocess(x, features)
     pool = tabular_pool(x, y)
     meta = {
         "kind": "table",

@@ -273,6 +273,7 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         table = upload.json()
         assert table["task"] == "regression" and table["input_shape"] == [10, 1, 1] and table["counts"] == {"rows": 442}
         assert table["feature_names"][:3] == ["age", "sex", "bmi"]
+        assert table["features"][0] == {"name": "age", "mean": pytest.approx(48.518, abs=1e-3), "min": 19, "max": 79}
         assert _upload(client, "t2", diabetes_csv(), "d.csv", target="nope").json()["detail"][0]["loc"] == [
             "body",
             "target",
@@ -330,6 +331,18 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert predicted.status_code == 200, predicted.text
         high, low = predicted.json()["values"]  # real targets 151 and 75
         assert high > low and 25 < low < high < 346
+        assert predicted.json()["outside_training_range"] == [None, None]  # real patients: what the model learnt
+        # The first patient as scikit-learn's own copy of the table has him (each column centred and scaled):
+        # answered, and told which values lie outside what the model learnt from, for both copies of the table.
+        scaled = [0.0381, 0.0507, 0.0617, 0.0219, -0.0442, -0.0348, -0.0434, -0.0026, 0.0199, -0.0176]
+        for experiment_id in ids[:2]:
+            answer = client.post(f"/experiments/{experiment_id}/predict/rows", json={"rows": [rows[0], scaled]})
+            assert answer.status_code == 200 and len(answer.json()["values"]) == 2, answer.text
+            fine, outside = answer.json()["outside_training_range"]
+            assert fine is None and outside.startswith(
+                "age = 0.0381 (learnt from 19 to 79), sex = 0.0507 (learnt from 1 to 2), bmi = 0.0617"
+            ), outside
+            assert outside.endswith("s6 = -0.0176 (learnt from 58 to 124)"), outside
         short = client.post(f"/experiments/{ids[0]}/predict/rows", json={"rows": [[1, 2, 3]]})
         assert short.status_code == 422 and short.json()["detail"][0]["loc"] == ["body", "rows", 0]
         # Finite in JSON, but past float32's range: the output is no number to answer with.
@@ -337,6 +350,19 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert huge.status_code == 422 and huge.json()["detail"][0]["loc"] == ["body", "rows", 1], huge.text
         image = client.post(f"/experiments/{ids[0]}/predict", files={"file": ("x.png", png_bytes(CIFAR_MINI))})
         assert image.status_code == 409 and "predict/rows" in image.text
+
+
+def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_nothing() -> None:
+    """Uploads stored before the preprocess record held the columns' names and ranges: the names come from beside
+    it, and no row is said to lie outside a range that was never recorded."""
+    from worker.datasets import uploaded_info
+
+    preprocess = {"channels": 2, "height": 1, "width": 1, "mean": [0.0, 1.0], "std": [1.0, 2.0]}
+    meta = {"description": "old", "class_names": ["y"], "preprocess": preprocess, "size": 9, "task": "regression",
+            "feature_names": ["a", "b"]}  # fmt: skip
+    info = uploaded_info("old", meta)
+    assert info.feature_names == ("a", "b") and info.preprocess.low == ()
+    assert info.preprocess.outside(torch.tensor([[1e6, -1e6]])) == []
 
 
 def _fit(spec: dict, data_dir: Path) -> list:

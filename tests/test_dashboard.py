@@ -5,6 +5,7 @@ cancel and delete a run. A screenshot is written on failure."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -128,6 +129,15 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         line_id = http.post("/experiments", json=line).json()["id"]
         page.goto(f"{dep.url}/#/experiments/{line_id}")
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=60_000)
+        # A table's model predicts a row typed in, one number a column, starting from the dataset's means; a value
+        # outside what it learnt from (bmi as scikit-learn's scaled copy of the table has it) is pointed out.
+        sync_api.expect(page.locator('#predict-row input[name="age"]')).to_have_value("48.52")
+        page.click("#predict-row-submit")
+        sync_api.expect(page.locator("#prediction .predicted")).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
+        assert page.locator("#prediction .warning").count() == 0
+        page.fill('#predict-row input[name="bmi"]', "0.06")
+        page.click("#predict-row-submit")
+        sync_api.expect(page.locator("#prediction .warning")).to_contain_text("bmi = 0.06 (learnt from 18 to 42.2)")
         page.goto(f"{dep.url}/#/compare?ids={line_id}")
         sync_api.expect(page.locator("#metric")).to_have_value("val_loss")
         assert "val_accuracy" not in page.locator("#metric option").all_inner_texts()

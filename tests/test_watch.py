@@ -345,6 +345,12 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert f"features: {', '.join(header[:10])}\ntarget: progression" in described, described
         no_bmi = _cli("predict", linear, str(tmp_path / "no-bmi.csv"), url=dep.url, cwd=REPO)
         assert no_bmi.returncode == 2 and "lacks the model's features bmi" in no_bmi.stderr
+        # A row scaled as scikit-learn's copy of the table has it is answered, and pointed out by its row number.
+        scaled = "0.0381,0.0507,0.0617,0.0219,-0.0442,-0.0348,-0.0434,-0.0026,0.0199,-0.0176"
+        (tmp_path / "scaled.csv").write_text("\n".join([",".join(header[:10]), ",".join(rows[0][:10]), scaled]))
+        warned = _cli("predict", linear, str(tmp_path / "scaled.csv"), url=dep.url, cwd=REPO)
+        assert warned.returncode == 0 and "row 1:" not in warned.stderr, warned.stderr
+        assert "warning: row 2: age = 0.0381 (learnt from 19 to 79), sex = 0.0507" in warned.stderr, warned.stderr
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))

@@ -11,7 +11,7 @@ import io
 import logging
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,8 +38,6 @@ class DatasetInfo:
     orientation_matters: bool = False
     # Regression datasets have one "class": the target's name, and float labels.
     task: str = "classification"
-    # Tables: the columns of a row, in the order the model takes them.
-    feature_names: tuple[str, ...] | None = None
     # How to fetch the files where downloads are allowed (standard datasets only).
     download: Callable[[Path], None] | None = None
 
@@ -51,6 +49,11 @@ class DatasetInfo:
     @property
     def tabular(self) -> bool:
         return self.preprocess.height == self.preprocess.width == 1
+
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """Tables: the columns of a row, in the order the model takes them."""
+        return self.preprocess.feature_names or None
 
 
 @dataclass(frozen=True)
@@ -390,11 +393,20 @@ def _diabetes_table() -> tuple[np.ndarray, np.ndarray]:
     return np.loadtxt(directory / "diabetes_data_raw.csv.gz"), np.loadtxt(directory / "diabetes_target.csv.gz")
 
 
-def tabular_preprocess(features: np.ndarray, targets: np.ndarray | None = None) -> Preprocess:
-    """Per-feature (and target) standardisation for a table of float rows, seen as (F, 1, 1) inputs."""
+def tabular_preprocess(features: np.ndarray, names: Sequence[str], targets: np.ndarray | None = None) -> Preprocess:
+    """Per-feature (and target) standardisation for a table of float rows, seen as (F, 1, 1) inputs; with the
+    columns' names and ranges, which /predict/rows names rows beyond."""
     std = np.where(features.std(0) > 0, features.std(0), 1.0)
     target = {} if targets is None else {"target_mean": float(targets.mean()), "target_std": float(targets.std() or 1)}
-    return Preprocess(features.shape[1], 1, 1, tuple(features.mean(0).tolist()), tuple(std.tolist()), **target)
+    return Preprocess(
+        features.shape[1], 1, 1, tuple(features.mean(0).tolist()), tuple(std.tolist()), **target,
+        feature_names=tuple(names), low=tuple(features.min(0).tolist()), high=tuple(features.max(0).tolist()),
+    )  # fmt: skip
+
+
+def _diabetes_preprocess() -> Preprocess:
+    features, targets = _diabetes_table()
+    return tabular_preprocess(features, DIABETES_FEATURES, targets)
 
 
 def tabular_pool(features: np.ndarray, targets: np.ndarray) -> Pool:
@@ -409,10 +421,9 @@ def tabular_pool(features: np.ndarray, targets: np.ndarray) -> Pool:
         description="Diabetes (Efron et al. 2004, via scikit-learn): 442 patients, 10 baseline variables; "
         "regression target: disease progression after one year (25-346)",
         class_names=("progression",),
-        preprocess=tabular_preprocess(*_diabetes_table()),
+        preprocess=_diabetes_preprocess(),
         size=442,
         task="regression",
-        feature_names=DIABETES_FEATURES,
     )
 )
 def _diabetes(_: Path) -> Pool:
@@ -442,10 +453,10 @@ def uploaded_info(name: str, meta: dict) -> DatasetInfo:
         name=name,
         description=meta["description"],
         class_names=tuple(meta["class_names"]),
-        preprocess=Preprocess.from_dict(meta["preprocess"]),
+        # Uploads stored before the preprocess record kept the columns' names have them beside it.
+        preprocess=Preprocess.from_dict({"feature_names": meta.get("feature_names", ()), **meta["preprocess"]}),
         size=int(meta["size"]),
         task=meta["task"],
-        feature_names=tuple(meta["feature_names"]) if "feature_names" in meta else None,
     )
 
 

@@ -27,6 +27,11 @@ class Preprocess:
     # Regression: the target's statistics; the model learns (target - mean) / std.
     target_mean: float = 0.0
     target_std: float = 1.0
+    # Tables: each column's name and the smallest and largest value the model learnt from (empty for images,
+    # and in checkpoints written before these were kept).
+    feature_names: tuple[str, ...] = ()
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -50,7 +55,18 @@ class Preprocess:
             std=tuple(float(s) for s in data["std"]),
             target_mean=float(data.get("target_mean", 0.0)),
             target_std=float(data.get("target_std", 1.0)),
+            feature_names=tuple(str(n) for n in data.get("feature_names", ())),
+            low=tuple(float(v) for v in data.get("low", ())),
+            high=tuple(float(v) for v in data.get("high", ())),
         )
+
+    def outside(self, rows: torch.Tensor) -> list[tuple[int, int]]:
+        """For table rows (N, F): the (row, feature) pairs whose value lies outside the range the model learnt
+        from, where its prediction extrapolates; none where that range is unknown."""
+        if not self.low:
+            return []
+        beyond = (rows < torch.tensor(self.low)) | (rows > torch.tensor(self.high))
+        return [(row, feature) for row, feature in beyond.nonzero().tolist()]
 
 
 # Modes of one grey channel (16-bit PNGs open as "I;16", or "I" in older Pillow); "LA" is grey with alpha.

@@ -26,11 +26,21 @@ from worker.datasets import (
     dataset_names,
     uploaded_info,
 )
+from worker.preprocess import Preprocess
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
 
 DatasetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 SAMPLES_PER_CLASS = 2
+
+
+class Feature(BaseModel):
+    """A table's column: its mean and range over the dataset (no range for uploads stored before it was kept)."""
+
+    name: str
+    mean: float
+    min: float | None
+    max: float | None
 
 
 class DatasetPublic(BaseModel):
@@ -46,6 +56,7 @@ class DatasetPublic(BaseModel):
     # Examples per split and class (images) or rows (tables); builtins show them in GET /datasets/{name}.
     counts: dict | None = None
     feature_names: list[str] | None = None
+    features: list[Feature] | None = None  # tables: feature_names with each one's mean and range
     created_at: datetime | None = None
 
 
@@ -82,7 +93,16 @@ def _public(info: DatasetInfo, source, available: bool, counts: dict | None) -> 
         class_names=list(info.class_names), input_shape=list(info.preprocess.input_shape), size=info.size,
         available=available, counts=counts,
         feature_names=list(info.feature_names) if info.feature_names else None,
+        features=_features(info.preprocess) if info.feature_names else None,
     )  # fmt: skip
+
+
+def _features(p: Preprocess) -> list[Feature]:
+    ranges = zip(p.low, p.high, strict=True) if p.low else [(None, None)] * len(p.feature_names)
+    return [
+        Feature(name=name, mean=mean, min=low, max=high)
+        for name, mean, (low, high) in zip(p.feature_names, p.mean, ranges, strict=True)
+    ]
 
 
 @router.get("", response_model=list[DatasetPublic])

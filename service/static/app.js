@@ -255,7 +255,8 @@ async function showExtras(box, e) {
     checkpoints.map((c) => h("tr", {}, h("td", {}, c.epoch), h("td", {class: "mono"}, c.sha256.slice(0, 16)),
       h("td", {}, download(c, "checkpoint.pt"), " ", download(c, "model.py"))))),
     ...(checkpoints.length ? [h("p", {}, "model.py: the model in plain PyTorch; ",
-      h("code", {}, "python model.py checkpoint.pt image.png"), " predicts with it, without trainlab.")] : []));
+      h("code", {}, "python model.py checkpoint.pt image.png"), " predicts with it, without trainlab (a table's model: ",
+      h("code", {}, "python model.py checkpoint.pt"), " and a row's values).")] : []));
   if (e.spec.task === "classification" && e.best) {
     const c = await api(`/experiments/${e.id}/confusion`);
     const max = Math.max(...c.matrix.flat());
@@ -269,22 +270,42 @@ async function showExtras(box, e) {
   box.replaceChildren(...parts);
 }
 
+// What the model says of new inputs: an image dropped or chosen; for a model of a table, a row typed in, one
+// number a column (the dataset's means to start from, each column's range beside it).
 function predictPanel(id, experiment) {
   const result = h("div", {id: "prediction"});
-  const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
-  const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
-  async function send(file) {
-    const form = new FormData();
-    form.append("file", file);
+  const box = h("div", {}, result);
+  async function ask(path, options) {
     try {
-      const p = await api(`/experiments/${id}/predict?top_k=5`, {method: "POST", body: form});
-      result.replaceChildren(h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, p.class_name), ` (epoch ${p.epoch})`),
-        ...p.probabilities.map((c) => h("div", {class: "bar-row"}, h("span", {class: "bar-label"}, c.class_name),
-          h("span", {class: "bar", style: `width: ${(c.probability * 100).toFixed(1)}%`}),
-          h("span", {class: "bar-value"}, fmt(c.probability, 3)))));
+      const p = await api(`/experiments/${id}/${path}`, {method: "POST", ...options});
+      const classes = p.probabilities || p.classes?.[0];
+      result.replaceChildren(...(classes ? [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, classes[0].class_name),
+        ` (epoch ${p.epoch})`), ...classes.map((c) => h("div", {class: "bar-row"}, h("span", {class: "bar-label"}, c.class_name),
+        h("span", {class: "bar", style: `width: ${(c.probability * 100).toFixed(1)}%`}),
+        h("span", {class: "bar-value"}, fmt(c.probability, 3))))]
+        : [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, +p.values[0].toPrecision(5)), ` (epoch ${p.epoch})`)]),
+        p.outside_training_range?.[0] ? h("p", {class: "warning"}, `${p.outside_training_range[0]}: outside the values the `
+          + "model learnt from, so its prediction extrapolates") : null);
     } catch (err) {
       result.replaceChildren(h("p", {class: "error"}, err.message));
     }
+  }
+  api(`/datasets/${experiment.spec.dataset.name}`).then((d) => {
+    box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(ask));
+  }, () => {  // its dataset deleted since: the model still answers
+    box.prepend(experiment.spec.task === "regression"
+      ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(ask));
+  });
+  return box;
+}
+
+function imageDrop(ask) {
+  const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
+  const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
+  function send(file) {
+    const form = new FormData();
+    form.append("file", file);
+    ask("predict?top_k=5", {body: form});
   }
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -294,8 +315,23 @@ function predictPanel(id, experiment) {
     drop.classList.remove("over");
     if (ev.dataTransfer.files[0]) send(ev.dataTransfer.files[0]);
   });
-  const tabular = experiment.spec.task === "regression";
-  return tabular ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : h("div", {}, drop, result);
+  return drop;
+}
+
+function rowForm(features, ask) {
+  const short = (v) => +v.toPrecision(4);
+  const inputs = features.map((f) => h("input", {type: "number", step: "any", required: true, name: f.name,
+    value: short(f.mean)}));
+  const form = h("form", {id: "predict-row", class: "row-form"},
+    features.map((f, i) => h("label", {}, h("span", {}, f.name), inputs[i],
+      h("span", {class: "muted"}, f.min === null ? "" : `${short(f.min)} to ${short(f.max)}`))),
+    h("button", {type: "submit", id: "predict-row-submit"}, "Predict"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    ask("predict/rows?top_k=5", {headers: {"content-type": "application/json"},
+      body: JSON.stringify({rows: [inputs.map((input) => Number(input.value))]})});
+  });
+  return form;
 }
 
 // -- submit -------------------------------------------------------------------------------------------------
