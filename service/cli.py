@@ -176,6 +176,9 @@ def _spec_from(spec_file: Path | None, overrides: list[str] | None, what: str = 
     return spec
 
 
+EXTRAPOLATES = "outside what the model learnt from, so its prediction extrapolates"
+
+
 def _warn(warnings: list[str]) -> None:
     for warning in warnings:
         err.print(Text.assemble(("warning:", "yellow"), f" {warning}"), highlight=False)
@@ -436,6 +439,8 @@ def predict(
         table.add_row(p.class_name, f"{p.probability:.4f}")
     out.print(Text.assemble((prediction.class_name, "bold"), f" (epoch {prediction.epoch})"))
     out.print(table)
+    if prediction.outside_training_range:
+        _warn([f"{prediction.outside_training_range}: {EXTRAPOLATES}"])
 
 
 def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None:
@@ -456,8 +461,8 @@ def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None
         for row, classes in enumerate(predicted.classes or [], 1):
             table.add_row(str(row), ", ".join(f"{c.class_name} ({c.probability:.4f})" for c in classes))
     out.print(table)
-    _warn([f"row {row}: {values}: outside the values the model learnt from, so its prediction extrapolates"
-           for row, values in enumerate(predicted.outside_training_range, 1) if values])  # fmt: skip
+    _warn([f"row {row}: {values}: {EXTRAPOLATES}" for row, values in enumerate(predicted.outside_training_range, 1)
+           if values])  # fmt: skip
 
 
 def _dataset_or_none(client: Client, name: str) -> dict | None:

@@ -132,6 +132,10 @@ class Prediction(BaseModel):
     class_name: str
     probabilities: list[ClassProbability]
     epoch: int
+    # The image's mean brightness where it lies outside the training images' range, with that range (`mean
+    # brightness = 0.87 (learnt from 0.03 to 0.33)`: most often light and dark swapped, dark strokes on white for
+    # a model of white strokes on black): its prediction extrapolates. Null otherwise.
+    outside_training_range: str | None = None
 
 
 class Confusion(BaseModel):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.specs import DatasetSpec
 from tests.conftest import REPO, deployment, tiny_spec, wait_for_status
@@ -86,11 +87,18 @@ def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, db_url: str, client_fo
             assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
             assert prediction["probabilities"][0]["label"] == prediction["label"]
             correct += prediction["label"] == int(val.labels[i * 150])
+            assert prediction["outside_training_range"] is None  # digits like those it learnt from
         assert correct >= 9
         for digit in (3, 7):
             path = REPO / "examples" / "images" / f"mnist-val-{digit}.png"
             response = client.post(f"/experiments/{experiment_id}/predict", files={"file": path.read_bytes()})
             assert response.json()["label"] == digit, response.text
+        # A digit drawn dark on white, where MNIST's are white on black: answered, and said to be unlike them all.
+        buffer = io.BytesIO()
+        ImageOps.invert(Image.open(path).convert("L")).save(buffer, format="PNG")
+        inverted = client.post(f"/experiments/{experiment_id}/predict", files={"file": buffer.getvalue()}).json()
+        outside = inverted["outside_training_range"]
+        assert re.fullmatch(r"mean brightness = 0\.9\d \(learnt from 0\.0\d to 0\.[23]\d\)", outside), outside
 
         # A named epoch's checkpoint answers too, as long as retention (best + last by default) kept it.
         buffer = io.BytesIO()

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -203,6 +203,11 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert shown.returncode == 0 and '"kind": "mlp"' in shown.stdout
         predicted = _cli("predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO)
         assert predicted.returncode == 0 and predicted.stdout.startswith("7 "), predicted.stdout
+        assert "warning" not in predicted.stderr, predicted.stderr
+        seven = Image.open(REPO / "examples" / "images" / "mnist-val-7.png").convert("L")
+        ImageOps.invert(seven).save(tmp_path / "i.png")  # dark on light, where MNIST's digits are light on dark
+        inverted = _cli("predict", "1", str(tmp_path / "i.png"), url=dep.url, cwd=REPO)
+        assert inverted.returncode == 0 and "warning: mean brightness = 0.9" in inverted.stderr, inverted.stderr
         confusion = _cli("confusion", "1", url=dep.url, cwd=REPO)
         matrix = [row for row in _table_rows(confusion.stdout) if len(row) == 12 and row[0].isdigit()]
         assert confusion.returncode == 0 and "validation accuracy" in confusion.stdout, confusion.stderr

@@ -32,6 +32,9 @@ class Preprocess:
     feature_names: tuple[str, ...] = ()
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
+    # Images: the lowest and highest mean brightness (0 to 1) among the training images, for telling an image
+    # unlike all of them (dark strokes on light, for a model of light strokes on dark); empty as above.
+    brightness: tuple[float, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -58,6 +61,7 @@ class Preprocess:
             feature_names=tuple(str(n) for n in data.get("feature_names", ())),
             low=tuple(float(v) for v in data.get("low", ())),
             high=tuple(float(v) for v in data.get("high", ())),
+            brightness=tuple(float(v) for v in data.get("brightness", ())),
         )
 
     def outside(self, rows: torch.Tensor) -> list[tuple[int, int]]:
@@ -67,6 +71,17 @@ class Preprocess:
             return []
         beyond = (rows < torch.tensor(self.low)) | (rows > torch.tensor(self.high))
         return [(row, feature) for row, feature in beyond.nonzero().tolist()]
+
+
+def mean_brightness(images: torch.Tensor) -> torch.Tensor:
+    """Each uint8 (N, C, H, W) image's mean over its pixels and channels, from 0 (black) to 1 (white)."""
+    return images.flatten(1).sum(1, dtype=torch.float32) / (images[0].numel() * 255)
+
+
+def brightness_range(images: torch.Tensor) -> tuple[float, float]:
+    """The lowest and highest mean brightness among uint8 images."""
+    means = mean_brightness(images)
+    return float(means.min()), float(means.max())
 
 
 # Modes of one grey channel (16-bit PNGs open as "I;16", or "I" in older Pillow); "LA" is grey with alpha.

@@ -284,8 +284,7 @@ function predictPanel(id, experiment) {
         h("span", {class: "bar", style: `width: ${(c.probability * 100).toFixed(1)}%`}),
         h("span", {class: "bar-value"}, fmt(c.probability, 3))))]
         : [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, +p.values[0].toPrecision(5)), ` (epoch ${p.epoch})`)]),
-        p.outside_training_range?.[0] ? h("p", {class: "warning"}, `${p.outside_training_range[0]}: outside the values the `
-          + "model learnt from, so its prediction extrapolates") : null);
+        outsideNote(p));
     } catch (err) {
       result.replaceChildren(h("p", {class: "error"}, err.message));
     }
@@ -297,6 +296,13 @@ function predictPanel(id, experiment) {
       ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(ask));
   });
   return box;
+}
+
+// Where an image or the row lies outside what the model learnt from: a table's values, an image's brightness.
+function outsideNote(p) {
+  const outside = Array.isArray(p.outside_training_range) ? p.outside_training_range[0] : p.outside_training_range;
+  return outside ? h("p", {class: "warning"},
+    `${outside}: outside what the model learnt from, so its prediction extrapolates`) : null;
 }
 
 function imageDrop(ask) {
