@@ -12,6 +12,7 @@ COPY service ./service
 COPY worker ./worker
 COPY migrations ./migrations
 COPY alembic.ini ./
+COPY examples ./examples
 # Editable, so the code finds migrations/ beside it (the schema check needs the revision scripts).
 RUN pip install -e .
 

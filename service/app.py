@@ -21,7 +21,7 @@ from service.deps import StoreDep
 from service.errors import install_error_handler
 from service.limits import BodySizeLimit
 from service.predictions import ImagePredictions
-from service.routers import datasets, experiments, monitoring, predictions, sweeps, watch
+from service.routers import datasets, examples, experiments, monitoring, predictions, sweeps, watch
 from service.routers.monitoring import metrics_registry
 from service.settings import Settings
 from service.store import DatabaseUnavailable, SchemaOutOfDate, Store
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(sweeps.router)
     app.include_router(datasets.router)
+    app.include_router(examples.router)
     app.include_router(monitoring.router)
 
     # The dashboard: static files shipped in the package, no CDN.

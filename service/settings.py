@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # Budgets a spec must fit before it is queued.
     max_parameters: Annotated[int, Field(ge=1)] = 50_000_000
     max_train_samples: Annotated[int, Field(ge=1)] = 50_000_000  # epochs x training-set size
+    # The example requests the dashboard's Submit page starts from (GET /examples): the repository's examples/.
+    examples_dir: Path = Path(__file__).resolve().parents[1] / "examples"
 
     def run_dir(self, experiment_id: int) -> Path:
         """Where the experiment's TensorBoard files are written (by its worker) and read (by the API)."""

@@ -138,6 +138,12 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.fill('#predict-row input[name="bmi"]', "0.06")
         page.click("#predict-row-submit")
         sync_api.expect(page.locator("#prediction .warning")).to_contain_text("bmi = 0.06 (learnt from 18 to 42.2)")
+        # Its spec, to edit into a new experiment; or, instead, one of examples/ to start from.
+        page.click("#edit-as-new")
+        page.wait_for_url(f"**/#/submit?from={line_id}")
+        assert json.loads(page.input_value("#spec")) == http.get(f"/experiments/{line_id}").json()["spec"]
+        page.select_option("#example", "mnist-cnn.json")
+        assert json.loads(page.input_value("#spec")) == json.loads((REPO / "examples" / "mnist-cnn.json").read_text())
         page.goto(f"{dep.url}/#/compare?ids={line_id}")
         sync_api.expect(page.locator("#metric")).to_have_value("val_loss")
         assert "val_accuracy" not in page.locator("#metric option").all_inner_texts()

@@ -40,6 +40,14 @@ def test_every_example_file_is_covered() -> None:
 def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
     with deployment(tmp_path, db_url, workers=1) as dep:
         client = client_for(dep)
+        # GET /examples serves these very files (the dashboard's Submit page starts from them), experiments first.
+        served = {example["file"]: example for example in client.get("/examples").json()}
+        files = sorted(p.name for p in EXAMPLES.glob("*.json"))
+        sweeps = [n for n in files if n.startswith("sweep-")]
+        assert list(served) == [n for n in files if n not in sweeps] + sweeps
+        for name, example in served.items():
+            assert example["body"] == json.loads((EXAMPLES / name).read_text())
+            assert example["endpoint"] == ("/sweeps" if name.startswith("sweep-") else "/experiments"), example
         experiment_ids = []
         for name in ("mnist-cnn.json", "early-stopping.json"):
             spec = cut(json.loads((EXAMPLES / name).read_text()))

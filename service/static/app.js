@@ -236,14 +236,17 @@ function actionButton(id, label, request) {
 
 // Cancel while it is queued or running (the event stream then shows it cancelled); delete, once confirmed, when it
 // has finished.
+// At any time: its spec, in the Submit page's editor, to change and submit as a new experiment.
 function actions(e) {
-  return FINISHED.includes(e.status)
+  const button = FINISHED.includes(e.status)
     ? actionButton("delete", "Delete", async () => {
       if (!confirm(`Delete experiment #${e.id} with its metrics, checkpoints and logs? This cannot be undone.`)) return;
       await api(`/experiments/${e.id}`, {method: "DELETE"});
       location.hash = "#/";
     })
     : actionButton("cancel", "Cancel", () => api(`/experiments/${e.id}/cancel`, {method: "POST"}));
+  button.prepend(h("a", {id: "edit-as-new", href: `#/submit?from=${e.id}`}, "Edit as a new experiment"), " · ");
+  return button;
 }
 
 async function showExtras(box, e) {
@@ -347,9 +350,23 @@ function size(bytes) {
   return bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(0)} MiB` : `${Math.max(bytes / 2 ** 10, 1).toFixed(0)} KiB`;
 }
 
-function submitView() {
-  const editor = h("textarea", {id: "spec", rows: 18, spellcheck: "false"}, JSON.stringify(EXAMPLE_SPEC, null, 2));
+// The spec editor, holding a first CNN, or (?from=ID) that experiment's spec; the examples/ requests (GET
+// /examples), one for each step of the learning path, replace it when picked.
+async function submitView(params) {
+  const from = params.get("from");
+  const start = from ? (await api(`/experiments/${from}`)).spec : EXAMPLE_SPEC;
+  const editor = h("textarea", {id: "spec", rows: 18, spellcheck: "false"}, JSON.stringify(start, null, 2));
   const feedback = h("div", {id: "feedback"});
+  const examples = h("select", {id: "example"}, h("option", {value: ""}, "an example…"));
+  api("/examples").then((list) => {
+    const bodies = new Map(list.filter((e) => e.endpoint === "/experiments").map((e) => [e.file, e.body]));
+    examples.append(...list.filter((e) => bodies.has(e.file)).map((e) => h("option", {value: e.file}, `${e.name} (${e.file})`)));
+    examples.addEventListener("change", () => {
+      if (!bodies.has(examples.value)) return;
+      editor.value = JSON.stringify(bodies.get(examples.value), null, 2);
+      feedback.replaceChildren();
+    });
+  });
   function parsed() {
     try { return JSON.parse(editor.value); } catch (err) {
       feedback.replaceChildren(h("pre", {class: "error"}, `Not valid JSON: ${err.message}`));
@@ -388,7 +405,9 @@ function submitView() {
     }
   }
   view.replaceChildren(h("h1", {}, "Submit an experiment"),
-    h("p", {class: "muted"}, "Edit the spec (JSON; the API docs list every field), validate it, then submit."),
+    h("p", {class: "muted"}, "Edit the spec (JSON; the API docs list every field), validate it, then submit.",
+      from ? ` It starts as experiment #${from}'s.` : ""),
+    h("p", {}, "Or start from ", examples),
     editor, h("p", {}, h("button", {id: "validate", onclick: validate}, "Validate"), " ",
       h("button", {id: "submit", class: "primary", onclick: submit}, "Submit")), feedback);
 }
@@ -525,7 +544,7 @@ async function route() {
     if (match) await experimentView(match[1]);
     else if (sweep) await sweepView(sweep[1]);
     else if (path === "/sweeps") sweepsView();
-    else if (path === "/submit") submitView();
+    else if (path === "/submit") await submitView(params);
     else if (path === "/compare") await compareView(params);
     else if (path === "/datasets") await datasetsView();
     else listView();
