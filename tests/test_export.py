@@ -109,6 +109,19 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
     assert {spec["kind"] for spec in MODELS.values()} == set(model_kinds())
 
 
+def test_the_script_names_the_values_a_row_needs(tmp_path: Path) -> None:
+    data, _ = _checkpoint("regression", MODELS["regression"], tmp_path)
+    (tmp_path / "row.pt").write_bytes(data)
+    predictor = Predictor(data)
+    (tmp_path / "row.py").write_text(model_script(predictor.model, predictor.spec, "regression"))
+    result = subprocess.run(
+        [sys.executable, "row.py", "row.pt", "59", "2", "32.1"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result
+    assert result.stderr.strip() == "give the row's 10 values, in this order: age sex bmi bp s1 s2 s3 s4 s5 s6"
+
+
 def test_the_script_reads_an_image_as_trainlab_does(tmp_path: Path) -> None:
     """A photo stored sideways (EXIF), transparency (grey with alpha, a palette), 16-bit grey, colour, another
     size: the script's model sees what /predict's does, in grey and in colour."""

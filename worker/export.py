@@ -135,6 +135,9 @@ def model_input(checkpoint: dict, args: list[str]) -> torch.Tensor:
     """A batch of one input, standardised as in training."""
     pre = checkpoint["preprocess"]
     if pre["height"] == pre["width"] == 1:  # a table: the features as channels of a 1x1 "image"
+        if len(args) != pre["channels"]:
+            names = pre.get("feature_names") or ["VALUE"] * pre["channels"]
+            sys.exit(f"give the row's {pre['channels']} values, in this order: {' '.join(names)}")
         x = torch.tensor([float(value) for value in args]).view(1, -1, 1, 1)
     else:
         from PIL import Image, ImageOps
