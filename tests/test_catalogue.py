@@ -352,6 +352,34 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert image.status_code == 409 and "predict/rows" in image.text
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about tables, not the database
+def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(tmp_path: Path, db_url: str,
+                                                                                client_for) -> None:  # fmt: skip
+    """The diabetes patients classed by whether their disease progressed more than the median (140.5): from the
+    upload to each row's classes and the confusion matrix; there are no images of its errors to show."""
+    header, *lines = diabetes_csv().decode().splitlines()
+    rows = [line.rsplit(",", 1) for line in lines]
+    table = [header.replace("progression", "progressed")]
+    table += [f"{features},{'more' if float(target) > 140.5 else 'less'}" for features, target in rows]
+    with deployment(tmp_path, db_url, workers=1) as dep:
+        client = client_for(dep)
+        upload = _upload(client, "progressed", "\n".join(table).encode(), "p.csv", target="progressed",
+                         task="classification")  # fmt: skip
+        assert upload.status_code == 201 and upload.json()["class_names"] == ["less", "more"], upload.text
+        spec = {"dataset": {"name": "progressed"}, "model": {"kind": "mlp", "hidden": [16]}, "epochs": 10}
+        run = wait_for_status(client, client.post("/experiments", json=spec).json()["id"], {"succeeded", "failed"})
+        assert run["status"] == "succeeded", run["error"]
+        first = [float(v) for v in rows[0][0].split(",")]
+        answer = client.post(f"/experiments/{run['id']}/predict/rows", params={"top_k": 2}, json={"rows": [first]})
+        [classes] = answer.json()["classes"]
+        assert {c["class_name"] for c in classes} == {"less", "more"}, answer.text
+        assert answer.json()["values"] is None and answer.json()["outside_training_range"] == [None]
+        confusion = client.get(f"/experiments/{run['id']}/confusion").json()
+        assert confusion["accuracy"] == pytest.approx(run["best"]["val_accuracy"]) and confusion["accuracy"] > 0.6
+        errors = client.get(f"/experiments/{run['id']}/misclassified.png")
+        assert errors.status_code == 409 and "learned from a table: there are no images" in errors.text, errors.text
+
+
 def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_nothing() -> None:
     """Uploads stored before the preprocess record held the columns' names and ranges: the names come from beside
     it, and no row is said to lie outside a range that was never recorded."""

@@ -17,10 +17,11 @@ class Evaluation:
     class_names: tuple[str, ...]
     split: Split  # what was evaluated, images included (for galleries of errors)
     logits: torch.Tensor  # (N, K)
+    tabular: bool  # rows of a table, not images
 
     @classmethod
     def of(cls, predictor: Predictor, split: Split) -> Evaluation:
-        return cls(predictor.epoch, predictor.class_names, split, predictor.logits(split.images))
+        return cls(predictor.epoch, predictor.class_names, split, predictor.logits(split.images), predictor.tabular)
 
     @property
     def labels(self) -> torch.Tensor:

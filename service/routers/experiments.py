@@ -340,6 +340,9 @@ def get_misclassified(
 ):  # fmt: skip
     """The validation images the model got most confidently wrong, with true and predicted labels."""
     evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
+    if evaluation.tabular:
+        raise Conflict(f"experiment {experiment_id} learned from a table: there are no images to show (its "
+                       "confusion matrix, GET .../confusion, counts its errors by class)")  # fmt: skip
     worst = evaluation.worst_errors(limit)
     names = evaluation.class_names
     captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]

@@ -139,9 +139,11 @@ async function experimentView(id) {
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
   const [notes, showNotes] = notesPanel(experiment);
+  // What it learnt from: a table's columns (`features`), or images; null where the dataset has been deleted since.
+  const dataset = api(`/datasets/${experiment.spec.dataset.name}`).catch(() => null);
   view.replaceChildren(header, notes, progress, curves,
     h("div", {class: "columns"},
-      h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment)),
+      h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment, dataset)),
       h("section", {}, h("h2", {}, "Spec"), h("pre", {class: "spec"}, JSON.stringify(experiment.spec, null, 2)))),
     extras, h("h2", {}, "Log"), logs);
 
@@ -176,7 +178,7 @@ async function experimentView(id) {
     if (FINISHED.includes(e.status)) {
       source.close();
       progress.textContent = "";
-      showExtras(extras, e);
+      showExtras(extras, e, await dataset);
     }
   });
   // A rename, notes or tags saved elsewhere (another tab, the command line) show when this page is looked at
@@ -249,7 +251,7 @@ function actions(e) {
   return button;
 }
 
-async function showExtras(box, e) {
+async function showExtras(box, e, dataset) {
   const parts = [];
   const checkpoints = await api(`/experiments/${e.id}/checkpoints`);
   const download = (c, file) => h("a", {href: `/experiments/${e.id}/${file}?epoch=${c.epoch}`}, file);
@@ -268,14 +270,14 @@ async function showExtras(box, e) {
         h("tr", {}, h("th", {}, "true \\ predicted"), c.class_names.map((n) => h("th", {}, n))),
         c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.class_names[i]), row.map((n) =>
           h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n))))),
-      h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes")));
+      dataset?.features ? null : h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes")));
   }
   box.replaceChildren(...parts);
 }
 
 // What the model says of new inputs: an image dropped or chosen; for a model of a table, a row typed in, one
 // number a column (the dataset's means to start from, each column's range beside it).
-function predictPanel(id, experiment) {
+function predictPanel(id, experiment, dataset) {
   const result = h("div", {id: "prediction"});
   const box = h("div", {}, result);
   async function ask(path, options) {
@@ -292,10 +294,9 @@ function predictPanel(id, experiment) {
       result.replaceChildren(h("p", {class: "error"}, err.message));
     }
   }
-  api(`/datasets/${experiment.spec.dataset.name}`).then((d) => {
-    box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(ask));
-  }, () => {  // its dataset deleted since: the model still answers
-    box.prepend(experiment.spec.task === "regression"
+  dataset.then((d) => {
+    if (d) box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(ask));
+    else box.prepend(experiment.spec.task === "regression"  // its dataset deleted since: the model still answers
       ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(ask));
   });
   return box;
