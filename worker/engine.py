@@ -16,7 +16,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from worker.datasets import Dataset, Split
 from worker.models import TransferNet, create_model, input_preprocess
 from worker.numerics import Numerics, eval_batch_size, resolve_numerics
 from worker.objectives import Objective
-from worker.preprocess import Preprocess, brightness_range, normalize, standardize, to_unit
+from worker.preprocess import Preprocess, normalize, standardize, to_unit, with_training_range
 from worker.pretrained import load_matching
 from worker.steps import TrainStep, graph_blocker
 
@@ -448,8 +448,8 @@ def fit(
     epoch, for comparison."""
     info = dataset.info
     preprocess = input_preprocess(spec.model, info.preprocess)
-    if not info.tabular:  # kept in the checkpoints, for /predict to tell an image unlike every training image
-        preprocess = replace(preprocess, brightness=brightness_range(dataset.train.images))
+    # Kept in the checkpoints: /predict names inputs unlike every training example.
+    preprocess = with_training_range(preprocess, dataset.train.images)
     objective = Objective.of(spec.task, spec.loss, preprocess)
     torch.use_deterministic_algorithms(spec.deterministic, warn_only=True)
     # Deterministic mode would also fill every new tensor with NaN, to expose reads of memory that nothing wrote:

@@ -9,7 +9,7 @@ travels inside every checkpoint, so inference never depends on the training data
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -27,8 +27,8 @@ class Preprocess:
     # Regression: the target's statistics; the model learns (target - mean) / std.
     target_mean: float = 0.0
     target_std: float = 1.0
-    # Tables: each column's name and the smallest and largest value the model learnt from (empty for images,
-    # and in checkpoints written before these were kept).
+    # Tables: each column's name, and its smallest and largest value: over the whole table in a dataset's record,
+    # over the training split in a checkpoint's (empty for images, and in checkpoints written before they were kept).
     feature_names: tuple[str, ...] = ()
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
@@ -78,10 +78,14 @@ def mean_brightness(images: torch.Tensor) -> torch.Tensor:
     return images.flatten(1).sum(1, dtype=torch.float32) / (images[0].numel() * 255)
 
 
-def brightness_range(images: torch.Tensor) -> tuple[float, float]:
-    """The lowest and highest mean brightness among uint8 images."""
-    means = mean_brightness(images)
-    return float(means.min()), float(means.max())
+def with_training_range(preprocess: Preprocess, train: torch.Tensor) -> Preprocess:
+    """`preprocess` with what /predict holds an input against, from the training inputs `train`: each feature's
+    lowest and highest value (a table's rows), or the lowest and highest mean brightness (uint8 images)."""
+    if preprocess.height == preprocess.width == 1:
+        rows = train.flatten(1)
+        return replace(preprocess, low=tuple(rows.amin(0).tolist()), high=tuple(rows.amax(0).tolist()))
+    means = mean_brightness(train)
+    return replace(preprocess, brightness=(float(means.min()), float(means.max())))
 
 
 # Modes of one grey channel (16-bit PNGs open as "I;16", or "I" in older Pillow); "LA" is grey with alpha.
