@@ -1,6 +1,6 @@
 """The web dashboard in a real browser (Debian's headless Chromium, driven by Playwright): submit from the form,
 watch a curve point appear live, upload an image and read the prediction, compare runs, follow and delete a sweep,
-cancel and delete a run. A screenshot is written on failure."""
+upload and delete a dataset, cancel and delete a run. A screenshot is written on failure."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, deployment
+from tests.datafiles import diabetes_csv
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a test dependency (make install)")
@@ -205,6 +206,25 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.wait_for_url(f"{dep.url}/#/sweeps")
         sync_api.expect(page.locator(f'#sweeps tr[data-id="{sweep_id}"]')).to_have_count(0)
         assert http.get(f"/sweeps/{sweep_id}").status_code == 404
+
+        # A dataset uploaded from the page: a CSV with a wrong column to predict is refused, naming the field; with
+        # the right one it is listed, then deleted.
+        (tmp_path / "patients.csv").write_bytes(diabetes_csv())
+        page.goto(f"{dep.url}/#/datasets")
+        page.fill("#upload [name=name]", "patients")
+        page.set_input_files("#upload [name=file]", str(tmp_path / "patients.csv"))
+        page.fill("#upload [name=target]", "outcome")
+        page.click("#upload-submit")
+        sync_api.expect(page.locator("#upload-result .error")).to_contain_text("body.target: no column 'outcome'")
+        page.fill("#upload [name=target]", "progression")
+        page.click("#upload-submit")
+        sync_api.expect(page.locator("#datasets-message")).to_contain_text("uploaded patients: uploaded CSV: 442 rows")
+        sync_api.expect(page.locator('#datasets tr[data-name="patients"]')).to_contain_text("regression")
+        assert http.get("/datasets/patients").json()["feature_names"][:2] == ["age", "sex"]
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#delete-patients")
+        sync_api.expect(page.locator('#datasets tr[data-name="patients"]')).to_have_count(0)
+        assert http.get("/datasets/patients").status_code == 404
 
         # Steering: a run too long to wait for is cancelled from its page, then deleted.
         long_id = http.post("/experiments", json={**spec, "name": "too long", "epochs": 50}).json()["id"]

@@ -521,15 +521,57 @@ async function sweepView(id) {
 
 // -- datasets ---------------------------------------------------------------------------------------------------
 
-async function datasetsView() {
+// The datasets, built in and uploaded (those can be deleted while no queued or running experiment uses them),
+// and a form to upload one: a zip in ImageFolder layout, or a CSV with the column to predict.
+async function datasetsView(message = "") {
   const datasets = await api("/datasets");
-  view.replaceChildren(h("h1", {}, "Datasets"), h("table", {},
-    h("tr", {}, ["name", "source", "task", "classes", "input", "size", "here"].map((c) => h("th", {}, c))),
-    datasets.map((d) => h("tr", {}, h("td", {}, d.available && d.input_shape[1] > 1
+  const remove = (d) => actionButton(`delete-${d.name}`, "Delete", async () => {
+    if (!confirm(`Delete dataset ${d.name}? This cannot be undone.`)) return;
+    await api(`/datasets/${d.name}`, {method: "DELETE"});
+    await datasetsView(`deleted ${d.name}`);
+  });
+  view.replaceChildren(h("h1", {}, "Datasets"), h("table", {id: "datasets"},
+    h("tr", {}, ["name", "source", "task", "classes", "input", "size", "here", ""].map((c) => h("th", {}, c))),
+    datasets.map((d) => h("tr", {"data-name": d.name}, h("td", {}, d.available && d.input_shape[1] > 1
       ? h("a", {href: `/datasets/${d.name}/samples.png`}, d.name) : d.name),
       h("td", {}, d.source), h("td", {}, d.task), h("td", {}, d.class_names.length),
-      h("td", {}, d.input_shape.join("×")), h("td", {}, d.size.toLocaleString()), h("td", {}, d.available ? "yes" : "no")))),
-    h("p", {class: "muted"}, "Upload a zip of train/<class>/ images or a CSV: POST /datasets (see the API docs)."));
+      h("td", {}, d.input_shape.join("×")), h("td", {}, d.size.toLocaleString()), h("td", {}, d.available ? "yes" : "no"),
+      h("td", {}, d.source === "uploaded" ? remove(d) : "")))),
+    h("p", {id: "datasets-message", class: "ok"}, message), uploadForm());
+}
+
+function uploadForm() {
+  const field = (label, input) => h("label", {}, h("span", {}, label), input);
+  const name = h("input", {name: "name", required: true, placeholder: "how specs will name it"});
+  const file = h("input", {type: "file", name: "file", required: true, accept: ".zip,.csv"});
+  const size = h("input", {type: "number", name: "image_size", min: 8, max: 512, placeholder: "e.g. 224"});
+  const target = h("input", {name: "target", placeholder: "the column to predict"});
+  const task = h("select", {name: "task"}, ["regression", "classification"].map((t) => h("option", {value: t}, t)));
+  const result = h("p", {id: "upload-result"});
+  const form = h("form", {id: "upload", class: "upload-form"},
+    field("name", name), field("file", file),
+    h("span", {class: "muted hint"}, "a .zip of train/<class>/ (and optionally val/<class>/) PNG or JPEG images, or a .csv table with a header row"),
+    field("zip: resize every image to (px)", size), field("CSV: column to predict", target), field("CSV: task", task),
+    h("button", {type: "submit", id: "upload-submit"}, "Upload"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = new FormData();
+    body.append("name", name.value);
+    body.append("file", file.files[0]);
+    if (size.value) body.append("image_size", size.value);
+    if (file.files[0].name.toLowerCase().endsWith(".csv")) {
+      body.append("target", target.value);
+      body.append("task", task.value);
+    }
+    result.replaceChildren("uploading…");
+    try {
+      const d = await api("/datasets", {method: "POST", body});
+      await datasetsView(`uploaded ${d.name}: ${d.description}`);
+    } catch (err) {
+      result.replaceChildren(h("span", {class: "error"}, err.message));
+    }
+  });
+  return h("section", {}, h("h2", {}, "Upload a dataset"), form, result);
 }
 
 // -- routing ------------------------------------------------------------------------------------------------------
