@@ -31,7 +31,8 @@ LEGEND_LAYOUT = """(labels) => {
   document.body.append(svg);
   const texts = [...svg.querySelectorAll("text.legend")];
   const boxes = texts.map((t) => t.getBBox());
-  const apart = (a, b) => a.x + a.width <= b.x || b.x + b.width <= a.x || a.y + a.height <= b.y || b.y + b.height <= a.y;
+  const apart = (a, b) =>
+    a.x + a.width <= b.x || b.x + b.width <= a.x || a.y + a.height <= b.y || b.y + b.height <= a.y;
   const layout = {
     texts: texts.map((t) => t.childNodes[0].textContent),
     overlapping: boxes.some((a, i) => boxes.some((b, j) => i < j && !apart(a, b))),
@@ -186,10 +187,17 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#experiments tbody tr")).to_have_count(1)
         sync_api.expect(page.locator(f'#experiments tr[data-id="{line_id}"]')).to_be_visible()
 
-        # A sweep: listed, its trials ranked as they finish, their curves overlaid, then deleted with its trials.
+        # A sweep: submitted, listed, its trials ranked as they finish, their curves overlaid, then deleted with its
+        # trials.
         base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}
         sweep = {"name": "two lrs", "base": base, "grid": {"optimizer.lr": [0.00001, 0.01]}}
-        sweep_id = http.post("/sweeps", json=sweep).json()["id"]
+        page.goto(f"{dep.url}/#/submit")  # submitted from the same editor as an experiment
+        page.fill("#spec", json.dumps(sweep))
+        page.click("#validate")
+        sync_api.expect(page.locator("#feedback .ok")).to_contain_text("The sweep's base spec is valid: ")
+        page.click("#submit")
+        page.wait_for_url(re.compile(r".*#/sweeps/\d+$"))
+        sweep_id = int(page.url.rsplit("/", 1)[1])
         page.goto(f"{dep.url}/#/sweeps")
         page.click(f'#sweeps tr[data-id="{sweep_id}"] a')
         sync_api.expect(page.locator("#trials [data-status=succeeded]")).to_have_count(2, timeout=60_000)

@@ -360,8 +360,9 @@ async function submitView(params) {
   const feedback = h("div", {id: "feedback"});
   const examples = h("select", {id: "example"}, h("option", {value: ""}, "an example…"));
   api("/examples").then((list) => {
-    const bodies = new Map(list.filter((e) => e.endpoint === "/experiments").map((e) => [e.file, e.body]));
-    examples.append(...list.filter((e) => bodies.has(e.file)).map((e) => h("option", {value: e.file}, `${e.name} (${e.file})`)));
+    const bodies = new Map(list.map((e) => [e.file, e.body]));
+    examples.append(...list.map((e) => h("option", {value: e.file},
+      `${e.endpoint === "/sweeps" ? "sweep: " : ""}${e.name} (${e.file})`)));
     examples.addEventListener("change", () => {
       if (!bodies.has(examples.value)) return;
       editor.value = JSON.stringify(bodies.get(examples.value), null, 2);
@@ -374,14 +375,19 @@ async function submitView(params) {
       return null;
     }
   }
+  // A sweep is a body with a `base` spec: its base is what can be validated before submitting (every trial is
+  // checked when the sweep is submitted).
+  const isSweep = (body) => body !== null && typeof body === "object" && "base" in body;
   async function validate() {
-    const spec = parsed();
-    if (!spec) return;
+    const body = parsed();
+    if (!body) return;
+    const spec = isSweep(body) ? body.base : body;
     try {
       const v = await api("/experiments:validate", {method: "POST", headers: {"content-type": "application/json"},
         body: JSON.stringify(spec)});
       const parts = Object.entries(v.memory).filter(([, n]) => n).map(([name, n]) => `${name.replaceAll("_", " ")} ${size(n)}`);
-      feedback.replaceChildren(h("p", {class: "ok"}, `Valid: ${v.parameters.toLocaleString()} parameters `,
+      feedback.replaceChildren(h("p", {class: "ok"}, isSweep(body) ? "The sweep's base spec is valid: " : "Valid: ",
+        `${v.parameters.toLocaleString()} parameters `,
         `(${v.trainable_parameters.toLocaleString()} trained), about ${size(v.estimated_memory_bytes)} to train `,
         `(${parts.join(", ")}); `,
         `input ${v.input_shape.join("×")}`),
@@ -395,18 +401,20 @@ async function submitView(params) {
     }
   }
   async function submit() {
-    const spec = parsed();
-    if (!spec) return;
+    const body = parsed();
+    if (!body) return;
+    const kind = isSweep(body) ? "sweeps" : "experiments";
     try {
-      const e = await api("/experiments", {method: "POST", headers: {"content-type": "application/json"},
-        body: JSON.stringify(spec)});
-      location.hash = `#/experiments/${e.id}`;
+      const created = await api(`/${kind}`, {method: "POST", headers: {"content-type": "application/json"},
+        body: JSON.stringify(body)});
+      location.hash = `#/${kind}/${created.id}`;
     } catch (err) {
       feedback.replaceChildren(h("pre", {class: "error"}, err.message));
     }
   }
-  view.replaceChildren(h("h1", {}, "Submit an experiment"),
-    h("p", {class: "muted"}, "Edit the spec (JSON; the API docs list every field), validate it, then submit.",
+  view.replaceChildren(h("h1", {}, "Submit an experiment or a sweep"),
+    h("p", {class: "muted"}, "Edit the spec (JSON; the API docs list every field), validate it, then submit. ",
+      "A sweep is a base spec and the values to try: {\"base\": {...}, \"grid\": {\"optimizer.lr\": [0.01, 0.1]}}.",
       from ? ` It starts as experiment #${from}'s.` : ""),
     h("p", {}, "Or start from ", examples),
     editor, h("p", {}, h("button", {id: "validate", onclick: validate}, "Validate"), " ",
