@@ -237,8 +237,7 @@ function actionButton(id, label, request) {
 }
 
 // Cancel while it is queued or running (the event stream then shows it cancelled); delete, once confirmed, when it
-// has finished.
-// At any time: its spec, in the Submit page's editor, to change and submit as a new experiment.
+// has finished; at any time, open its spec in the Submit page's editor, to change into a new experiment.
 function actions(e) {
   const button = FINISHED.includes(e.status)
     ? actionButton("delete", "Delete", async () => {
