@@ -74,6 +74,25 @@ def render_curves(metrics: list[EpochMetrics], title: str, task: str = "classifi
     return _png(figure)
 
 
+def render_predicted_vs_actual(actual: torch.Tensor, predicted: torch.Tensor, title: str, target: str) -> bytes:
+    """A regression's predictions against the true targets, one dot an example, beside the diagonal where they
+    would be equal; its MAE and R² in the title."""
+    actual, predicted = actual.double(), predicted.double()
+    mae = float((predicted - actual).abs().mean())
+    r2 = float(1 - ((predicted - actual) ** 2).sum() / ((actual - actual.mean()) ** 2).sum().clamp_min(1e-12))
+    figure = _figure(5.5, 5)
+    ax = figure.subplots()
+    ax.scatter(actual.tolist(), predicted.tolist(), s=12, alpha=0.6)
+    low, high = float(torch.minimum(actual.min(), predicted.min())), float(torch.maximum(actual.max(), predicted.max()))
+    ax.plot([low, high], [low, high], "k--", linewidth=1, label="predicted = actual")
+    ax.set_xlabel(f"actual {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    figure.suptitle(f"{title}\nMAE {mae:.4g}, R² {r2:.3f}")
+    return _png(figure)
+
+
 def render_comparison(series: Sequence[tuple[str, list[EpochMetrics]]], metric: str, title: str) -> bytes:
     """One line per run: `metric` per epoch."""
     figure = _figure(9, 5)

@@ -315,6 +315,8 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert runs[0]["best"] == {"epoch": best["epoch"], "val_accuracy": None, "val_loss": best["val_loss"]}
         assert client.get(f"/experiments/{ids[0]}/curves.png").status_code == 200
         assert client.get(f"/experiments/{ids[0]}/confusion").status_code == 409
+        scatter = client.get(f"/experiments/{ids[0]}/predicted-vs-actual.png")  # a regression's confusion matrix
+        assert scatter.status_code == 200 and Image.open(io.BytesIO(scatter.content)).format == "PNG"
         # Compared on what a regression records: by default val_loss, by which its best epoch is chosen.
         pair = {"ids": f"{ids[0]},{ids[2]}"}
         compared = client.get("/experiments/compare", params=pair).json()
@@ -378,6 +380,8 @@ def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(t
         assert confusion["accuracy"] == pytest.approx(run["best"]["val_accuracy"]) and confusion["accuracy"] > 0.6
         errors = client.get(f"/experiments/{run['id']}/misclassified.png")
         assert errors.status_code == 409 and "learned from a table: there are no images" in errors.text, errors.text
+        scatter = client.get(f"/experiments/{run['id']}/predicted-vs-actual.png")
+        assert scatter.status_code == 409 and "is a classifier" in scatter.text, scatter.text
 
 
 def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_nothing() -> None:

@@ -140,6 +140,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.fill('#predict-row input[name="bmi"]', "0.06")
         page.click("#predict-row-submit")
         sync_api.expect(page.locator("#prediction .warning")).to_contain_text("bmi = 0.06 (learnt from 18 to 42.2)")
+        # Its predictions against the actual targets, where a classifier has its confusion matrix.
+        scatter = page.locator("#predicted-vs-actual")
+        sync_api.expect(scatter).to_be_visible()
+        page.wait_for_function("document.getElementById('predicted-vs-actual').naturalWidth > 0")  # a real image
         # Its spec, to edit into a new experiment; or, instead, one of examples/ to start from.
         page.click("#edit-as-new")
         page.wait_for_url(f"**/#/submit?from={line_id}")

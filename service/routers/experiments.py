@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from typing import Annotated
 
+import torch
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
@@ -22,7 +23,14 @@ from service.deps import (
     replayed,
 )
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput
-from service.figures import PNG_RESPONSE, png_response, render_curves, render_gallery, render_image_rows
+from service.figures import (
+    PNG_RESPONSE,
+    png_response,
+    render_curves,
+    render_gallery,
+    render_image_rows,
+    render_predicted_vs_actual,
+)
 from service.predictions import load_predictor
 from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, ExperimentUpdate, Status, Tag
 from service.settings import Settings
@@ -31,6 +39,7 @@ from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
+from worker.inference import RowOutOfRange
 from worker.models import MemoryEstimate, describe_model, meta_model, resolve_layers
 from worker.previews import augmentation_samples
 
@@ -348,6 +357,26 @@ def get_misclassified(
     captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]
     title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors"
     return png_response(render_gallery(evaluation.split.images[worst], captions, title))
+
+
+@router.get("/{experiment_id}/predicted-vs-actual.png", response_class=Response, responses=PNG_RESPONSE)
+def get_predicted_vs_actual(
+    experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, predictors: PredictorsDep,
+    epoch: Epoch | None = None,
+):  # fmt: skip
+    """A regression's predictions against the true targets of the validation split (best checkpoint, or epoch N):
+    the nearer the diagonal, the better; MAE and R² in the title. What a confusion matrix is to a classifier."""
+    spec = store.get_experiment(experiment_id).spec
+    if spec.task != "regression":
+        raise Conflict(f"experiment {experiment_id} is a classifier: GET .../confusion shows its errors")
+    predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
+    val = _dataset(spec, settings, store).val
+    try:
+        predicted = torch.tensor(predictor.predict_rows(val.images))
+    except RowOutOfRange as exc:
+        raise Conflict(f"validation {exc}") from None
+    title = f"#{experiment_id} epoch {predictor.epoch}: validation"
+    return png_response(render_predicted_vs_actual(val.labels, predicted, title, predictor.class_names[0]))
 
 
 def _evaluate(

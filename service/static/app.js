@@ -271,6 +271,11 @@ async function showExtras(box, e, dataset) {
           h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n))))),
       dataset?.features ? null : h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes")));
   }
+  if (e.spec.task === "regression" && e.best) {
+    parts.push(h("h2", {}, "Predicted vs actual (validation, best epoch)"),
+      h("img", {id: "predicted-vs-actual", class: "figure", src: `/experiments/${e.id}/predicted-vs-actual.png`,
+        alt: "each validation example's predicted target against its actual one"}));
+  }
   box.replaceChildren(...parts);
 }
 
