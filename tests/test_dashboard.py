@@ -114,6 +114,11 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=180_000)
         assert page.locator('#curves circle[data-series="validation"][data-epoch="2"]').count() == 2  # loss, accuracy
         sync_api.expect(page.locator("#confusion")).to_be_visible()
+        # Each class's accuracy beside its row.
+        accuracies = [float(t) for t in page.locator("#confusion td.class-accuracy").all_inner_texts()]
+        confusion = http.get("/experiments/1/confusion").json()
+        assert accuracies == pytest.approx(confusion["per_class_accuracy"], abs=5e-4), accuracies
+        assert len(accuracies) == 10
         script = http.get(page.locator("a", has_text="model.py").first.get_attribute("href"))
         assert script.status_code == 200 and "def build_model() -> nn.Module:" in script.text, script.text
 

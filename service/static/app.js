@@ -266,9 +266,10 @@ async function showExtras(box, e, dataset) {
     const max = Math.max(...c.matrix.flat());
     parts.push(h("h2", {}, `Confusion matrix (validation, epoch ${c.epoch}, accuracy ${fmt(c.accuracy)})`),
       h("table", {id: "confusion", class: "confusion"},
-        h("tr", {}, h("th", {}, "true \\ predicted"), c.class_names.map((n) => h("th", {}, n))),
+        h("tr", {}, h("th", {}, "true \\ predicted"), c.class_names.map((n) => h("th", {}, n)), h("th", {}, "accuracy")),
         c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.class_names[i]), row.map((n) =>
-          h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n))))),
+          h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n)),
+          h("td", {class: "class-accuracy"}, fmt(c.per_class_accuracy[i], 3))))),
       dataset?.features ? null : h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes")));
   }
   if (e.spec.task === "regression" && e.best) {
