@@ -452,3 +452,17 @@ def test_an_unknown_field_is_answered_with_what_it_likely_meant(seeded) -> None:
         "trial optimizer.learning_rate=0.1: optimizer.adam.learning_rate: Extra inputs are not permitted: "
         "did you mean 'lr'?"
     )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the folder, not the database
+def test_an_examples_folder_of_ones_own_serves_what_reads_and_leaves_out_the_rest(tmp_path, db_url: str) -> None:
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "mine.json").write_text('{"name": "mine", "dataset": {"name": "digits"}, "model": {"kind": "mlp"}}')
+    (examples / "broken.json").write_text('{"name": ')
+    (examples / "list.json").write_text("[1, 2]")
+    (examples / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
+    with deployment(tmp_path, db_url, TRAINLAB_EXAMPLES_DIR=str(examples)) as dep, httpx.Client(base_url=dep.url) as c:
+        served = c.get("/examples")
+        assert served.status_code == 200 and [e["file"] for e in served.json()] == ["mine.json"], served.text
+        assert "examples: " in dep.logs("api") and "broken.json is left out" in dep.logs("api")

@@ -4,6 +4,7 @@ to start from (and anyone to read)."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 from service.deps import SettingsDep
 from service.errors import ERROR_RESPONSES
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/examples", tags=["examples"], responses=ERROR_RESPONSES)
 
 
@@ -28,7 +30,14 @@ def list_examples(settings: SettingsDep):
     the server has no examples/ folder (TRAINLAB_EXAMPLES_DIR)."""
     examples = []
     for path in sorted(settings.examples_dir.glob("*.json")):
-        body = json.loads(path.read_text())
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # a folder of one's own may hold anything
+            log.warning("examples: %s is left out: %s", path, exc)
+            continue
+        if not isinstance(body, dict):
+            log.warning("examples: %s is left out: not a JSON object", path)
+            continue
         endpoint = "/sweeps" if "base" in body else "/experiments"
         examples.append(Example(file=path.name, endpoint=endpoint, name=body.get("name", path.stem), body=body))
     return sorted(examples, key=lambda example: example.endpoint == "/sweeps")
