@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageOps
 
 from service.specs import CNNSpec, DatasetSpec, ExperimentSpec
 from tests.conftest import load_bundled
@@ -19,7 +19,7 @@ from worker.checkpoints import dump_checkpoint
 from worker.export import model_code, model_script
 from worker.inference import Predictor
 from worker.models import create_model, input_preprocess, meta_model, model_kinds
-from worker.preprocess import Preprocess, normalize
+from worker.preprocess import Preprocess, normalize, with_training_range
 
 LAYERS = [
     {"kind": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1, "bias": False},
@@ -109,7 +109,7 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
     assert {spec["kind"] for spec in MODELS.values()} == set(model_kinds())
 
 
-def test_the_script_names_the_values_a_row_needs(tmp_path: Path) -> None:
+def test_the_script_names_the_values_a_row_needs_and_those_outside_the_training_range(tmp_path: Path) -> None:
     data, _ = _checkpoint("regression", MODELS["regression"], tmp_path)
     (tmp_path / "row.pt").write_bytes(data)
     predictor = Predictor(data)
@@ -120,6 +120,15 @@ def test_the_script_names_the_values_a_row_needs(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1, result
     assert result.stderr.strip() == "give the row's 10 values, in this order: age sex bmi bp s1 s2 s3 s4 s5 s6"
+    # A row scaled as scikit-learn's copy of the table has it: answered, with what lies outside the training range.
+    scaled = ["0.0381", "0.0507", "0.0617", "0.0219", "-0.0442", "-0.0348", "-0.0434", "-0.0026", "0.0199", "-0.0176"]
+    result = subprocess.run(
+        [sys.executable, "row.py", "row.pt", *scaled], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and float(result.stdout), result
+    assert result.stderr.startswith("note: age = 0.0381 (learnt from 19 to 79), sex = 0.0507 (learnt from 1 to 2)")
+    assert result.stderr.rstrip().endswith(": outside what the model learnt from, so its prediction extrapolates")
 
 
 def test_the_script_reads_an_image_as_trainlab_does(tmp_path: Path) -> None:
@@ -153,6 +162,37 @@ def test_the_script_reads_an_image_as_trainlab_does(tmp_path: Path) -> None:
     assert set(answers) == set(expected)
     for name, answer in answers.items():
         _assert_same_classes(name, answer, expected[name])
+
+
+def test_the_script_notes_an_image_unlike_every_training_image(tmp_path: Path) -> None:
+    """Light digits on dark, as `digits` has them, pass; the same digit dark on light is pointed out."""
+    digits = load_bundled(DatasetSpec(name="digits"))
+    spec = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": {"kind": "mlp"}})
+    preprocess = with_training_range(digits.info.preprocess, digits.train.images)
+    model = create_model(spec.model, preprocess.input_shape, 10)
+    data = dump_checkpoint(
+        epoch=1, spec=spec, preprocess=preprocess, class_names=digits.info.class_names, model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), trainer_state={},
+    )  # fmt: skip
+    (tmp_path / "digits.pt").write_bytes(data)
+    (tmp_path / "digits.py").write_text(model_script(Predictor(data).model, spec, "digits"))
+    digit = Image.fromarray(digits.val.images[3, 0].numpy())
+    digit.save(tmp_path / "light.png")
+    ImageOps.invert(digit).save(tmp_path / "dark.png")
+    notes = {}
+    for name in ("light.png", "dark.png"):
+        result = subprocess.run(
+            [sys.executable, "digits.py", "digits.pt", name], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0 and len(result.stdout.splitlines()) == 5, result
+        notes[name] = result.stderr
+    (low, high), dark = preprocess.brightness, np.asarray(ImageOps.invert(digit)).mean() / 255
+    assert notes["light.png"] == "", notes
+    assert notes["dark.png"] == (
+        f"note: mean brightness = {dark:.2f} (learnt from {low:.2f} to {high:.2f}): outside what the model learnt "
+        "from, so its prediction extrapolates\n"
+    ), notes
 
 
 def _image_checkpoint(channels: int) -> bytes:

@@ -161,9 +161,25 @@ def model_input(checkpoint: dict, args: list[str]) -> torch.Tensor:
             image = image.crop((left, top, left + width, top + height))
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         x = pixels.view(1, height, width, pre["channels"]).permute(0, 3, 1, 2).float() / 255
+    if note := outside(pre, x):
+        print(f"note: {note}: outside what the model learnt from, so its prediction extrapolates", file=sys.stderr)
     mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(pre["std"]).view(1, -1, 1, 1)
     return (x - mean) / std
+
+
+def outside(pre: dict, x: torch.Tensor) -> str:
+    """What of the input lies outside the training data's range the checkpoint keeps, named with that range: a
+    table's values, or an image's mean brightness (from 0, black, to 1, white)."""
+    if pre.get("low"):
+        names = pre.get("feature_names") or [f"feature {i}" for i in range(len(pre["low"]))]
+        columns = zip(names, x.flatten().tolist(), pre["low"], pre["high"])
+        return ", ".join(f"{n} = {v:g} (learnt from {lo:g} to {hi:g})" for n, v, lo, hi in columns if not lo <= v <= hi)
+    if pre.get("brightness"):
+        (low, high), brightness = pre["brightness"], x.mean().item()
+        if not low <= brightness <= high:
+            return f"mean brightness = {brightness:.2f} (learnt from {low:.2f} to {high:.2f})"
+    return ""
 
 
 def main(checkpoint_path: str, *args: str) -> None:
