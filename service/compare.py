@@ -128,7 +128,7 @@ def difference_rows(path: str, values: list[Any]) -> Iterator[tuple[str, list[st
 
 def compact(value: Any) -> str:
     """A spec value in one line: a section with a kind as `kind(field=value, ...)`, a list in brackets, the rest
-    as JSON (a string bare). The dashboard's `compact` (service/static/app.js) writes the same."""
+    as JSON (a string bare). Trial names, comparison labels and the CLI's tables all write values this way."""
     if isinstance(value, dict) and "kind" in value:
         fields = ", ".join(f"{k}={compact(v)}" for k, v in value.items() if k != "kind")
         return f"{value['kind']}({fields})"
