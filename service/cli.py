@@ -682,18 +682,22 @@ def _show_dataset(d: dict) -> None:
     out.print(f"input {_shape(d['input_shape'])}, {d['size']:,} examples")
     if d["feature_names"]:
         out.print(f"features: {', '.join(d['feature_names'])}")
-    if d["task"] == "regression":
-        out.print(f"target: {d['class_names'][0]}")
-        return
     counts = d["counts"] or {}
     splits = [split for split, per_class in counts.items() if isinstance(per_class, dict)]
-    if not splits:  # a table, or a built-in dataset whose files this server lacks
+    if d["task"] == "regression":
+        out.print(f"target: {d['class_names'][0]}")
+    elif not splits:  # a table, or a built-in dataset whose files this server lacks
         out.print(f"classes: {', '.join(d['class_names'])}")
-        return
-    table = Table("class", *splits)  # images: a row per class, a column per split
-    for class_name in d["class_names"]:
-        table.add_row(class_name, *(str(counts[split].get(class_name, 0)) for split in splits))
-    out.print(table)
+    else:
+        table = Table("class", *splits)  # images: a row per class, a column per split
+        for class_name in d["class_names"]:
+            table.add_row(class_name, *(str(counts[split].get(class_name, 0)) for split in splits))
+        out.print(table)
+    if d.get("features"):  # what a row's values are like, for `predict` from a CSV
+        features = Table("feature", "mean", "min", "max")
+        for f in d["features"]:
+            features.add_row(f["name"], *("" if f[k] is None else f"{f[k]:.4g}" for k in ("mean", "min", "max")))
+        out.print(features)
 
 
 @app.command()

@@ -348,6 +348,7 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
             assert wanted <= _table_rows(predicted.stdout), (name, predicted.stdout)
         described = _cli("datasets", "diabetes", url=dep.url, cwd=REPO).stdout
         assert f"features: {', '.join(header[:10])}\ntarget: progression" in described, described
+        assert ("bmi", "26.38", "18", "42.2") in _table_rows(described), described  # each feature's mean and range
         no_bmi = _cli("predict", linear, str(tmp_path / "no-bmi.csv"), url=dep.url, cwd=REPO)
         assert no_bmi.returncode == 2 and "lacks the model's features bmi" in no_bmi.stderr
         # A row scaled as scikit-learn's copy of the table has it is answered, and pointed out by its row number.
