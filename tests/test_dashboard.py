@@ -125,6 +125,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text("7")
         assert page.locator("#prediction .bar-row").count() == 5
+        assert "null" not in page.locator("#prediction").inner_text()  # no note where the image is like the digits
 
         page.goto(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")

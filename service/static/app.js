@@ -270,7 +270,7 @@ async function showExtras(box, e, dataset) {
         c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.class_names[i]), row.map((n) =>
           h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n)),
           h("td", {class: "class-accuracy"}, fmt(c.per_class_accuracy[i], 3))))),
-      dataset?.features ? null : h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes")));
+      ...(dataset?.features ? [] : [h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes"))]));
   }
   if (e.spec.task === "regression" && e.best) {
     parts.push(h("h2", {}, "Predicted vs actual (validation, best epoch)"),
@@ -294,7 +294,7 @@ function predictPanel(id, experiment, dataset) {
         h("span", {class: "bar", style: `width: ${(c.probability * 100).toFixed(1)}%`}),
         h("span", {class: "bar-value"}, fmt(c.probability, 3))))]
         : [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, +p.values[0].toPrecision(5)), ` (epoch ${p.epoch})`)]),
-        outsideNote(p));
+        ...outsideNote(p));
     } catch (err) {
       result.replaceChildren(h("p", {class: "error"}, err.message));
     }
@@ -307,11 +307,12 @@ function predictPanel(id, experiment, dataset) {
   return box;
 }
 
-// Where an image or the row lies outside what the model learnt from: a table's values, an image's brightness.
+// Where an image or the row lies outside what the model learnt from (a table's values, an image's brightness),
+// a note saying so; none otherwise.
 function outsideNote(p) {
   const outside = Array.isArray(p.outside_training_range) ? p.outside_training_range[0] : p.outside_training_range;
-  return outside ? h("p", {class: "warning"},
-    `${outside}: outside what the model learnt from, so its prediction extrapolates`) : null;
+  return outside ? [h("p", {class: "warning"},
+    `${outside}: outside what the model learnt from, so its prediction extrapolates`)] : [];
 }
 
 function imageDrop(ask) {
