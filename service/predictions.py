@@ -25,7 +25,6 @@ from service.schemas import ClassProbability, Prediction
 from service.store import CheckpointRef, CorruptCheckpoint, Store
 from worker.checkpoints import UnreadableCheckpoint
 from worker.inference import ClassScore, Predictor
-from worker.preprocess import Preprocess, mean_brightness
 
 # Enough to take every request of a busy moment at once; more would only delay the first answers of a batch.
 MAX_BATCH = 32
@@ -130,14 +129,16 @@ class ImagePredictions:
                 continue
             inputs[models[key]].append((request, pixels))
         for predictor, prepared in inputs.items():
-            ranked = predictor.classify(torch.stack([p for _, p in prepared]), top_k=max(r.top_k for r, _ in prepared))
-            for (request, pixels), scores in zip(prepared, ranked, strict=True):
+            images = torch.stack([p for _, p in prepared])
+            ranked = predictor.classify(images, top_k=max(r.top_k for r, _ in prepared))
+            outside = predictor.preprocess.outside_training_range(images)
+            for (request, _), scores, note in zip(prepared, ranked, outside, strict=True):
                 request.result = Prediction(
                     label=scores[0].label,
                     class_name=scores[0].class_name,
                     probabilities=probabilities(scores[: request.top_k]),
                     epoch=predictor.epoch,
-                    outside_training_range=_brightness_outside(predictor.preprocess, pixels),
+                    outside_training_range=note,
                 )
 
     def _model(self, experiment_id: int, epoch: int | None) -> Predictor:
@@ -145,14 +146,3 @@ class ImagePredictions:
         if predictor.tabular:
             raise Conflict(f"experiment {experiment_id} learned from a table: POST its rows to .../predict/rows")
         return predictor
-
-
-def _brightness_outside(preprocess: Preprocess, pixels: torch.Tensor) -> str | None:
-    """The image's mean brightness, named with the training images' range, where it lies outside it."""
-    if not preprocess.brightness:  # a checkpoint written before the range was kept
-        return None
-    low, high = preprocess.brightness
-    brightness = float(mean_brightness(pixels.unsqueeze(0)))
-    if low <= brightness <= high:
-        return None
-    return f"mean brightness = {brightness:.2f} (learnt from {low:.2f} to {high:.2f})"

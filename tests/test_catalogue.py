@@ -394,7 +394,7 @@ def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_n
             "feature_names": ["a", "b"]}  # fmt: skip
     info = uploaded_info("old", meta)
     assert info.feature_names == ("a", "b") and info.preprocess.low == ()
-    assert info.preprocess.outside(torch.tensor([[1e6, -1e6]])) == []
+    assert info.preprocess.outside_training_range(torch.tensor([[1e6, -1e6]])) == [None]
 
 
 def _fit(spec: dict, data_dir: Path) -> list:

@@ -64,13 +64,26 @@ class Preprocess:
             brightness=tuple(float(v) for v in data.get("brightness", ())),
         )
 
-    def outside(self, rows: torch.Tensor) -> list[tuple[int, int]]:
-        """For table rows (N, F): the (row, feature) pairs whose value lies outside the range the model learnt
-        from, where its prediction extrapolates; none where that range is unknown."""
-        if not self.low:
-            return []
-        beyond = (rows < torch.tensor(self.low)) | (rows > torch.tensor(self.high))
-        return [(row, feature) for row, feature in beyond.nonzero().tolist()]
+    def outside_training_range(self, inputs: torch.Tensor) -> list[str | None]:
+        """For each input of a batch, what of it lies outside the training data's range kept here, named with that
+        range (`bmi = 0.06 (learnt from 18 to 42.2)`; an image's `mean brightness = 0.90 (learnt from 0.03 to
+        0.33)`), where the model's prediction extrapolates; None within it, and where no range was kept."""
+        if self.low:  # a table's rows
+            rows = inputs.flatten(1)
+            names = self.feature_names or tuple(f"feature {i}" for i in range(self.channels))
+            found: list[list[str]] = [[] for _ in range(len(rows))]
+            beyond = (rows < torch.tensor(self.low)) | (rows > torch.tensor(self.high))
+            for row, f in beyond.nonzero().tolist():
+                value = rows[row, f].item()
+                found[row].append(f"{names[f]} = {value:g} (learnt from {self.low[f]:g} to {self.high[f]:g})")
+            return [", ".join(values) or None for values in found]
+        if self.brightness:  # uint8 images
+            low, high = self.brightness
+            return [
+                None if low <= b <= high else f"mean brightness = {b:.2f} (learnt from {low:.2f} to {high:.2f})"
+                for b in mean_brightness(inputs).tolist()
+            ]
+        return [None] * len(inputs)
 
 
 def mean_brightness(images: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ from service.predictions import load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
 from service.schemas import Prediction, RowPredictions
 from worker.inference import RowOutOfRange
-from worker.preprocess import Preprocess
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
 
@@ -114,21 +113,8 @@ def predict_rows(
         out = predictor.predict_rows(rows, top_k=top_k)
     except RowOutOfRange as exc:
         raise InvalidInput(str(exc), loc=["body", "rows", exc.row]) from None
-    outside = outside_training_range(predictor.preprocess, rows)
+    outside = predictor.preprocess.outside_training_range(rows)
     if predictor.spec.task == "regression":
         return RowPredictions(epoch=predictor.epoch, values=out, outside_training_range=outside)
     classes = [probabilities(row) for row in out]
     return RowPredictions(epoch=predictor.epoch, classes=classes, outside_training_range=outside)
-
-
-def outside_training_range(preprocess: Preprocess, rows: torch.Tensor) -> list[str | None]:
-    """For each row, its values outside the range the model learnt from, named with that range; or None."""
-    found: list[list[int]] = [[] for _ in range(len(rows))]
-    for row, feature in preprocess.outside(rows):
-        found[row].append(feature)
-    names = preprocess.feature_names or tuple(f"feature {i}" for i in range(preprocess.channels))
-
-    def value(row: int, f: int) -> str:
-        return f"{names[f]} = {rows[row, f].item():g} (learnt from {preprocess.low[f]:g} to {preprocess.high[f]:g})"
-
-    return [", ".join(value(row, f) for f in features) or None for row, features in enumerate(found)]
