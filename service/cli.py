@@ -443,6 +443,21 @@ def predict(
         _warn([f"{prediction.outside_training_range}: {EXTRAPOLATES}"])
 
 
+@app.command()
+def activations(
+    experiment_id: int,
+    image: Annotated[Path, typer.Argument(help="a PNG/JPEG image")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("activations.png"),
+    epoch: Annotated[int | None, typer.Option(min=1, help="that epoch's checkpoint (default: the best)")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Save a PNG of what each layer of the model makes of an image: a few channels' maps, or a bar a value."""
+    if not image.is_file():
+        raise _fail(f"no such file: {image}", EXIT_USAGE)
+    _write(output, _call(url, lambda c: c.activations(experiment_id, image, epoch=epoch)))
+    out.print(f"wrote {output}")
+
+
 def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None:
     def ask(client: Client) -> tuple[RowPredictions, str]:
         experiment = client.get(experiment_id)

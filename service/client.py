@@ -216,6 +216,18 @@ class Client:
         )
         return Prediction.model_validate(response.json())
 
+    def activations(self, experiment_id: int, image: str | Path | bytes, *, epoch: int | None = None) -> bytes:
+        """A PNG of what each layer of the model makes of the image, a row a layer."""
+        data = image if isinstance(image, bytes) else Path(image).read_bytes()
+        params = {} if epoch is None else {"epoch": epoch}
+        return self._request(
+            "POST",
+            f"/experiments/{experiment_id}/activations.png",
+            params=params,
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        ).content
+
     def predict_rows(self, experiment_id: int, rows: list[list[float]], *, top_k: int = 1) -> RowPredictions:
         """A model trained on a table: each row's predicted value (regression) or classes, most probable first.
         A row holds the dataset's features in its order (`dataset(name)["feature_names"]`), without the target."""

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from service.specs import ExperimentSpec
-from tests.conftest import deployment, wait_for_status
+from tests.conftest import REPO, deployment, wait_for_status
 from tests.datafiles import CIFAR_MINI, SHARED, diabetes_csv, png_bytes, zip_entries, zip_folder
 from worker import datasets
 from worker.datasets import load_dataset, read_cifar_batch
@@ -382,6 +382,9 @@ def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(t
         assert errors.status_code == 409 and "learned from a table: there are no images" in errors.text, errors.text
         scatter = client.get(f"/experiments/{run['id']}/predicted-vs-actual.png")
         assert scatter.status_code == 409 and "is a classifier" in scatter.text, scatter.text
+        digit = (REPO / "examples/images/mnist-val-3.png").read_bytes()
+        layers = client.post(f"/experiments/{run['id']}/activations.png", files={"file": digit})
+        assert layers.status_code == 409 and "learned from a table" in layers.text, layers.text
 
 
 def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_nothing() -> None:

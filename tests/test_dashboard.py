@@ -126,6 +126,8 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text("7")
         assert page.locator("#prediction .bar-row").count() == 5
         assert "null" not in page.locator("#prediction").inner_text()  # no note where the image is like the digits
+        page.click("#show-layers")  # what each layer makes of that image: a figure the server draws
+        page.wait_for_function("document.getElementById('activations')?.naturalHeight > 1000")
 
         page.goto(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")

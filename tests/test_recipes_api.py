@@ -123,6 +123,13 @@ def test_confusion_and_misclassified(service) -> None:
         assert accuracy == pytest.approx(float(matrix[i, i] / matrix[i].sum()))
     assert_png(client.get(f"/experiments/{experiment['id']}/misclassified.png", params={"limit": 8}))
     assert client.get("/experiments/999/confusion").status_code == 404
+    # What each layer makes of an image, sent as to /predict (tests/test_layer_outputs.py checks the layers).
+    png = (REPO / "examples/images/mnist-val-3.png").read_bytes()
+    digit = {"content": png, "headers": {"content-type": "image/png"}}
+    assert_png(client.post(f"/experiments/{experiment['id']}/activations.png", **digit))
+    text = client.post(f"/experiments/{experiment['id']}/activations.png", files={"file": ("a.png", b"not an image")})
+    assert text.status_code == 415 and "not a PNG or JPEG" in text.text, text.text
+    assert client.post("/experiments/999/activations.png", **digit).status_code == 404
 
 
 def test_rerun_reproduces_and_compare_shows_the_difference(service) -> None:

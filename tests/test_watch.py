@@ -214,6 +214,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:11]) == 2000  # mnist-10k's val
         curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
         assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
+        layers = _cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
+        assert layers.returncode == 0 and Image.open(tmp_path / "activations.png").format == "PNG", layers.stderr
+        assert _cli("activations", "1", str(tmp_path / "none.png"), url=dep.url, cwd=tmp_path).returncode == 2
         saved = _cli("checkpoint", "1", "--code", url=dep.url, cwd=tmp_path)  # named after the best epoch
         with Client(dep.url) as sdk:
             best = sdk.get(1).best.epoch

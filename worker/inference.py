@@ -8,9 +8,17 @@ import torch
 from PIL import Image
 
 from worker.checkpoints import load_checkpoint
-from worker.models import create_model
+from worker.models import create_model, stages
 from worker.numerics import eval_batch_size, resolve_numerics
 from worker.preprocess import image_to_uint8, normalize
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    """What one step of a model's forward pass makes of an input (`worker.models.stages`)."""
+
+    name: str  # "3 relu"
+    values: torch.Tensor  # one example's output, fp32 on the CPU: (C, H, W) maps or (F,) values
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,20 @@ class Predictor:
     def predict(self, image: Image.Image, top_k: int = 5) -> list[ClassScore]:
         """Classes by descending probability (at most `top_k`), after the same preprocessing as training."""
         return self.classify(self.pixels(image).unsqueeze(0), top_k=top_k)[0]
+
+    @torch.inference_mode()
+    def layer_outputs(self, image: Image.Image) -> tuple[torch.Tensor, list[LayerOutput]]:
+        """The uint8 input the model takes for `image`, and what each step of its forward pass makes of it, in
+        order; the last is the model's output. Steps are applied one by one (no hooks on the shared model: other
+        threads predict with it meanwhile)."""
+        pixels = self.pixels(image)
+        x = self._numerics.layout(normalize(pixels.unsqueeze(0).to(self.device), self.preprocess))
+        outputs = []
+        for name, step in stages(self.model):
+            x = step(x)
+            # A copy: the next step may be an in-place ReLU.
+            outputs.append(LayerOutput(name, x[0].float().cpu().contiguous().clone()))
+        return pixels, outputs
 
     @torch.inference_mode()
     def classify(self, images: torch.Tensor, top_k: int = 5) -> list[list[ClassScore]]:

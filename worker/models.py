@@ -8,6 +8,7 @@ classes, or 1 for regression). Pretrained weights are not loaded here: see `work
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -372,13 +373,17 @@ class TransferNet(nn.Module):
             self.backbone.eval()
         return self
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the backbone makes of a batch of images: the head's inputs."""
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images as the backbone takes them: three channels, `image_size` square."""
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
-        return self.backbone(x)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone makes of a batch of images: the head's inputs."""
+        return self.backbone(self.resize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -407,6 +412,39 @@ def _torchvision(spec: PretrainedSpec, input_shape: InputShape, num_outputs: int
         features = net.last_channel
         backbone = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return TransferNet(backbone, _head(features, num_outputs, spec.dropout), spec.image_size, spec.freeze == "backbone")
+
+
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def stages(model: nn.Module, prefix: str = "") -> list[tuple[str, Step]]:
+    """The steps a model's forward pass takes, in order and named, such that applying each to the last one's output
+    computes the model's output: a Sequential's layers ("3 relu"), a transfer net's resizing, the stages of its
+    backbone ("backbone.layer1.0 basicblock") and its head. What each step makes of an image is
+    `Predictor.layer_outputs`."""
+    # A ResNet exists only once torchvision is imported; importing it for a plain Sequential would cost a second.
+    torchvision = sys.modules.get("torchvision")
+    resnet: tuple[type, ...] = (torchvision.models.ResNet,) if torchvision is not None else ()
+
+    def named(name: str, module: nn.Module) -> list[tuple[str, Step]]:
+        path = f"{prefix}{name}"
+        # Exactly a Sequential: its subclasses (torchvision's conv-norm-activation) are steps of their own.
+        if type(module) is nn.Sequential or isinstance(module, (TransferNet, *resnet)):
+            return stages(module, f"{path}.")
+        return [] if isinstance(module, nn.Identity) else [(f"{path} {_kind(module)}", module)]
+
+    if isinstance(model, TransferNet):
+        return [
+            (f"{prefix}resize", model.resize),
+            *named("backbone", model.backbone),
+            *named("head", model.head),
+        ]
+    if isinstance(model, resnet):
+        # ResNet.forward flattens the pooled features with a function, between its avgpool and fc modules.
+        children = [(n, m) for n, m in model.named_children() if n != "fc"]
+        children += [("flatten", nn.Flatten()), ("fc", model.fc)]
+        return [step for name, child in children for step in named(name, child)]
+    return [step for name, child in model.named_children() for step in named(name, child)]
 
 
 def input_preprocess(spec: Any, preprocess: Preprocess) -> Preprocess:

@@ -8,11 +8,14 @@ from typing import Annotated
 
 import torch
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from service.deps import PredictionsDep, PredictorsDep, StoreDep
+from service.deps import PredictionsDep, PredictorsDep, SettingsDep, StoreDep
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.figures import PNG_RESPONSE, png_response, render_layer_outputs
+from service.images import decode_image
 from service.predictions import load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
 from service.schemas import Prediction, RowPredictions
@@ -80,6 +83,35 @@ async def predict(
         prediction = await predictions.predict(experiment_id, epoch, data, top_k)
         # Serialised here rather than re-validated against response_model: this is the API's hot path.
         return Response(prediction.model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/{experiment_id}/activations.png",
+    response_class=Response,
+    responses=PNG_RESPONSE,
+    openapi_extra={"requestBody": PREDICT_BODY},
+)
+async def draw_activations(
+    experiment_id: ExperimentId,
+    store: StoreDep,
+    predictors: PredictorsDep,
+    settings: SettingsDep,
+    request: Request,
+    epoch: Epoch | None = None,
+) -> Response:
+    """What each layer of the model makes of one image (sent as to .../predict): a row per layer, with a few
+    channels' maps or a bar per value, down to the classes' scores."""
+    data = await uploaded_image(request, settings.max_upload_bytes)
+
+    def draw() -> bytes:
+        predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
+        if predictor.tabular:
+            raise Conflict(f"experiment {experiment_id} learned from a table: it has no images to show")
+        pixels, outputs = predictor.layer_outputs(decode_image(data, max_pixels=settings.max_image_pixels))
+        title = f"#{experiment_id} {predictor.spec.name}, epoch {predictor.epoch}: what each layer makes of the image"
+        return render_layer_outputs(pixels, outputs, predictor.class_names, title)
+
+    return png_response(await run_in_threadpool(draw))
 
 
 class Rows(BaseModel):

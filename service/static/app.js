@@ -285,7 +285,8 @@ async function showExtras(box, e, dataset) {
 function predictPanel(id, experiment, dataset) {
   const result = h("div", {id: "prediction"});
   const box = h("div", {}, result);
-  async function ask(path, options) {
+  // `after`: what to show below a prediction, once there is one.
+  async function ask(path, options, after = []) {
     try {
       const p = await api(`/experiments/${id}/${path}`, {method: "POST", ...options});
       const classes = p.probabilities || p.classes?.[0];
@@ -294,15 +295,15 @@ function predictPanel(id, experiment, dataset) {
         h("span", {class: "bar", style: `width: ${(c.probability * 100).toFixed(1)}%`}),
         h("span", {class: "bar-value"}, fmt(c.probability, 3))))]
         : [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, +p.values[0].toPrecision(5)), ` (epoch ${p.epoch})`)]),
-        ...outsideNote(p));
+        ...outsideNote(p), ...after);
     } catch (err) {
       result.replaceChildren(h("p", {class: "error"}, err.message));
     }
   }
   dataset.then((d) => {
-    if (d) box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(ask));
+    if (d) box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(id, ask));
     else box.prepend(experiment.spec.task === "regression"  // its dataset deleted since: the model still answers
-      ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(ask));
+      ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(id, ask));
   });
   return box;
 }
@@ -315,13 +316,11 @@ function outsideNote(p) {
     `${outside}: outside what the model learnt from, so its prediction extrapolates`)] : [];
 }
 
-function imageDrop(ask) {
+function imageDrop(id, ask) {
   const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
   const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
   function send(file) {
-    const form = new FormData();
-    form.append("file", file);
-    ask("predict?top_k=5", {body: form});
+    ask("predict?top_k=5", {body: fileForm(file)}, [layersButton(id, file)]);
   }
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -332,6 +331,30 @@ function imageDrop(ask) {
     if (ev.dataTransfer.files[0]) send(ev.dataTransfer.files[0]);
   });
   return drop;
+}
+
+function fileForm(file) {
+  const form = new FormData();
+  form.append("file", file);
+  return form;
+}
+
+// What each layer of the model makes of the image: a figure with a row a layer, drawn on request (it takes the
+// server a second or so).
+function layersButton(id, file) {
+  const figure = h("div", {id: "layers"});
+  const button = h("button", {type: "button", id: "show-layers", onclick: async () => {
+    button.disabled = true;
+    const response = await fetch(`/experiments/${id}/activations.png`, {method: "POST", body: fileForm(file)});
+    if (response.ok) {
+      figure.replaceChildren(h("img", {id: "activations", class: "figure wide", src: URL.createObjectURL(await response.blob()),
+        alt: "the image and what each layer of the model makes of it, a row a layer"}));
+    } else {
+      const body = await response.json().catch(() => null);
+      figure.replaceChildren(h("p", {class: "error"}, describe(body?.detail) || response.statusText));
+    }
+  }}, "What each layer makes of it");
+  return h("div", {}, button, figure);
 }
 
 function rowForm(features, ask) {

@@ -1,0 +1,77 @@
+"""What each layer of a model makes of an input (`POST /experiments/{id}/activations.png`): the steps, taken in
+order, compute the model's output for every kind of model; a trained CNN's layers on a real MNIST digit."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from service.figures import render_layer_outputs, shown_channels
+from service.specs import ExperimentSpec
+from tests.conftest import REPO, fit_bundled
+from worker.inference import Predictor
+from worker.models import create_model, stages
+
+LAYERS = [
+    {"kind": "conv2d", "out_channels": 4}, {"kind": "batchnorm2d"}, {"kind": "gelu"}, {"kind": "avgpool2d"},
+    {"kind": "dropout"}, {"kind": "adaptiveavgpool2d", "output_size": 2}, {"kind": "flatten"}, {"kind": "linear"},
+]  # fmt: skip
+MODELS = {
+    "linear": {"kind": "linear"},
+    "mlp": {"kind": "mlp", "hidden": [16, 8], "dropout": 0.5},
+    "cnn": {"kind": "cnn", "channels": [4, 8], "hidden": 16},
+    "cnn-batchnorm-avg": {"kind": "cnn", "channels": [4], "batchnorm": True, "pool": "avg", "dropout": 0.5},
+    "sequential": {"kind": "sequential", "layers": LAYERS},
+    "resnet18": {"kind": "resnet18", "pretrained": "none", "image_size": 32},
+    "mobilenet_v2": {"kind": "mobilenet_v2", "pretrained": "none", "image_size": 32, "dropout": 0.2},
+}
+
+
+@pytest.mark.parametrize("model", MODELS.values(), ids=MODELS.keys())
+def test_the_steps_of_every_kind_of_model_compute_its_output(model: dict) -> None:
+    spec = ExperimentSpec.model_validate({"dataset": {"name": "mnist-10k"}, "model": model})
+    torch.manual_seed(0)
+    net = create_model(spec.model, (1, 28, 28), 10).eval()
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected, names = net(x), []
+        for name, step in stages(net):
+            x = step(x)
+            names.append(name)
+    torch.testing.assert_close(x, expected)
+    assert len(set(names)) == len(names), names
+
+
+def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
+    experiment = ExperimentSpec.model_validate({
+        "dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn", "channels": [8, 16], "hidden": 32}, "epochs": 1,
+    })  # fmt: skip
+    [(_, checkpoint)] = fit_bundled(experiment)
+    predictor = Predictor(checkpoint)
+    image = Image.open(REPO / "examples" / "images" / "mnist-val-7.png")
+    pixels, outputs = predictor.layer_outputs(image)
+    assert torch.equal(pixels, predictor.pixels(image))
+    assert [(o.name, list(o.values.shape)) for o in outputs] == [
+        ("0 conv2d", [8, 28, 28]), ("1 maxpool2d", [8, 14, 14]), ("2 relu", [8, 14, 14]),
+        ("3 conv2d", [16, 14, 14]), ("4 maxpool2d", [16, 7, 7]), ("5 relu", [16, 7, 7]),
+        ("6 flatten", [784]), ("7 linear", [32]), ("8 relu", [32]), ("9 linear", [10]),
+    ]  # fmt: skip
+    # Each output is kept as that layer made it, though the ReLU after it works in place.
+    pooled, rectified = outputs[1].values, outputs[2].values
+    assert (pooled < 0).any() and torch.equal(rectified, pooled.clamp_min(0))
+    torch.testing.assert_close(outputs[-1].values, predictor.logits(pixels.unsqueeze(0))[0])
+    assert int(outputs[-1].values.argmax()) == predictor.predict(image)[0].label  # what /predict answers
+
+    # The figure follows the same channels from a conv through its pool and ReLU, the most active ones first chosen.
+    shown = shown_channels(outputs)
+    assert shown[0] == shown[1] == shown[2] and len(shown[0]) == 8
+    assert shown[3] == shown[4] == shown[5] and len(shown[3]) == 8 and shown[3] == sorted(shown[3])
+    activity = outputs[3].values.clamp_min(0).mean(dim=(1, 2))
+    assert activity[shown[3]].min() >= activity.sort(descending=True).values[7]
+    assert shown[6:] == [[], [], [], []]  # flat outputs are bars
+    figure = Image.open(io.BytesIO(render_layer_outputs(pixels, outputs, predictor.class_names, "a 7")))
+    fewer = Image.open(io.BytesIO(render_layer_outputs(pixels, outputs[-4:], predictor.class_names, "a 7")))
+    assert figure.format == "PNG" and figure.width == fewer.width and figure.height > fewer.height + 500
