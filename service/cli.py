@@ -621,6 +621,7 @@ def sweep(
     ids = ", ".join(str(t.experiment_id) for t in sorted(queued.trials, key=lambda t: t.experiment_id))
     out.print(Text.assemble("sweep ", (str(queued.id), "bold"),
                         f" queued: {queued.name}, {len(queued.trials)} trials (experiments {ids})"))  # fmt: skip
+    _warn([f"{t.label}: {warning}" for t in sorted(queued.trials, key=lambda t: t.experiment_id) for warning in t.warnings])
     if watch:
         final = _call(url, lambda c: _wait_for_trials(c, queued.id))
         out.print(_trials_table(final))

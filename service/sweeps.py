@@ -67,6 +67,7 @@ class TrialPublic(BaseModel):
     best_epoch: int | None
     best_val_accuracy: float | None
     best_val_loss: float | None
+    warnings: list[str]  # what POST /experiments would have warned of this trial's spec
 
 
 class SweepPublic(BaseModel):
@@ -170,6 +171,7 @@ def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[Expe
             best_epoch=e.best.epoch if e.best else None,
             best_val_accuracy=e.best.val_accuracy if e.best else None,
             best_val_loss=e.best.val_loss if e.best else None,
+            warnings=e.warnings,
         )
         for e in sorted(experiments, key=_best_first)
     ]

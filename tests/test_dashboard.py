@@ -201,7 +201,8 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
 
         # A sweep: submitted, listed, its trials ranked as they finish, their curves overlaid, then deleted with its
         # trials.
-        base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2}
+        base = {"dataset": {"name": "digits"}, "model": {"kind": "mlp", "hidden": [32]}, "epochs": 2,
+                "augment": [{"kind": "hflip"}]}  # fmt: skip
         sweep = {"name": "two lrs", "base": base, "grid": {"optimizer.lr": [0.00001, 0.01]}}
         page.goto(f"{dep.url}/#/submit")  # submitted from the same editor as an experiment
         page.fill("#spec", json.dumps(sweep))
@@ -214,6 +215,8 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.click(f'#sweeps tr[data-id="{sweep_id}"] a')
         sync_api.expect(page.locator("#trials [data-status=succeeded]")).to_have_count(2, timeout=60_000)
         sync_api.expect(page.locator("#trials tr").nth(1)).to_contain_text("0.01")  # the better lr ranks first
+        sync_api.expect(page.locator("#trials .warning")).to_have_count(2)  # each trial's, as its experiment's
+        sync_api.expect(page.locator("#trials .warning").first).to_contain_text("whose mirror images are not digits")
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(4)  # 2 trials x 2 epochs
         # Each curve is labelled in full by what its trial tried; compared, so are the runs, in a table too.
         sync_api.expect(page.locator("#comparison text.legend", has_text="optimizer.lr=0.01")).to_have_count(1)

@@ -191,6 +191,15 @@ def test_sweep_grid_runs_every_trial_and_ranks_them(service) -> None:
     [summary] = [s for s in client.get("/sweeps").json() if s["id"] == sweep["id"]]
     assert summary["trials"] == summary["finished"] == 4 and summary["best_val_accuracy"] == scores[0]
 
+    assert all(t["warnings"] == [] for t in ranked)
+    # A trial whose spec deserves a warning carries it, as the experiment would from POST /experiments.
+    flips = {"name": "flips", "base": tiny_spec(epochs=1), "grid": {"augment": [[], [{"kind": "hflip"}]]}}
+    trials = {t["label"]: t for t in client.post("/sweeps", json=flips).json()["trials"]}
+    assert trials["augment=[]"]["warnings"] == [], trials
+    [warning] = trials["augment=[hflip()]"]["warnings"]
+    assert warning.startswith("augment[0] (hflip): digits holds digits, whose mirror images are not digits"), warning
+    for trial in trials.values():
+        finished(client, trial["experiment_id"], dep)
     assert client.delete(f"/sweeps/{sweep['id']}").status_code == 204  # with all its trials
     assert client.get(f"/sweeps/{sweep['id']}").status_code == 404
     assert all(client.get(f"/experiments/{t['experiment_id']}").status_code == 404 for t in sweep["trials"])

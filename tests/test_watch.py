@@ -238,11 +238,12 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
 
         sweep_file = tmp_path / "sweep.yaml"
         sweep_file.write_text("name: two lrs\nbase: {dataset: {name: digits}, model: {kind: mlp, hidden: [32]}, "
-                              "epochs: 3}\ngrid: {optimizer.lr: [0.5]}\n")  # fmt: skip
+                              "epochs: 3, augment: [{kind: vflip}]}\ngrid: {optimizer.lr: [0.5]}\n")  # fmt: skip
         overrides = ("-s", "base.epochs=2", "-s", "grid.optimizer.lr=[0.00001, 0.01]")  # a grid key has dots
         swept = _cli("sweep", str(sweep_file), *overrides, "--watch", url=dep.url, cwd=REPO)
         assert swept.returncode == 0, swept.stdout + swept.stderr
         assert "sweep 1 queued: two lrs, 2 trials (experiments 2, 3)" in swept.stdout
+        assert "warning: optimizer.lr=1e-05: augment[0] (vflip): digits holds digits" in swept.stderr, swept.stderr
         ranked = [line for line in swept.stdout.splitlines() if "succeeded" in line]
         assert len(ranked) == 2 and "0.01 " in ranked[0] and "1e-05" in ranked[1], swept.stdout  # best first
         with Client(dep.url) as sdk:

@@ -548,7 +548,8 @@ async function sweepView(id) {
         "val loss"].map((c) => h("th", {}, c))),
         ...s.trials.map((t, i) => h("tr", {"data-id": t.experiment_id}, h("td", {}, i + 1),
           h("td", {}, h("a", {href: `#/experiments/${t.experiment_id}`}, `#${t.experiment_id}`)),
-          h("td", {}, t.label), h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
+          h("td", {}, t.label, t.warnings.map((w) => h("div", {class: "warning"}, w))),
+          h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
           h("td", {}, fmt(t.best_val_accuracy)), h("td", {}, fmt(t.best_val_loss))))),
       h("div", {id: "comparison", class: "charts"}, comparisonChart(runs, metrics[0])));
     if (finished) return;
