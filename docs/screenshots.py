@@ -44,6 +44,9 @@ def main() -> None:
             expect(page.locator("#prediction .predicted")).to_have_text("7")
             expect(page.locator("#confusion")).to_be_visible()
             page.screenshot(path=str(OUT / "experiment.png"), full_page=True)
+            page.click("#show-layers")
+            page.wait_for_function("document.getElementById('activations')?.naturalHeight > 0")
+            page.locator("#activations").screenshot(path=str(OUT / "activations.png"))
             while client.get("/experiments/3").json()["status"] != "succeeded":
                 time.sleep(0.5)
             page.goto(f"{base}/#/")

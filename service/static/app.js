@@ -342,7 +342,7 @@ function fileForm(file) {
 // What each layer of the model makes of the image: a figure with a row a layer, drawn on request (it takes the
 // server a second or so).
 function layersButton(id, file) {
-  const figure = h("div", {id: "layers"});
+  const figure = h("div", {id: "activations-figure"});
   const button = h("button", {type: "button", id: "show-layers", onclick: async () => {
     button.disabled = true;
     const response = await fetch(`/experiments/${id}/activations.png`, {method: "POST", body: fileForm(file)});
