@@ -539,6 +539,27 @@ def confusion(
     for name, row, accuracy in zip(found.class_names, found.matrix, found.per_class_accuracy, strict=True):
         table.add_row(name, *map(str, row), _fmt(accuracy))
     out.print(table)
+    cells = [(n, i, j) for i, row in enumerate(found.matrix) for j, n in enumerate(row) if i != j and n]
+    if cells:
+        n, true, predicted = max(cells)
+        names = found.class_names
+        out.print(f"most often mistaken: {names[true]} for {names[predicted]} ({n} times); to see them: trainlab "
+                  f"mistakes {experiment_id} --true {true} --predicted {predicted}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def mistakes(
+    experiment_id: int,
+    true: Annotated[int | None, typer.Option(help="only images of this class (its label, a row of the matrix)")] = None,
+    predicted: Annotated[int | None, typer.Option(help="only those taken for this class (a column)")] = None,
+    epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("mistakes.png"),
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Save the validation images the classifier got most confidently wrong (of one cell of its confusion matrix,
+    with --true and --predicted) as a PNG."""
+    _write(output, _call(url, lambda c: c.mistakes(experiment_id, true=true, predicted=predicted, epoch=epoch)))
+    out.print(f"wrote {output}")
 
 
 @app.command()
@@ -618,10 +639,11 @@ def sweep(
     """Queue a sweep: one experiment per trial."""
     request = _spec_from(request_file, overrides, "one sweep (base, grid, random, max_trials)")
     queued = _call(url, lambda c: c.submit_sweep(request))
-    ids = ", ".join(str(t.experiment_id) for t in sorted(queued.trials, key=lambda t: t.experiment_id))
+    trials = sorted(queued.trials, key=lambda t: t.experiment_id)
+    ids = ", ".join(str(t.experiment_id) for t in trials)
     out.print(Text.assemble("sweep ", (str(queued.id), "bold"),
                         f" queued: {queued.name}, {len(queued.trials)} trials (experiments {ids})"))  # fmt: skip
-    _warn([f"{t.label}: {warning}" for t in sorted(queued.trials, key=lambda t: t.experiment_id) for warning in t.warnings])
+    _warn([f"{t.label}: {warning}" for t in trials for warning in t.warnings])
     if watch:
         final = _call(url, lambda c: _wait_for_trials(c, queued.id))
         out.print(_trials_table(final))

@@ -191,6 +191,14 @@ class Client:
         """The loss and metric curves as a PNG."""
         return self._request("GET", f"/experiments/{experiment_id}/curves.png").content
 
+    def mistakes(
+        self, experiment_id: int, *, true: int | None = None, predicted: int | None = None, epoch: int | None = None
+    ) -> bytes:
+        """A PNG of the validation images most confidently misclassified: all, or those of class `true` taken for
+        class `predicted` (either alone: a row or a column of the confusion matrix)."""
+        params = {k: v for k, v in (("true", true), ("predicted", predicted), ("epoch", epoch)) if v is not None}
+        return self._request("GET", f"/experiments/{experiment_id}/misclassified.png", params=params).content
+
     def checkpoint(self, experiment_id: int, *, epoch: int | None = None) -> Checkpoint:
         """The best epoch's checkpoint (or that of `epoch`)."""
         params = {} if epoch is None else {"epoch": epoch}

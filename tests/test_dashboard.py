@@ -119,6 +119,14 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         confusion = http.get("/experiments/1/confusion").json()
         assert accuracies == pytest.approx(confusion["per_class_accuracy"], abs=5e-4), accuracies
         assert len(accuracies) == 10
+        # Each count of mistakes opens those images; the diagonal's counts do not.
+        cells = [(i, j) for i, row in enumerate(confusion["matrix"]) for j, n in enumerate(row) if i != j and n]
+        assert page.locator("#confusion td.mistakes").count() == len(cells) > 0, cells
+        cell = page.locator("#confusion td.mistakes").first
+        true, predicted = cell.get_attribute("data-true"), cell.get_attribute("data-predicted")
+        cell.click()
+        page.wait_for_function("document.getElementById('cell-mistakes')?.naturalWidth > 0")  # a real image
+        assert f"true={true}&predicted={predicted}" in page.locator("#cell-mistakes").get_attribute("src")
         script = http.get(page.locator("a", has_text="model.py").first.get_attribute("href"))
         assert script.status_code == 200 and "def build_model() -> nn.Module:" in script.text, script.text
 

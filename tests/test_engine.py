@@ -21,6 +21,7 @@ from tests.conftest import fit_bundled, load_bundled, malicious_checkpoint, timi
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import CompileFailed, Interrupted, compile_model, fit, training_batches
+from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.models import create_model
 from worker.preprocess import image_to_uint8, normalize
@@ -186,6 +187,22 @@ def test_predictor_matches_the_trained_model_on_real_images(tmp_path: Path) -> N
         assert len(scores) == 3 and scores[0].probability >= scores[1].probability >= scores[2].probability
         correct += scores[0].label == int(label)
     assert correct >= 40  # the 8x8 digits MLP reaches ~90% after two epochs
+
+
+def test_the_mistakes_of_a_cell_row_or_column_of_the_confusion_matrix() -> None:
+    experiment = spec(epochs=1)
+    evaluation = Evaluation.of(Predictor(fit_bundled(experiment)[-1][1]), load_bundled(experiment.dataset).val)
+    matrix, labels, predicted = evaluation.confusion(), evaluation.labels, evaluation.predicted
+    assert int(matrix.sum() - matrix.trace()) > 0  # one epoch leaves mistakes to find
+    everything = evaluation.worst_errors(10_000)
+    for i, j in ((i, j) for i in range(10) for j in range(10) if i != j):
+        cell = evaluation.worst_errors(10_000, true=i, predicted=j)
+        assert len(cell) == matrix[i, j] and all(labels[k] == i and predicted[k] == j for k in cell)
+        assert cell == [k for k in everything if k in cell]  # in the same order: most confidently wrong first
+    assert len(evaluation.worst_errors(10_000, true=2)) == matrix[2].sum() - matrix[2, 2]
+    assert len(evaluation.worst_errors(10_000, predicted=2)) == matrix[:, 2].sum() - matrix[2, 2]
+    confidence = torch.softmax(evaluation.logits, dim=1).max(dim=1).values[everything]
+    assert len(everything) == matrix.sum() - matrix.trace() and (confidence[:-1] >= confidence[1:]).all()
 
 
 def test_predictor_serves_conv_nets_channels_last_with_the_contiguous_models_answers() -> None:

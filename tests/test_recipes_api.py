@@ -121,8 +121,17 @@ def test_confusion_and_misclassified(service) -> None:
     assert confusion["epoch"] == experiment["best"]["epoch"]
     for i, accuracy in enumerate(confusion["per_class_accuracy"]):
         assert accuracy == pytest.approx(float(matrix[i, i] / matrix[i].sum()))
-    assert_png(client.get(f"/experiments/{experiment['id']}/misclassified.png", params={"limit": 8}))
+    everything = assert_png(client.get(f"/experiments/{experiment['id']}/misclassified.png", params={"limit": 8}))
     assert client.get("/experiments/999/confusion").status_code == 404
+    # One cell of mistakes (the dashboard's confusion matrix links each): its images alone.
+    true, predicted = max(((i, j) for i in range(10) for j in range(10) if i != j), key=lambda c: matrix[c])
+    assert matrix[true, predicted] > 0, matrix
+    cell = {"true": true, "predicted": predicted, "limit": 8}
+    assert assert_png(client.get(f"/experiments/{experiment['id']}/misclassified.png", params=cell)) != everything
+    for wrong, field in (({"true": 10}, "true"), ({"predicted": 12}, "predicted"), ({"true": 3, "predicted": 3},
+                         "predicted")):  # fmt: skip
+        refused = client.get(f"/experiments/{experiment['id']}/misclassified.png", params=wrong)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field], refused.text
     # What each layer makes of an image, sent as to /predict (tests/test_layer_outputs.py checks the layers).
     png = (REPO / "examples/images/mnist-val-3.png").read_bytes()
     digit = {"content": png, "headers": {"content-type": "image/png"}}

@@ -212,6 +212,12 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         matrix = [row for row in _table_rows(confusion.stdout) if len(row) == 12 and row[0].isdigit()]
         assert confusion.returncode == 0 and "validation accuracy" in confusion.stdout, confusion.stderr
         assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:11]) == 2000  # mnist-10k's val
+        hint = re.search(r"to see them: trainlab (mistakes 1 --true \d --predicted \d)", confusion.stdout)
+        assert hint is not None, confusion.stdout
+        shown = _cli(*hint.group(1).split(), "-o", str(tmp_path / "m.png"), url=dep.url, cwd=REPO)
+        assert shown.returncode == 0 and Image.open(tmp_path / "m.png").format == "PNG", shown.stderr
+        wrong = _cli("mistakes", "1", "--true", "10", url=dep.url, cwd=tmp_path)
+        assert wrong.returncode != 0 and "true=10 is no class of this model" in wrong.stderr, wrong.stderr
         curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
         assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
         layers = _cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)

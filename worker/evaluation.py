@@ -49,9 +49,15 @@ class Evaluation:
         totals = matrix.sum(dim=1)
         return [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(self.class_names))]
 
-    def worst_errors(self, limit: int) -> list[int]:
-        """Indices of misclassified examples, most confidently wrong first."""
+    def worst_errors(self, limit: int, true: int | None = None, predicted: int | None = None) -> list[int]:
+        """Indices of misclassified examples, most confidently wrong first; only those of class `true`, and only
+        those taken for class `predicted`, where given (a cell, row or column of the confusion matrix)."""
         probabilities = torch.softmax(self.logits, dim=1)
-        wrong = torch.nonzero(self.predicted != self.labels).flatten()
+        wrong = self.predicted != self.labels
+        if true is not None:
+            wrong &= self.labels == true
+        if predicted is not None:
+            wrong &= self.predicted == predicted
+        wrong = torch.nonzero(wrong).flatten()
         confidence = probabilities[wrong].max(dim=1).values
         return wrong[confidence.argsort(descending=True)][:limit].tolist()

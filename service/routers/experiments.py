@@ -346,16 +346,28 @@ def get_confusion(
 def get_misclassified(
     experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, evaluations: EvaluationsDep,
     predictors: PredictorsDep, epoch: Epoch | None = None, limit: Annotated[int, Query(ge=1, le=64)] = 24,
+    true: Annotated[int | None, Query(ge=0, le=100_000, description="only images of this class (label)")] = None,
+    predicted: Annotated[int | None, Query(ge=0, le=100_000, description="only those taken for this class")] = None,
 ):  # fmt: skip
-    """The validation images the model got most confidently wrong, with true and predicted labels."""
+    """The validation images the model got most confidently wrong, with true and predicted labels: all of them, or
+    those of one cell (`true` and `predicted`), row (`true`) or column (`predicted`) of the confusion matrix."""
     evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
     if evaluation.tabular:
         raise Conflict(f"experiment {experiment_id} learned from a table: there are no images to show (its "
                        "confusion matrix, GET .../confusion, counts its errors by class)")  # fmt: skip
-    worst = evaluation.worst_errors(limit)
     names = evaluation.class_names
+    for field, label in (("true", true), ("predicted", predicted)):
+        if label is not None and label >= len(names):
+            raise InvalidInput(f"{field}={label} is no class of this model: its labels are 0 to {len(names) - 1}",
+                               loc=["query", field])  # fmt: skip
+    if true is not None and true == predicted:
+        raise InvalidInput(f"true and predicted are the same class ({names[true]}): those images were classified "
+                           "right, not mistaken", loc=["query", "predicted"])  # fmt: skip
+    worst = evaluation.worst_errors(limit, true, predicted)
     captions = [f"true {names[evaluation.labels[i]]}\npred {names[evaluation.predicted[i]]}" for i in worst]
-    title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors"
+    which = ", ".join(f"{field} {names[label]}" for field, label in (("true", true), ("predicted", predicted))
+                      if label is not None)  # fmt: skip
+    title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors{', ' if which else ''}{which}"
     return png_response(render_gallery(evaluation.split.images[worst], captions, title))
 
 

@@ -264,13 +264,24 @@ async function showExtras(box, e, dataset) {
   if (e.spec.task === "classification" && e.best) {
     const c = await api(`/experiments/${e.id}/confusion`);
     const max = Math.max(...c.matrix.flat());
+    const images = !dataset?.features;  // a table's classifier has no images to show
+    const mistakes = h("div", {id: "mistakes"});
+    // A cell of mistakes, clicked: its images, most confidently wrong first.
+    const show = (i, j) => mistakes.replaceChildren(h("img", {id: "cell-mistakes", class: "figure",
+      src: `/experiments/${e.id}/misclassified.png?true=${i}&predicted=${j}&epoch=${c.epoch}`,
+      alt: `validation images of ${c.class_names[i]} taken for ${c.class_names[j]}`}));
     parts.push(h("h2", {}, `Confusion matrix (validation, epoch ${c.epoch}, accuracy ${fmt(c.accuracy)})`),
+      images ? h("p", {class: "muted"}, "Click a count of mistakes to see those images.") : "",
       h("table", {id: "confusion", class: "confusion"},
         h("tr", {}, h("th", {}, "true \\ predicted"), c.class_names.map((n) => h("th", {}, n)), h("th", {}, "accuracy")),
-        c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.class_names[i]), row.map((n) =>
-          h("td", {style: `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`}, n)),
-          h("td", {class: "class-accuracy"}, fmt(c.per_class_accuracy[i], 3))))),
-      ...(dataset?.features ? [] : [h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes"))]));
+        c.matrix.map((row, i) => h("tr", {}, h("th", {}, c.class_names[i]), row.map((n, j) => {
+          const style = `background: rgba(31, 119, 180, ${(n / max).toFixed(3)})`;
+          return images && n && i !== j
+            ? h("td", {style, class: "mistakes", "data-true": i, "data-predicted": j, onclick: () => show(i, j),
+              title: `${n} ${c.class_names[i]} taken for ${c.class_names[j]}: click to see them`}, n)
+            : h("td", {style}, n);
+        }), h("td", {class: "class-accuracy"}, fmt(c.per_class_accuracy[i], 3))))),
+      ...(images ? [mistakes, h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes"))] : []));
   }
   if (e.spec.task === "regression" && e.best) {
     parts.push(h("h2", {}, "Predicted vs actual (validation, best epoch)"),
