@@ -72,7 +72,7 @@ def render_curves(metrics: list[EpochMetrics], title: str, task: str = "classifi
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no finished epoch yet", ha="center", va="center", transform=ax.transAxes)
-    figure.suptitle(f"{title}\nmaps: the most active channels, blue negative, red positive, one scale a row")
+    figure.suptitle(title)
     return _png(figure)
 
 
@@ -114,7 +114,7 @@ def render_comparison(series: Sequence[tuple[str, list[EpochMetrics]]], metric: 
     ax.set_ylabel(metric)
     if series:
         ax.legend(fontsize="small", loc="best")
-    figure.suptitle(f"{title}\nmaps: the most active channels, blue negative, red positive, one scale a row")
+    figure.suptitle(title)
     return _png(figure)
 
 
