@@ -200,19 +200,20 @@ MAX_CHANNELS = 8
 
 
 def shown_channels(outputs: Sequence[LayerOutput]) -> list[list[int]]:
+    """For each output, the channels whose maps are drawn (none for a flat output), as MAX_CHANNELS says."""
     shown: list[list[int]] = []
+    previous: torch.Tensor | None = None
     for output in outputs:
         values = output.values
-        previous = shown[-1] if shown else []
         if values.dim() != 3:
-            shown.append([])
-        elif previous and len(outputs[len(shown) - 1].values) == len(values):
-            shown.append(previous)
-        else:
-            # Most active: the largest mean of what a ReLU would keep.
+            channels = []
+        elif previous is not None and previous.dim() == 3 and len(previous) == len(values):
+            channels = shown[-1]
+        else:  # the most active: the largest mean of what a ReLU would keep
             activity = values.clamp_min(0).mean(dim=(1, 2))
-            top = activity.topk(min(MAX_CHANNELS, len(values))).indices
-            shown.append(sorted(top.tolist()))
+            channels = sorted(activity.topk(min(MAX_CHANNELS, len(values))).indices.tolist())
+        shown.append(channels)
+        previous = values
     return shown
 
 
