@@ -458,6 +458,22 @@ def activations(
     out.print(f"wrote {output}")
 
 
+@app.command()
+def saliency(
+    experiment_id: int,
+    image: Annotated[Path, typer.Argument(help="a PNG/JPEG image")],
+    label: Annotated[int | None, typer.Option(min=0, help="the class (default: the predicted one)")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("saliency.png"),
+    epoch: Annotated[int | None, typer.Option(min=1, help="that epoch's checkpoint (default: the best)")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Save a PNG of which pixels of an image sway the model's score of a class most."""
+    if not image.is_file():
+        raise _fail(f"no such file: {image}", EXIT_USAGE)
+    _write(output, _call(url, lambda c: c.saliency(experiment_id, image, label=label, epoch=epoch)))
+    out.print(f"wrote {output}")
+
+
 def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None:
     def ask(client: Client) -> tuple[RowPredictions, str]:
         experiment = client.get(experiment_id)

@@ -226,12 +226,20 @@ class Client:
 
     def activations(self, experiment_id: int, image: str | Path | bytes, *, epoch: int | None = None) -> bytes:
         """A PNG of what each layer of the model makes of the image, a row a layer."""
+        return self._image_figure(experiment_id, "activations.png", image, epoch=epoch)
+
+    def saliency(
+        self, experiment_id: int, image: str | Path | bytes, *, label: int | None = None, epoch: int | None = None
+    ) -> bytes:
+        """A PNG of how much each pixel of the image sways the score of class `label` (default: the predicted)."""
+        return self._image_figure(experiment_id, "saliency.png", image, epoch=epoch, label=label)
+
+    def _image_figure(self, experiment_id: int, figure: str, image: str | Path | bytes, **params: int | None) -> bytes:
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
-        params = {} if epoch is None else {"epoch": epoch}
         return self._request(
             "POST",
-            f"/experiments/{experiment_id}/activations.png",
-            params=params,
+            f"/experiments/{experiment_id}/{figure}",
+            params={k: v for k, v in params.items() if v is not None},
             content=data,
             headers={"Content-Type": "application/octet-stream"},
         ).content

@@ -278,3 +278,21 @@ def render_layer_outputs(
         ax.tick_params(labelsize="x-small")
     figure.suptitle(f"{title}\nmaps: the most active channels, blue negative, red positive, one scale a row")
     return _png(figure)
+
+
+def render_saliency(pixels: torch.Tensor, saliency: torch.Tensor, title: str) -> bytes:
+    """An image, how much each of its pixels sways a class's score (`Predictor.saliency`), and the two laid over
+    each other."""
+    figure = _figure(9, 3.6)
+    image = pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy()
+    # 1 at the 99th percentile and above: a few extreme gradients would otherwise leave the rest black.
+    heat = (saliency / torch.quantile(saliency.flatten(), 0.99).clamp_min(1e-12)).clamp_max(1).numpy()
+    for ax, name in zip(figure.subplots(1, 3), ("image", "saliency", "both"), strict=True):
+        ax.axis("off")
+        ax.set_title(name, fontsize="small")
+        if name != "saliency":
+            ax.imshow(image, cmap="gray")
+        if name != "image":
+            ax.imshow(heat, cmap="inferno", alpha=0.6 if name == "both" else 1.0, vmin=0, vmax=1)
+    figure.suptitle(f"{title}\nbrighter: a small change of that pixel moves the class's score more (|gradient|)")
+    return _png(figure)

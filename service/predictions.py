@@ -44,6 +44,14 @@ def load_predictor(ref: CheckpointRef, store: Store, predictors: LRUCache[Predic
     return predictors.get(ref, load)
 
 
+def image_predictor(experiment_id: int, epoch: int | None, store: Store, predictors: LRUCache[Predictor]) -> Predictor:
+    """The model of an experiment's best checkpoint (or `epoch`'s), which must have learned from images."""
+    predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
+    if predictor.tabular:
+        raise Conflict(f"experiment {experiment_id} learned from a table: POST its rows to .../predict/rows")
+    return predictor
+
+
 @dataclass
 class _Request:
     experiment_id: int
@@ -142,7 +150,4 @@ class ImagePredictions:
                 )
 
     def _model(self, experiment_id: int, epoch: int | None) -> Predictor:
-        predictor = load_predictor(self._store.find_checkpoint(experiment_id, epoch), self._store, self._predictors)
-        if predictor.tabular:
-            raise Conflict(f"experiment {experiment_id} learned from a table: POST its rows to .../predict/rows")
-        return predictor
+        return image_predictor(experiment_id, epoch, self._store, self._predictors)

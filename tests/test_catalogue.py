@@ -383,8 +383,9 @@ def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(t
         scatter = client.get(f"/experiments/{run['id']}/predicted-vs-actual.png")
         assert scatter.status_code == 409 and "is a classifier" in scatter.text, scatter.text
         digit = (REPO / "examples/images/mnist-val-3.png").read_bytes()
-        layers = client.post(f"/experiments/{run['id']}/activations.png", files={"file": digit})
-        assert layers.status_code == 409 and "learned from a table" in layers.text, layers.text
+        for figure in ("activations.png", "saliency.png"):
+            refused = client.post(f"/experiments/{run['id']}/{figure}", files={"file": digit})
+            assert refused.status_code == 409 and "learned from a table" in refused.text, refused.text
 
 
 def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_nothing() -> None:

@@ -136,6 +136,9 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         assert "null" not in page.locator("#prediction").inner_text()  # no note where the image is like the digits
         page.click("#show-layers")  # what each layer makes of that image: a figure the server draws
         page.wait_for_function("document.getElementById('activations')?.naturalHeight > 1000")
+        page.click("#show-saliency")  # which of its pixels sway the predicted class: another, in its place
+        page.wait_for_function("document.getElementById('saliency')?.naturalWidth > 0")
+        assert page.locator("#activations").count() == 0
 
         page.goto(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")

@@ -136,6 +136,9 @@ def test_confusion_and_misclassified(service) -> None:
     png = (REPO / "examples/images/mnist-val-3.png").read_bytes()
     digit = {"content": png, "headers": {"content-type": "image/png"}}
     assert_png(client.post(f"/experiments/{experiment['id']}/activations.png", **digit))
+    assert_png(client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 9}, **digit))
+    refused = client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 10}, **digit)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "label"], refused.text
     text = client.post(f"/experiments/{experiment['id']}/activations.png", files={"file": ("a.png", b"not an image")})
     assert text.status_code == 415 and "not a PNG or JPEG" in text.text, text.text
     assert client.post("/experiments/999/activations.png", **digit).status_code == 404

@@ -223,6 +223,8 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         layers = _cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
         assert layers.returncode == 0 and Image.open(tmp_path / "activations.png").format == "PNG", layers.stderr
         assert _cli("activations", "1", str(tmp_path / "none.png"), url=dep.url, cwd=tmp_path).returncode == 2
+        salient = _cli("saliency", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
+        assert salient.returncode == 0 and Image.open(tmp_path / "saliency.png").format == "PNG", salient.stderr
         saved = _cli("checkpoint", "1", "--code", url=dep.url, cwd=tmp_path)  # named after the best epoch
         with Client(dep.url) as sdk:
             best = sdk.get(1).best.epoch

@@ -10,7 +10,7 @@ from PIL import Image
 from worker.checkpoints import load_checkpoint
 from worker.models import create_model, stages
 from worker.numerics import eval_batch_size, resolve_numerics
-from worker.preprocess import image_to_uint8, normalize
+from worker.preprocess import image_to_uint8, normalize, standardize, to_unit
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,17 @@ class LayerOutput:
 
     name: str  # "3 relu"
     values: torch.Tensor  # one example's output, fp32 on the CPU: (C, H, W) maps or (F,) values
+
+
+@dataclass(frozen=True)
+class Saliency:
+    """How much each pixel of an image sways one class's score: |d score / d pixel| (Simonyan et al., 2013), with
+    pixels in [0, 1], the largest over an image's channels."""
+
+    pixels: torch.Tensor  # the uint8 (C, H, W) input the model took
+    label: int
+    probability: float  # the model's probability of that class for the image
+    map: torch.Tensor  # (H, W), fp32 on the CPU
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,17 @@ class Predictor:
             # A copy: the next step may be an in-place ReLU.
             outputs.append(LayerOutput(name, x[0].float().cpu().contiguous().clone()))
         return pixels, outputs
+
+    def saliency(self, image: Image.Image, label: int | None = None) -> Saliency:
+        """Which pixels of `image` sway the score of class `label` (by default the predicted class) most."""
+        pixels = self.pixels(image)
+        unit = to_unit(pixels.unsqueeze(0).to(self.device)).requires_grad_()
+        with torch.enable_grad():  # the gradient of the input alone: the shared model's weights are not touched
+            logits = self.model(self._numerics.layout(standardize(unit, self.preprocess)))
+            label = int(logits[0].argmax()) if label is None else label
+            (gradient,) = torch.autograd.grad(logits[0, label], unit)
+        probability = float(torch.softmax(logits.detach()[0], dim=0)[label])
+        return Saliency(pixels, label, probability, gradient[0].abs().amax(dim=0).cpu())
 
     @torch.inference_mode()
     def classify(self, images: torch.Tensor, top_k: int = 5) -> list[list[ClassScore]]:

@@ -168,7 +168,9 @@ def normalize(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
 
 @lru_cache(maxsize=16)
 def _stats(preprocess: Preprocess, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Made once per device, not per batch: a fresh tensor on a GPU is a host-to-device copy each time.
-    mean = torch.tensor(preprocess.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(preprocess.std, device=device).view(1, -1, 1, 1)
+    # Made once per device, not per batch: a fresh tensor on a GPU is a host-to-device copy each time. Normal
+    # tensors even when first asked for under inference mode (/predict): autograd keeps `std` (Predictor.saliency).
+    with torch.inference_mode(False):
+        mean = torch.tensor(preprocess.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(preprocess.std, device=device).view(1, -1, 1, 1)
     return mean, std

@@ -1,25 +1,33 @@
-"""/experiments/{id}/predict: what the trained models say about new images and table rows.
+"""/experiments/{id}/predict: what the trained models say about new images and table rows, and figures of how
+they came to say it about an image (what each layer makes of it, which pixels sway it).
 
 Its own router, included first: /predict is the API's hot path, and routes are matched in order."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from service.deps import PredictionsDep, PredictorsDep, SettingsDep, StoreDep
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.figures import PNG_RESPONSE, png_response, render_layer_outputs
+from service.figures import PNG_RESPONSE, png_response, render_layer_outputs, render_saliency
 from service.images import decode_image
-from service.predictions import load_predictor, probabilities
+from service.predictions import image_predictor, load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
 from service.schemas import Prediction, RowPredictions
-from worker.inference import RowOutOfRange
+from worker.inference import Predictor, RowOutOfRange
+
+if TYPE_CHECKING:
+    from service.cache import LRUCache
+    from service.settings import Settings
+    from service.store import Store
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
 
@@ -85,33 +93,65 @@ async def predict(
         return Response(prediction.model_dump_json(), media_type="application/json")
 
 
-@router.post(
-    "/{experiment_id}/activations.png",
-    response_class=Response,
-    responses=PNG_RESPONSE,
-    openapi_extra={"requestBody": PREDICT_BODY},
-)
-async def draw_activations(
-    experiment_id: ExperimentId,
-    store: StoreDep,
-    predictors: PredictorsDep,
-    settings: SettingsDep,
+# Figures of one uploaded image, sent as to /predict. They draw for a second or so, on a thread of their own.
+IMAGE_FIGURE = {"response_class": Response, "responses": PNG_RESPONSE, "openapi_extra": {"requestBody": PREDICT_BODY}}
+Figure = Callable[[Predictor, Image.Image], bytes]
+
+
+async def _image_figure(
     request: Request,
-    epoch: Epoch | None = None,
+    experiment_id: int,
+    epoch: int | None,
+    store: Store,
+    predictors: LRUCache[Predictor],
+    settings: Settings,
+    figure: Figure,
 ) -> Response:
-    """What each layer of the model makes of one image (sent as to .../predict): a row per layer, with a few
-    channels' maps or a bar per value, down to the classes' scores."""
     data = await uploaded_image(request, settings.max_upload_bytes)
 
-    def draw() -> bytes:
-        predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
-        if predictor.tabular:
-            raise Conflict(f"experiment {experiment_id} learned from a table: it has no images to show")
-        pixels, outputs = predictor.layer_outputs(decode_image(data, max_pixels=settings.max_image_pixels))
+    def draw() -> bytes:  # the model first: an unknown id or a table's model is answered before any decoding
+        predictor = image_predictor(experiment_id, epoch, store, predictors)
+        return figure(predictor, decode_image(data, max_pixels=settings.max_image_pixels))
+
+    return png_response(await run_in_threadpool(draw))
+
+
+@router.post("/{experiment_id}/activations.png", **IMAGE_FIGURE)
+async def draw_activations(
+    request: Request, experiment_id: ExperimentId, store: StoreDep, predictors: PredictorsDep, settings: SettingsDep,
+    epoch: Epoch | None = None,
+) -> Response:  # fmt: skip
+    """What each layer of the model makes of one image (sent as to .../predict): a row per layer, with a few
+    channels' maps or a bar per value, down to the classes' scores."""
+
+    def figure(predictor: Predictor, image: Image.Image) -> bytes:
+        pixels, outputs = predictor.layer_outputs(image)
         title = f"#{experiment_id} {predictor.spec.name}, epoch {predictor.epoch}: what each layer makes of the image"
         return render_layer_outputs(pixels, outputs, predictor.class_names, title)
 
-    return png_response(await run_in_threadpool(draw))
+    return await _image_figure(request, experiment_id, epoch, store, predictors, settings, figure)
+
+
+@router.post("/{experiment_id}/saliency.png", **IMAGE_FIGURE)
+async def draw_saliency(
+    request: Request, experiment_id: ExperimentId, store: StoreDep, predictors: PredictorsDep, settings: SettingsDep,
+    epoch: Epoch | None = None,
+    label: Annotated[int | None, Query(ge=0, le=100_000, description="the class (default: the predicted one)")] = None,
+) -> Response:  # fmt: skip
+    """Which pixels of one image (sent as to .../predict) sway the model's score of a class most: the image, the
+    magnitude of the score's gradient at each pixel, and the two laid over each other."""
+
+    def figure(predictor: Predictor, image: Image.Image) -> bytes:
+        names = predictor.class_names
+        if label is not None and label >= len(names):
+            raise InvalidInput(f"label {label} is no class of this model: its labels are 0 to {len(names) - 1}",
+                               loc=["query", "label"])  # fmt: skip
+        found = predictor.saliency(image, label)
+        title = (f"#{experiment_id} {predictor.spec.name}, epoch {predictor.epoch}: what sways its score of "
+                 f"{names[found.label]!r} (p = {found.probability:.3f})")  # fmt: skip
+        return render_saliency(found.pixels, found.map, title)
+
+    return await _image_figure(request, experiment_id, epoch, store, predictors, settings, figure)
 
 
 class Rows(BaseModel):

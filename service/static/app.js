@@ -331,7 +331,7 @@ function imageDrop(id, ask) {
   const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
   const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
   function send(file) {
-    ask("predict?top_k=5", {body: fileForm(file)}, [layersButton(id, file)]);
+    ask("predict?top_k=5", {body: fileForm(file)}, [imageFigures(id, file)]);
   }
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -350,22 +350,23 @@ function fileForm(file) {
   return form;
 }
 
-// What each layer of the model makes of the image: a figure with a row a layer, drawn on request (it takes the
-// server a second or so).
-function layersButton(id, file) {
-  const figure = h("div", {id: "activations-figure"});
-  const button = h("button", {type: "button", id: "show-layers", onclick: async () => {
-    button.disabled = true;
-    const response = await fetch(`/experiments/${id}/activations.png`, {method: "POST", body: fileForm(file)});
+// Figures the server draws of the image, on request (a second or so each): what each layer of the model makes
+// of it, and which of its pixels sway the predicted class's score most.
+function imageFigures(id, file) {
+  const figure = h("div", {id: "image-figure"});
+  const button = (buttonId, name, text, alt) => h("button", {type: "button", id: buttonId, onclick: async () => {
+    const response = await fetch(`/experiments/${id}/${name}.png`, {method: "POST", body: fileForm(file)});
     if (response.ok) {
-      figure.replaceChildren(h("img", {id: "activations", class: "figure wide", src: URL.createObjectURL(await response.blob()),
-        alt: "the image and what each layer of the model makes of it, a row a layer"}));
+      figure.replaceChildren(h("img", {id: name, class: "figure wide", src: URL.createObjectURL(await response.blob()), alt}));
     } else {
       const body = await response.json().catch(() => null);
       figure.replaceChildren(h("p", {class: "error"}, describe(body?.detail) || response.statusText));
     }
-  }}, "What each layer makes of it");
-  return h("div", {}, button, figure);
+  }}, text);
+  return h("div", {},
+    button("show-layers", "activations", "What each layer makes of it", "the image and what each layer of the model makes of it"),
+    " ", button("show-saliency", "saliency", "Which pixels sway it", "how much each pixel of the image sways the predicted class"),
+    figure);
 }
 
 function rowForm(features, ask) {

@@ -1,19 +1,23 @@
-"""What each layer of a model makes of an input (`POST /experiments/{id}/activations.png`): the steps, taken in
-order, compute the model's output for every kind of model; a trained CNN's layers on a real MNIST digit."""
+"""Views inside a trained model, of one real MNIST digit: what each layer makes of it
+(`POST /experiments/{id}/activations.png`; the steps, taken in order, compute the model's output for every kind of
+model) and which of its pixels sway a class's score (`.../saliency.png`)."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
 import torch
 from PIL import Image
 
-from service.figures import render_layer_outputs, shown_channels
+from service.figures import render_layer_outputs, render_saliency, shown_channels
 from service.specs import ExperimentSpec
 from tests.conftest import REPO, fit_bundled
 from worker.inference import Predictor
 from worker.models import create_model, stages
+from worker import preprocess
+from worker.preprocess import standardize
 
 LAYERS = [
     {"kind": "conv2d", "out_channels": 4}, {"kind": "batchnorm2d"}, {"kind": "gelu"}, {"kind": "avgpool2d"},
@@ -45,13 +49,22 @@ def test_the_steps_of_every_kind_of_model_compute_its_output(model: dict) -> Non
     assert len(set(names)) == len(names), names
 
 
-def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
+def small_cnn(**model) -> Predictor:
+    """A small CNN trained for an epoch on the bundled MNIST."""
     experiment = ExperimentSpec.model_validate({
-        "dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn", "channels": [8, 16], "hidden": 32}, "epochs": 1,
+        "dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn", "channels": [8, 16], "hidden": 32, **model},
+        "epochs": 1,
     })  # fmt: skip
     [(_, checkpoint)] = fit_bundled(experiment)
-    predictor = Predictor(checkpoint)
-    image = Image.open(REPO / "examples" / "images" / "mnist-val-7.png")
+    return Predictor(checkpoint)
+
+
+SEVEN = REPO / "examples" / "images" / "mnist-val-7.png"
+
+
+def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
+    predictor = small_cnn()
+    image = Image.open(SEVEN)
     pixels, outputs = predictor.layer_outputs(image)
     assert torch.equal(pixels, predictor.pixels(image))
     assert [(o.name, list(o.values.shape)) for o in outputs] == [
@@ -75,3 +88,35 @@ def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
     figure = Image.open(io.BytesIO(render_layer_outputs(pixels, outputs, predictor.class_names, "a 7")))
     fewer = Image.open(io.BytesIO(render_layer_outputs(pixels, outputs[-4:], predictor.class_names, "a 7")))
     assert figure.format == "PNG" and figure.width == fewer.width and figure.height > fewer.height + 500
+
+
+def test_the_saliency_of_a_pixel_is_how_fast_the_class_score_moves_with_it() -> None:
+    # Average pooling: a max-pool has kinks wherever a window ties (MNIST's saturated strokes make many), and there
+    # a finite difference need not meet the gradient that autograd takes.
+    predictor = small_cnn(pool="avg")
+    image = Image.open(SEVEN)
+    # As in a fresh API process, where /predict (under inference mode) is the first to standardise an image.
+    preprocess._stats.cache_clear()
+    [top, *_] = predictor.predict(image)
+    found = predictor.saliency(image)
+    assert found.label == top.label and found.probability == pytest.approx(top.probability, abs=1e-5)
+    assert found.map.shape == (28, 28)
+    # The map is |d score / d pixel|, pixels in [0, 1]: checked by central differences on a float64 copy of the
+    # model at the three most swaying pixels and at one that sways nothing.
+    model = copy.deepcopy(predictor.model).double()
+    unit = found.pixels.double().unsqueeze(0) / 255
+
+    @torch.no_grad()
+    def score(x: torch.Tensor) -> float:
+        return float(model(standardize(x, predictor.preprocess))[0, found.label])
+
+    step, flat = 1e-6, found.map.flatten()
+    for pixel in [*flat.argsort(descending=True)[:3].tolist(), int(flat.argmin())]:
+        nudge = torch.zeros_like(unit)
+        nudge.view(-1)[pixel] = step
+        slope = (score(unit + nudge) - score(unit - nudge)) / (2 * step)
+        assert abs(slope) == pytest.approx(float(flat[pixel]), rel=1e-3, abs=1e-6), pixel
+    other = predictor.saliency(image, label=(found.label + 1) % 10)
+    assert other.label == (found.label + 1) % 10 and not torch.equal(other.map, found.map)
+    figure = Image.open(io.BytesIO(render_saliency(found.pixels, found.map, "a 7")))
+    assert figure.format == "PNG"
