@@ -357,7 +357,8 @@ function imageFigures(id, file) {
   const button = (buttonId, name, text, alt) => h("button", {type: "button", id: buttonId, onclick: async () => {
     const response = await fetch(`/experiments/${id}/${name}.png`, {method: "POST", body: fileForm(file)});
     if (response.ok) {
-      figure.replaceChildren(h("img", {id: name, class: "figure wide", src: URL.createObjectURL(await response.blob()), alt}));
+      figure.replaceChildren(h("img", {id: name, class: "figure wide", src: URL.createObjectURL(await response.blob()), alt,
+        onload: (ev) => URL.revokeObjectURL(ev.target.src)}));  // drawn: the blob is no longer needed
     } else {
       const body = await response.json().catch(() => null);
       figure.replaceChildren(h("p", {class: "error"}, describe(body?.detail) || response.statusText));
