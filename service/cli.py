@@ -28,7 +28,7 @@ from rich.text import Text
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric, compact, difference_rows
 from service.errors import InvalidInput
-from service.schemas import ExperimentPublic, RowPredictions, Status
+from service.schemas import Confusion, ExperimentPublic, RowPredictions, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
 from service.tables import csv_rows
@@ -548,7 +548,11 @@ def confusion(
     url: Url = DEFAULT_URL,
 ) -> None:
     """A classifier's confusion matrix on the validation split (rows: true class), with each class's accuracy."""
-    found = _call(url, lambda c: c.confusion(experiment_id, epoch=epoch))
+    def ask(client: Client) -> tuple[Confusion, bool]:
+        dataset = _dataset_or_none(client, client.get(experiment_id).spec.dataset.name)
+        return client.confusion(experiment_id, epoch=epoch), dataset is not None and dataset["features"] is None
+
+    found, images = _call(url, ask)
     counts = (Column(name, justify="right") for name in found.class_names)
     table = Table("true \\ predicted", *counts, Column("accuracy", justify="right"),
                   title=f"#{experiment_id}, epoch {found.epoch}: validation accuracy {found.accuracy:.4f}")  # fmt: skip
@@ -556,7 +560,7 @@ def confusion(
         table.add_row(name, *map(str, row), _fmt(accuracy))
     out.print(table)
     cells = [(n, i, j) for i, row in enumerate(found.matrix) for j, n in enumerate(row) if i != j and n]
-    if cells:
+    if cells and images:  # a table's classifier has no images of its mistakes to show
         n, true, predicted = max(cells)
         names = found.class_names
         out.print(f"most often mistaken: {names[true]} for {names[predicted]} ({n} times); to see them: trainlab "

@@ -298,3 +298,13 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def run_cli(*args: str, url: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    """The `trainlab` command against the API at `url`, as a user runs it. Captured, as in a pipe: rows stay one
+    line however long (no COLUMNS: not the terminal's width)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, "TRAINLAB_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip

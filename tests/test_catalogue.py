@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from service.specs import ExperimentSpec
-from tests.conftest import REPO, deployment, wait_for_status
+from tests.conftest import REPO, deployment, run_cli, wait_for_status
 from tests.datafiles import CIFAR_MINI, SHARED, diabetes_csv, png_bytes, zip_entries, zip_folder
 from worker import datasets
 from worker.datasets import load_dataset, read_cifar_batch
@@ -386,6 +386,9 @@ def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(t
         for figure in ("activations.png", "saliency.png"):
             refused = client.post(f"/experiments/{run['id']}/{figure}", files={"file": digit})
             assert refused.status_code == 409 and "learned from a table" in refused.text, refused.text
+        confusion = run_cli("confusion", str(run["id"]), url=dep.url, cwd=tmp_path)  # no mistakes to point at
+        assert confusion.returncode == 0 and "more" in confusion.stdout, confusion.stderr
+        assert "trainlab mistakes" not in confusion.stdout, confusion.stdout
 
 
 def test_a_table_uploaded_before_ranges_were_kept_keeps_its_names_and_warns_of_nothing() -> None:

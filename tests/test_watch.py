@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from service.client import Client, Event, _parse_sse
 from service.specs import DatasetSpec
-from tests.conftest import REPO, deployment, free_port, tiny_spec, wait_for_status
+from tests.conftest import REPO, deployment, free_port, run_cli, tiny_spec, wait_for_status
 from tests.datafiles import CIFAR_MINI, diabetes_csv
 from worker.datasets import load_dataset
 
@@ -143,15 +142,6 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
         assert client.get("/experiments/999/tensorboard.zip").status_code == 404
 
 
-def _cli(*args: str, url: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    # Captured, as in a pipe: rows stay one line however long (no COLUMNS: not the terminal's width).
-    env = {**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, "TRAINLAB_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-
-
 def test_cli_compare_shows_lists_that_differ_item_by_item() -> None:
     """Two CNNs that differ in layer order show the swapped layers, not two long lists."""
     from service.compare import difference_rows
@@ -189,43 +179,43 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text("name: from yaml\ndataset: {name: mnist-10k}\nmodel: {kind: mlp, hidden: [64]}\nepochs: 2\n")
     # Nothing listening: exit code 3, and the message says so.
-    down = _cli("list", url=f"http://127.0.0.1:{free_port()}", cwd=REPO)
+    down = run_cli("list", url=f"http://127.0.0.1:{free_port()}", cwd=REPO)
     assert down.returncode == 3 and "no trainlab server" in down.stderr
     with deployment(tmp_path, db_url, workers=1) as dep:
-        watched = _cli("submit", str(spec_file), "--watch", url=dep.url, cwd=REPO)
+        watched = run_cli("submit", str(spec_file), "--watch", url=dep.url, cwd=REPO)
         assert watched.returncode == 0, watched.stdout + watched.stderr
         assert "experiment 1 queued" in watched.stdout and "succeeded" in watched.stdout
         assert "epoch 2/2 " in watched.stdout and "val acc" in watched.stdout
 
-        listed = _cli("list", url=dep.url, cwd=REPO)
+        listed = run_cli("list", url=dep.url, cwd=REPO)
         assert listed.returncode == 0 and "from yaml" in listed.stdout and "succeeded" in listed.stdout
-        shown = _cli("show", "1", url=dep.url, cwd=REPO)
+        shown = run_cli("show", "1", url=dep.url, cwd=REPO)
         assert shown.returncode == 0 and '"kind": "mlp"' in shown.stdout
-        predicted = _cli("predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO)
+        predicted = run_cli("predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO)
         assert predicted.returncode == 0 and predicted.stdout.startswith("7 "), predicted.stdout
         assert "warning" not in predicted.stderr, predicted.stderr
         seven = Image.open(REPO / "examples" / "images" / "mnist-val-7.png").convert("L")
         ImageOps.invert(seven).save(tmp_path / "i.png")  # dark on light, where MNIST's digits are light on dark
-        inverted = _cli("predict", "1", str(tmp_path / "i.png"), url=dep.url, cwd=REPO)
+        inverted = run_cli("predict", "1", str(tmp_path / "i.png"), url=dep.url, cwd=REPO)
         assert inverted.returncode == 0 and "warning: mean brightness = 0.9" in inverted.stderr, inverted.stderr
-        confusion = _cli("confusion", "1", url=dep.url, cwd=REPO)
+        confusion = run_cli("confusion", "1", url=dep.url, cwd=REPO)
         matrix = [row for row in _table_rows(confusion.stdout) if len(row) == 12 and row[0].isdigit()]
         assert confusion.returncode == 0 and "validation accuracy" in confusion.stdout, confusion.stderr
         assert len(matrix) == 10 and sum(int(n) for row in matrix for n in row[1:11]) == 2000  # mnist-10k's val
         hint = re.search(r"to see them: trainlab (mistakes 1 --true \d --predicted \d)", confusion.stdout)
         assert hint is not None, confusion.stdout
-        shown = _cli(*hint.group(1).split(), "-o", str(tmp_path / "m.png"), url=dep.url, cwd=REPO)
+        shown = run_cli(*hint.group(1).split(), "-o", str(tmp_path / "m.png"), url=dep.url, cwd=REPO)
         assert shown.returncode == 0 and Image.open(tmp_path / "m.png").format == "PNG", shown.stderr
-        wrong = _cli("mistakes", "1", "--true", "10", url=dep.url, cwd=tmp_path)
+        wrong = run_cli("mistakes", "1", "--true", "10", url=dep.url, cwd=tmp_path)
         assert wrong.returncode != 0 and "true=10 is no class of this model" in wrong.stderr, wrong.stderr
-        curves = _cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
+        curves = run_cli("curves", "1", "-o", str(tmp_path / "c.png"), url=dep.url, cwd=REPO)
         assert curves.returncode == 0 and Image.open(tmp_path / "c.png").format == "PNG"
-        layers = _cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
+        layers = run_cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
         assert layers.returncode == 0 and Image.open(tmp_path / "activations.png").format == "PNG", layers.stderr
-        assert _cli("activations", "1", str(tmp_path / "none.png"), url=dep.url, cwd=tmp_path).returncode == 2
-        salient = _cli("saliency", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
+        assert run_cli("activations", "1", str(tmp_path / "none.png"), url=dep.url, cwd=tmp_path).returncode == 2
+        salient = run_cli("saliency", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
         assert salient.returncode == 0 and Image.open(tmp_path / "saliency.png").format == "PNG", salient.stderr
-        saved = _cli("checkpoint", "1", "--code", url=dep.url, cwd=tmp_path)  # named after the best epoch
+        saved = run_cli("checkpoint", "1", "--code", url=dep.url, cwd=tmp_path)  # named after the best epoch
         with Client(dep.url) as sdk:
             best = sdk.get(1).best.epoch
         assert saved.returncode == 0 and f"wrote experiment-1-epoch-{best}.pt" in saved.stdout, saved.stdout
@@ -240,15 +230,15 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert script.returncode == 0 and script.stdout.startswith("7\t"), script.stdout + script.stderr
         missing = httpx.get(f"{dep.url}/experiments/99/model.py", timeout=30)
         assert missing.status_code == 404 and "experiment 99" in missing.text, missing.text
-        unwritable = _cli("checkpoint", "1", "-o", str(tmp_path / "no" / "such.pt"), url=dep.url, cwd=tmp_path)
+        unwritable = run_cli("checkpoint", "1", "-o", str(tmp_path / "no" / "such.pt"), url=dep.url, cwd=tmp_path)
         assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr, unwritable.stderr
-        assert "mnist-10k" in _cli("datasets", url=dep.url, cwd=REPO).stdout
+        assert "mnist-10k" in run_cli("datasets", url=dep.url, cwd=REPO).stdout
 
         sweep_file = tmp_path / "sweep.yaml"
         sweep_file.write_text("name: two lrs\nbase: {dataset: {name: digits}, model: {kind: mlp, hidden: [32]}, "
                               "epochs: 3, augment: [{kind: vflip}]}\ngrid: {optimizer.lr: [0.5]}\n")  # fmt: skip
         overrides = ("-s", "base.epochs=2", "-s", "grid.optimizer.lr=[0.00001, 0.01]")  # a grid key has dots
-        swept = _cli("sweep", str(sweep_file), *overrides, "--watch", url=dep.url, cwd=REPO)
+        swept = run_cli("sweep", str(sweep_file), *overrides, "--watch", url=dep.url, cwd=REPO)
         assert swept.returncode == 0, swept.stdout + swept.stderr
         assert "sweep 1 queued: two lrs, 2 trials (experiments 2, 3)" in swept.stdout
         assert "warning: optimizer.lr=1e-05: augment[0] (vflip): digits holds digits" in swept.stderr, swept.stderr
@@ -256,19 +246,19 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert len(ranked) == 2 and "0.01 " in ranked[0] and "1e-05" in ranked[1], swept.stdout  # best first
         with Client(dep.url) as sdk:
             assert sdk.sweep(1).request.base.epochs == 2
-        assert "2/2 finished" in _cli("sweeps", url=dep.url, cwd=REPO).stdout
-        assert _cli("sweeps", "1", url=dep.url, cwd=REPO).stdout.count("succeeded") == 2
-        assert "2 of 2" in _cli("list", "--sweep", "1", url=dep.url, cwd=REPO).stdout
-        mine = _cli("list", "--name", "YAML", "--dataset", "mnist-10k", url=dep.url, cwd=REPO).stdout
+        assert "2/2 finished" in run_cli("sweeps", url=dep.url, cwd=REPO).stdout
+        assert run_cli("sweeps", "1", url=dep.url, cwd=REPO).stdout.count("succeeded") == 2
+        assert "2 of 2" in run_cli("list", "--sweep", "1", url=dep.url, cwd=REPO).stdout
+        mine = run_cli("list", "--name", "YAML", "--dataset", "mnist-10k", url=dep.url, cwd=REPO).stdout
         assert "from yaml" in mine and "1 of 1" in mine, mine
-        edited = _cli("edit", "1", "--tag", "yaml", "-t", "mlp", "--notes", "first try", url=dep.url, cwd=REPO)
+        edited = run_cli("edit", "1", "--tag", "yaml", "-t", "mlp", "--notes", "first try", url=dep.url, cwd=REPO)
         assert edited.returncode == 0 and "experiment 1: from yaml [mlp yaml]" in edited.stdout, edited.stdout
-        assert "[yaml]" in _cli("edit", "1", "--untag", "mlp", url=dep.url, cwd=REPO).stdout
-        tagged = _cli("list", "--tag", "yaml", url=dep.url, cwd=REPO).stdout
+        assert "[yaml]" in run_cli("edit", "1", "--untag", "mlp", url=dep.url, cwd=REPO).stdout
+        tagged = run_cli("list", "--tag", "yaml", url=dep.url, cwd=REPO).stdout
         assert "from yaml" in tagged and "1 of 1" in tagged, tagged
-        shown = _cli("show", "1", url=dep.url, cwd=REPO).stdout
+        shown = run_cli("show", "1", url=dep.url, cwd=REPO).stdout
         assert "tags: yaml" in shown and "first try" in shown, shown
-        nothing = _cli("edit", "1", url=dep.url, cwd=REPO)
+        nothing = run_cli("edit", "1", url=dep.url, cwd=REPO)
         assert nothing.returncode == 2 and "nothing to change" in nothing.stderr, nothing.stderr
         with Client(dep.url) as sdk:
             assert sdk.update(1, notes="", tags=["yaml", "mnist"]).tags == ["mnist", "yaml"]
@@ -277,71 +267,71 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
 
         # --set changes the file's spec; a name with rich's markup in it is printed as it is.
         named = "lr [0.01] [/] [red]"
-        tweaked = _cli("submit", str(spec_file), "--set", "optimizer.lr=0.01", "-s", "epochs=1", "-s", f"name={named}",
+        tweaked = run_cli("submit", str(spec_file), "--set", "optimizer.lr=0.01", "-s", "epochs=1", "-s", f"name={named}",
                        "--watch", url=dep.url, cwd=REPO)  # fmt: skip
         assert tweaked.returncode == 0, tweaked.stdout + tweaked.stderr
         assert f"experiment 4 queued: {named}" in tweaked.stdout
         with Client(dep.url) as sdk:
             spec = sdk.get(4).spec
         assert (spec.name, spec.optimizer.kind, spec.optimizer.lr, spec.epochs) == (named, "adam", 0.01, 1)
-        assert named in _cli("list", url=dep.url, cwd=REPO).stdout
-        assert named in _cli("show", "4", url=dep.url, cwd=REPO).stdout
-        compared = _cli("compare", "1", "4", url=dep.url, cwd=REPO)
+        assert named in run_cli("list", url=dep.url, cwd=REPO).stdout
+        assert named in run_cli("show", "4", url=dep.url, cwd=REPO).stdout
+        compared = run_cli("compare", "1", "4", url=dep.url, cwd=REPO)
         assert compared.returncode == 0, compared.stderr
         assert {("optimizer.lr", "0.001", "0.01"), ("epochs", "2", "1")} <= _table_rows(compared.stdout)
-        assert _cli("compare", "1", "4", "--metric", "val_r2", url=dep.url, cwd=REPO).returncode == 2
-        rerun = _cli("rerun", "4", "--watch", url=dep.url, cwd=REPO)
+        assert run_cli("compare", "1", "4", "--metric", "val_r2", url=dep.url, cwd=REPO).returncode == 2
+        rerun = run_cli("rerun", "4", "--watch", url=dep.url, cwd=REPO)
         assert rerun.returncode == 0 and f"experiment 5 queued: {named} (a rerun of 4)" in rerun.stdout, rerun.stderr
 
         # validate: the layers' shapes, nothing queued.
         cnn = REPO / "examples" / "cnn-relu-then-pool.json"
-        validated = _cli("validate", str(cnn), "-s", "dataset.name=mnist-10k", url=dep.url, cwd=REPO)
+        validated = run_cli("validate", str(cnn), "-s", "dataset.name=mnist-10k", url=dep.url, cwd=REPO)
         assert validated.returncode == 0, validated.stderr
         assert {("2", "maxpool2d", "32x14x14", "0"), ("9", "linear", "10", "1,290")} <= _table_rows(validated.stdout)
         assert "421,642 parameters" in validated.stdout
-        wide = _cli("validate", str(cnn), "-s", "model.layers.2.kernel_size=1", url=dep.url, cwd=REPO)
+        wide = run_cli("validate", str(cnn), "-s", "model.layers.2.kernel_size=1", url=dep.url, cwd=REPO)
         assert wide.returncode == 0 and "32x28x28" in wide.stdout  # a 1x1 pool keeps the size
-        no_layer = _cli("validate", str(cnn), "-s", "model.layers.10.kind=relu", url=dep.url, cwd=REPO)
+        no_layer = run_cli("validate", str(cnn), "-s", "model.layers.10.kind=relu", url=dep.url, cwd=REPO)
         assert no_layer.returncode == 2 and "model.layers holds no '10'" in no_layer.stderr
-        assert _cli("validate", str(cnn), "-s", "epochs", url=dep.url, cwd=REPO).returncode == 2
-        assert _cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
+        assert run_cli("validate", str(cnn), "-s", "epochs", url=dep.url, cwd=REPO).returncode == 2
+        assert run_cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
         # No file: --set builds the spec from nothing; "-" reads it, JSON or YAML, from standard input.
-        built = _cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", "--code", url=dep.url, cwd=REPO)
+        built = run_cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", "--code", url=dep.url, cwd=REPO)
         assert built.returncode == 0 and "linear" in built.stdout, built.stdout + built.stderr
         assert "nn.Linear(in_features=64, out_features=256)," in built.stdout, built.stdout
         as_json = json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}}, indent="\t")
         for text in (spec_file.read_text(), as_json):
-            piped = _cli("validate", "-", "-s", "model.hidden=[8]", url=dep.url, cwd=REPO, stdin=text)
+            piped = run_cli("validate", "-", "-s", "model.hidden=[8]", url=dep.url, cwd=REPO, stdin=text)
             assert piped.returncode == 0 and "6,370 parameters, 6,370 trainable" in piped.stdout, piped.stderr
             assert (  # parts under a MiB in KiB, not "0 MiB"
                 "about 38 MiB at batch size 64 (weights 25 KiB, gradients 25 KiB, optimizer state 50 KiB, "
                 "activations 590 KiB, data 37 MiB)" in piped.stdout
             )
-        nothing = _cli("submit", url=dep.url, cwd=REPO)
+        nothing = run_cli("submit", url=dep.url, cwd=REPO)
         assert nothing.returncode == 2 and "--set dataset.name=" in nothing.stderr, nothing.stderr
-        garbled = _cli("validate", "-", url=dep.url, cwd=REPO, stdin="{not: [closed")
+        garbled = run_cli("validate", "-", url=dep.url, cwd=REPO, stdin="{not: [closed")
         assert garbled.returncode == 2 and "standard input is not valid" in garbled.stderr, garbled.stderr
         with Client(dep.url) as sdk:
             assert sdk.list().total == 5  # validate queued nothing
 
         # upload: a folder in ImageFolder layout is zipped on the way (its README left out); a CSV names its target.
-        uploaded = _cli("upload", "cifar-mini", str(CIFAR_MINI), url=dep.url, cwd=REPO)
+        uploaded = run_cli("upload", "cifar-mini", str(CIFAR_MINI), url=dep.url, cwd=REPO)
         assert uploaded.returncode == 0, uploaded.stderr
         assert ("cat", "200", "50") in _table_rows(uploaded.stdout)
-        assert ("cat", "200", "50") in _table_rows(_cli("datasets", "cifar-mini", url=dep.url, cwd=REPO).stdout)
-        no_layout = _cli("upload", "shared", str(CIFAR_MINI.parent), url=dep.url, cwd=REPO)
+        assert ("cat", "200", "50") in _table_rows(run_cli("datasets", "cifar-mini", url=dep.url, cwd=REPO).stdout)
+        no_layout = run_cli("upload", "shared", str(CIFAR_MINI.parent), url=dep.url, cwd=REPO)
         assert no_layout.returncode == 2 and "has no train/ folder" in no_layout.stderr
         table = tmp_path / "kinds.csv"
         table.write_text("a,b,kind\n1,2,x\n3,4,y\n5,6,x\n")
-        as_regression = _cli("upload", "kinds", str(table), "--target", "kind", url=dep.url, cwd=REPO)
+        as_regression = run_cli("upload", "kinds", str(table), "--target", "kind", url=dep.url, cwd=REPO)
         assert as_regression.returncode == 4 and "pass task=classification" in as_regression.stderr
-        as_classes = _cli("upload", "kinds", str(table), "--target", "kind", "--task", "classification",
+        as_classes = run_cli("upload", "kinds", str(table), "--target", "kind", "--task", "classification",
                           url=dep.url, cwd=REPO)  # fmt: skip
         assert as_classes.returncode == 0 and "features: a, b\nclasses: x, y" in as_classes.stdout, as_classes.stderr
 
         # predict a CSV's rows with a model trained on a table: a header picks the features by name, in any order.
         regression = REPO / "examples" / "diabetes-linear-regression.json"
-        trained = _cli("submit", str(regression), "-s", "epochs=2", "--watch", url=dep.url, cwd=REPO)
+        trained = run_cli("submit", str(regression), "-s", "epochs=2", "--watch", url=dep.url, cwd=REPO)
         assert trained.returncode == 0, trained.stdout + trained.stderr
         linear = re.search(r"experiment (\d+) queued", trained.stdout).group(1)
         header, *rows = [line.split(",") for line in diabetes_csv().decode().splitlines()[:4]]
@@ -354,30 +344,30 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         with Client(dep.url) as sdk:
             expected = sdk.predict_rows(int(linear), [[float(v) for v in r[:10]] for r in rows]).values
         for name in ("named.csv", "bare.csv", "semicolons.csv"):
-            predicted = _cli("predict", linear, str(tmp_path / name), url=dep.url, cwd=REPO)
+            predicted = run_cli("predict", linear, str(tmp_path / name), url=dep.url, cwd=REPO)
             assert predicted.returncode == 0, predicted.stderr
             wanted = {(str(i), f"{value:.4g}") for i, value in enumerate(expected, 1)}
             assert wanted <= _table_rows(predicted.stdout), (name, predicted.stdout)
-        described = _cli("datasets", "diabetes", url=dep.url, cwd=REPO).stdout
+        described = run_cli("datasets", "diabetes", url=dep.url, cwd=REPO).stdout
         assert f"features: {', '.join(header[:10])}\ntarget: progression" in described, described
         assert ("bmi", "26.38", "18", "42.2") in _table_rows(described), described  # each feature's mean and range
-        no_bmi = _cli("predict", linear, str(tmp_path / "no-bmi.csv"), url=dep.url, cwd=REPO)
+        no_bmi = run_cli("predict", linear, str(tmp_path / "no-bmi.csv"), url=dep.url, cwd=REPO)
         assert no_bmi.returncode == 2 and "lacks the model's features bmi" in no_bmi.stderr
         # A row scaled as scikit-learn's copy of the table has it is answered, and pointed out by its row number.
         scaled = "0.0381,0.0507,0.0617,0.0219,-0.0442,-0.0348,-0.0434,-0.0026,0.0199,-0.0176"
         (tmp_path / "scaled.csv").write_text("\n".join([",".join(header[:10]), ",".join(rows[0][:10]), scaled]))
-        warned = _cli("predict", linear, str(tmp_path / "scaled.csv"), url=dep.url, cwd=REPO)
+        warned = run_cli("predict", linear, str(tmp_path / "scaled.csv"), url=dep.url, cwd=REPO)
         assert warned.returncode == 0 and "row 1:" not in warned.stderr, warned.stderr
         assert "warning: row 2: age = 0.0381 (learnt from 19 to 79), sex = 0.0507" in warned.stderr, warned.stderr
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}, "epochs": 0}))
-        refused = _cli("submit", str(bad), url=dep.url, cwd=REPO)
+        refused = run_cli("submit", str(bad), url=dep.url, cwd=REPO)
         assert refused.returncode == 4 and "body.epochs" in refused.stderr
-        unreadable = _cli("submit", str(tmp_path / "missing.json"), url=dep.url, cwd=REPO)
+        unreadable = run_cli("submit", str(tmp_path / "missing.json"), url=dep.url, cwd=REPO)
         assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr
-        assert _cli("cancel", "1", url=dep.url, cwd=REPO).returncode == 4  # finished already: 409
-        deleted = _cli("delete", "1", url=dep.url, cwd=REPO)
+        assert run_cli("cancel", "1", url=dep.url, cwd=REPO).returncode == 4  # finished already: 409
+        deleted = run_cli("delete", "1", url=dep.url, cwd=REPO)
         assert deleted.returncode == 0 and "experiment 1: deleted" in deleted.stdout
-        gone = _cli("show", "1", url=dep.url, cwd=REPO)
+        gone = run_cli("show", "1", url=dep.url, cwd=REPO)
         assert gone.returncode == 4 and "experiment 1 not found" in gone.stderr
