@@ -558,6 +558,7 @@ def confusion(
                   title=f"#{experiment_id}, epoch {found.epoch}: validation accuracy {found.accuracy:.4f}")  # fmt: skip
     for name, row, accuracy in zip(found.class_names, found.matrix, found.per_class_accuracy, strict=True):
         table.add_row(name, *map(str, row), _fmt(accuracy))
+    table.add_row("precision", *map(_fmt, found.per_class_precision), "", style="dim")
     out.print(table)
     cells = [(n, i, j) for i, row in enumerate(found.matrix) for j, n in enumerate(row) if i != j and n]
     if cells and images:  # a table's classifier has no images of its mistakes to show

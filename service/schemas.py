@@ -142,7 +142,10 @@ class Confusion(BaseModel):
     epoch: int
     class_names: list[str]
     matrix: list[list[int]]  # rows: true class, columns: predicted class
+    # Of each class's images, the share classified right (its recall); null where the split has none of it.
     per_class_accuracy: list[float | None]
+    # Of the images classified as each class, the share that were of it; null where none was classified so.
+    per_class_precision: list[float | None]
     accuracy: float
 
 

@@ -119,6 +119,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         confusion = http.get("/experiments/1/confusion").json()
         assert accuracies == pytest.approx(confusion["per_class_accuracy"], abs=5e-4), accuracies
         assert len(accuracies) == 10
+        precisions = page.locator("#confusion td.class-precision").all_inner_texts()  # a row under the columns
+        assert [None if p == "–" else float(p) for p in precisions] == pytest.approx(
+            confusion["per_class_precision"], abs=5e-4
+        ), precisions
         # Each count of mistakes opens those images; the diagonal's counts do not.
         cells = [(i, j) for i, row in enumerate(confusion["matrix"]) for j, n in enumerate(row) if i != j and n]
         assert page.locator("#confusion td.mistakes").count() == len(cells) > 0, cells

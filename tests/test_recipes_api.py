@@ -121,6 +121,8 @@ def test_confusion_and_misclassified(service) -> None:
     assert confusion["epoch"] == experiment["best"]["epoch"]
     for i, accuracy in enumerate(confusion["per_class_accuracy"]):
         assert accuracy == pytest.approx(float(matrix[i, i] / matrix[i].sum()))
+    for j, precision in enumerate(confusion["per_class_precision"]):  # by columns: of those called j, the true js
+        assert precision == (pytest.approx(float(matrix[j, j] / matrix[:, j].sum())) if matrix[:, j].sum() else None)
     everything = assert_png(client.get(f"/experiments/{experiment['id']}/misclassified.png", params={"limit": 8}))
     assert client.get("/experiments/999/confusion").status_code == 404
     # One cell of mistakes (the dashboard's confusion matrix links each): its images alone.

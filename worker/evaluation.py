@@ -45,9 +45,17 @@ class Evaluation:
         return torch.bincount(self.labels * k + self.predicted, minlength=k * k).view(k, k)
 
     def per_class_accuracy(self) -> list[float | None]:
-        matrix = self.confusion()
+        """Each class's share of its examples classified right (recall), by the confusion matrix's rows."""
+        return self._diagonal_share(self.confusion())
+
+    def per_class_precision(self) -> list[float | None]:
+        """Of the examples classified as each class, the share that were of it, by the matrix's columns."""
+        return self._diagonal_share(self.confusion().T)
+
+    @staticmethod
+    def _diagonal_share(matrix: torch.Tensor) -> list[float | None]:
         totals = matrix.sum(dim=1)
-        return [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(self.class_names))]
+        return [float(matrix[i, i] / totals[i]) if totals[i] else None for i in range(len(matrix))]
 
     def worst_errors(self, limit: int, true: int | None = None, predicted: int | None = None) -> list[int]:
         """Indices of misclassified examples, most confidently wrong first; only those of class `true`, and only

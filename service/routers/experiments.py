@@ -331,13 +331,15 @@ def get_confusion(
     experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, evaluations: EvaluationsDep,
     predictors: PredictorsDep, epoch: Epoch | None = None,
 ):  # fmt: skip
-    """The confusion matrix and per-class accuracy on the validation split, for the best (or a kept) epoch."""
+    """The confusion matrix, each class's accuracy (recall) and precision on the validation split, for the best (or
+    a kept) epoch."""
     evaluation = _evaluate(experiment_id, epoch, store, settings, evaluations, predictors)
     return Confusion(
         epoch=evaluation.epoch,
         class_names=list(evaluation.class_names),
         matrix=evaluation.confusion().tolist(),
         per_class_accuracy=evaluation.per_class_accuracy(),
+        per_class_precision=evaluation.per_class_precision(),
         accuracy=evaluation.accuracy,
     )
 

@@ -280,7 +280,9 @@ async function showExtras(box, e, dataset) {
             ? h("td", {style, class: "mistakes", "data-true": i, "data-predicted": j, onclick: () => show(i, j),
               title: `${n} ${c.class_names[i]} taken for ${c.class_names[j]}: click to see them`}, n)
             : h("td", {style}, n);
-        }), h("td", {class: "class-accuracy"}, fmt(c.per_class_accuracy[i], 3))))),
+        }), h("td", {class: "class-accuracy"}, fmt(c.per_class_accuracy[i], 3)))),
+        h("tr", {title: "of the images classified as each class, the share that were of it"}, h("th", {}, "precision"),
+          c.per_class_precision.map((v) => h("td", {class: "class-precision"}, fmt(v, 3))), h("td", {}))),
       ...(images ? [mistakes, h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes"))] : []));
   }
   if (e.spec.task === "regression" && e.best) {
