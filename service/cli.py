@@ -547,7 +547,9 @@ def confusion(
     epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
     url: Url = DEFAULT_URL,
 ) -> None:
-    """A classifier's confusion matrix on the validation split (rows: true class), with each class's accuracy."""
+    """A classifier's confusion matrix on the validation split (rows: true class), with each class's accuracy and
+    precision."""
+
     def ask(client: Client) -> tuple[Confusion, bool]:
         dataset = _dataset_or_none(client, client.get(experiment_id).spec.dataset.name)
         return client.confusion(experiment_id, epoch=epoch), dataset is not None and dataset["features"] is None
@@ -566,6 +568,18 @@ def confusion(
         names = found.class_names
         out.print(f"most often mistaken: {names[true]} for {names[predicted]} ({n} times); to see them: trainlab "
                   f"mistakes {experiment_id} --true {true} --predicted {predicted}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def weights(
+    experiment_id: int,
+    epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("weights.png"),
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Save the weights of the model's first layer as images (a conv net's filters; a linear model's, one a class)."""
+    _write(output, _call(url, lambda c: c.weights(experiment_id, epoch=epoch)))
+    out.print(f"wrote {output}")
 
 
 @app.command()

@@ -191,6 +191,11 @@ class Client:
         """The loss and metric curves as a PNG."""
         return self._request("GET", f"/experiments/{experiment_id}/curves.png").content
 
+    def weights(self, experiment_id: int, *, epoch: int | None = None) -> bytes:
+        """A PNG of the weights of the model's first layer that sees the pixels: its filters or units, as images."""
+        params = {} if epoch is None else {"epoch": epoch}
+        return self._request("GET", f"/experiments/{experiment_id}/weights.png", params=params).content
+
     def mistakes(
         self, experiment_id: int, *, true: int | None = None, predicted: int | None = None, epoch: int | None = None
     ) -> bytes:

@@ -296,3 +296,11 @@ def render_saliency(pixels: torch.Tensor, saliency: torch.Tensor, title: str) ->
             ax.imshow(heat, cmap="inferno", alpha=0.6 if name == "both" else 1.0, vmin=0, vmax=1)
     figure.suptitle(f"{title}\nbrighter: a small change of that pixel moves the class's score more (|gradient|)")
     return _png(figure)
+
+
+def render_weights(weights: torch.Tensor, captions: Sequence[str], title: str, columns: int = 8) -> bytes:
+    """(N, C, H, W) weights as images, each on its own scale: mid-grey 0, lighter positive, darker negative (per
+    colour channel for RGB filters)."""
+    scale = weights.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    images = (127.5 + 127.5 * weights / scale).round().clamp(0, 255).to(torch.uint8)
+    return render_gallery(images, captions, f"{title}\nmid-grey 0, lighter positive, darker negative", columns)

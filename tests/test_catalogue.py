@@ -386,6 +386,8 @@ def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(t
         for figure in ("activations.png", "saliency.png"):
             refused = client.post(f"/experiments/{run['id']}/{figure}", files={"file": digit})
             assert refused.status_code == 409 and "learned from a table" in refused.text, refused.text
+        weights = client.get(f"/experiments/{run['id']}/weights.png")
+        assert weights.status_code == 409 and "learned from a table" in weights.text, weights.text
         confusion = run_cli("confusion", str(run["id"]), url=dep.url, cwd=tmp_path)  # no mistakes to point at
         assert confusion.returncode == 0 and "more" in confusion.stdout, confusion.stderr
         assert "trainlab mistakes" not in confusion.stdout, confusion.stdout

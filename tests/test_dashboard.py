@@ -123,6 +123,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         assert [None if p == "–" else float(p) for p in precisions] == pytest.approx(
             confusion["per_class_precision"], abs=5e-4
         ), precisions
+        page.wait_for_function("document.getElementById('weights')?.naturalWidth > 0")  # its conv filters
         # Each count of mistakes opens those images; the diagonal's counts do not.
         cells = [(i, j) for i, row in enumerate(confusion["matrix"]) for j, n in enumerate(row) if i != j and n]
         assert page.locator("#confusion td.mistakes").count() == len(cells) > 0, cells

@@ -14,7 +14,7 @@ from PIL import Image
 from service.figures import render_layer_outputs, render_saliency, shown_channels
 from service.specs import ExperimentSpec
 from tests.conftest import REPO, fit_bundled
-from worker.inference import Predictor
+from worker.inference import NoPixelWeights, Predictor
 from worker.models import create_model, stages
 from worker import preprocess
 from worker.preprocess import standardize
@@ -49,12 +49,10 @@ def test_the_steps_of_every_kind_of_model_compute_its_output(model: dict) -> Non
     assert len(set(names)) == len(names), names
 
 
-def small_cnn(**model) -> Predictor:
-    """A small CNN trained for an epoch on the bundled MNIST."""
-    experiment = ExperimentSpec.model_validate({
-        "dataset": {"name": "mnist-10k"}, "model": {"kind": "cnn", "channels": [8, 16], "hidden": 32, **model},
-        "epochs": 1,
-    })  # fmt: skip
+def trained(**model) -> Predictor:
+    """A model (by default a small CNN) trained for an epoch on the bundled MNIST."""
+    model = model if "kind" in model else {"kind": "cnn", "channels": [8, 16], "hidden": 32, **model}
+    experiment = ExperimentSpec.model_validate({"dataset": {"name": "mnist-10k"}, "model": model, "epochs": 1})
     [(_, checkpoint)] = fit_bundled(experiment)
     return Predictor(checkpoint)
 
@@ -63,7 +61,7 @@ SEVEN = REPO / "examples" / "images" / "mnist-val-7.png"
 
 
 def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
-    predictor = small_cnn()
+    predictor = trained()
     image = Image.open(SEVEN)
     pixels, outputs = predictor.layer_outputs(image)
     assert torch.equal(pixels, predictor.pixels(image))
@@ -93,7 +91,7 @@ def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
 def test_the_saliency_of_a_pixel_is_how_fast_the_class_score_moves_with_it() -> None:
     # Average pooling: a max-pool has kinks wherever a window ties (MNIST's saturated strokes make many), and there
     # a finite difference need not meet the gradient that autograd takes.
-    predictor = small_cnn(pool="avg")
+    predictor = trained(pool="avg")
     image = Image.open(SEVEN)
     # As in a fresh API process, where /predict (under inference mode) is the first to standardise an image.
     preprocess._stats.cache_clear()
@@ -120,3 +118,22 @@ def test_the_saliency_of_a_pixel_is_how_fast_the_class_score_moves_with_it() -> 
     assert other.label == (found.label + 1) % 10 and not torch.equal(other.map, found.map)
     figure = Image.open(io.BytesIO(render_saliency(found.pixels, found.map, "a 7")))
     assert figure.format == "PNG"
+
+
+def test_the_first_layer_s_weights_as_images() -> None:
+    cnn = trained().first_layer()
+    assert (cnn.name, cnn.filters, cnn.classes, tuple(cnn.weights.shape)) == ("0 conv2d", True, False, (8, 1, 3, 3))
+    mlp = trained(kind="mlp", hidden=[16]).first_layer()  # a unit a hidden value, shaped as the image
+    assert (mlp.name, mlp.filters, mlp.classes, tuple(mlp.weights.shape)) == ("1 linear", False, False, (16, 1, 28, 28))
+    # A linear model's one layer: an image a class, whose pixels weigh the standardised image's; its score of a
+    # class is that image times the input, summed, plus the bias.
+    linear = trained(kind="linear")
+    first = linear.first_layer()
+    assert (first.filters, first.classes, tuple(first.weights.shape)) == (False, True, (10, 1, 28, 28))
+    pixels = linear.pixels(Image.open(SEVEN))
+    scores = (first.weights * standardize(pixels.float() / 255, linear.preprocess)).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(scores + linear.model[1].bias.detach(), linear.logits(pixels.unsqueeze(0))[0])
+    # A layer with weights that sees pooled values, not the pixels, has no images to show.
+    pooled = trained(kind="sequential", layers=[{"kind": "avgpool2d"}, {"kind": "flatten"}, {"kind": "linear"}])
+    with pytest.raises(NoPixelWeights, match="2 linear, takes 196 values, not the image's 784 pixels"):
+        pooled.first_layer()

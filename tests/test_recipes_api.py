@@ -138,6 +138,7 @@ def test_confusion_and_misclassified(service) -> None:
     png = (REPO / "examples/images/mnist-val-3.png").read_bytes()
     digit = {"content": png, "headers": {"content-type": "image/png"}}
     assert_png(client.post(f"/experiments/{experiment['id']}/activations.png", **digit))
+    assert_png(client.get(f"/experiments/{experiment['id']}/weights.png"))  # the MLP's first units, as 8x8 images
     assert_png(client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 9}, **digit))
     refused = client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 10}, **digit)
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "label"], refused.text

@@ -213,6 +213,8 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         layers = run_cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
         assert layers.returncode == 0 and Image.open(tmp_path / "activations.png").format == "PNG", layers.stderr
         assert run_cli("activations", "1", str(tmp_path / "none.png"), url=dep.url, cwd=tmp_path).returncode == 2
+        drawn = run_cli("weights", "1", url=dep.url, cwd=tmp_path)
+        assert drawn.returncode == 0 and Image.open(tmp_path / "weights.png").format == "PNG", drawn.stderr
         salient = run_cli("saliency", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
         assert salient.returncode == 0 and Image.open(tmp_path / "saliency.png").format == "PNG", salient.stderr
         saved = run_cli("checkpoint", "1", "--code", url=dep.url, cwd=tmp_path)  # named after the best epoch

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from torch import nn
 
 from worker.checkpoints import load_checkpoint
 from worker.models import create_model, stages
@@ -19,6 +21,21 @@ class LayerOutput:
 
     name: str  # "3 relu"
     values: torch.Tensor  # one example's output, fp32 on the CPU: (C, H, W) maps or (F,) values
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """The weights of the first layer that sees an image's pixels, each filter (a conv layer) or unit (a linear layer
+    on the flattened image: a row of its weights, shaped as the image) as an image of its own."""
+
+    name: str  # "0 conv2d", as `worker.models.stages` names it
+    weights: torch.Tensor  # (N, C, H, W) fp32 on the CPU
+    filters: bool  # a conv layer's filters, else a linear layer's units
+    classes: bool  # a linear model's one layer: a unit per class
+
+
+class NoPixelWeights(ValueError):
+    """A model whose first layer with weights does not see the pixels themselves."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,25 @@ class Predictor:
             # A copy: the next step may be an in-place ReLU.
             outputs.append(LayerOutput(name, x[0].float().cpu().contiguous().clone()))
         return pixels, outputs
+
+    def first_layer(self) -> FirstLayer:
+        """The weights of the first conv or linear layer, which must see the image's pixels (NoPixelWeights)."""
+        steps = stages(self.model)
+        for index, (name, step) in enumerate(steps):
+            layers = step.modules() if isinstance(step, nn.Module) else ()
+            layer = next((m for m in layers if isinstance(m, nn.Conv2d | nn.Linear)), None)
+            if layer is None:
+                continue
+            weights = layer.weight.detach().float().cpu().contiguous()
+            if isinstance(layer, nn.Linear):
+                pixels = math.prod(self.preprocess.input_shape)
+                if weights.shape[1] != pixels:
+                    raise NoPixelWeights(f"its first layer with weights, {name}, takes {weights.shape[1]} values, not "
+                                         f"the image's {pixels} pixels")  # fmt: skip
+                weights = weights.view(-1, *self.preprocess.input_shape)
+            linear = isinstance(layer, nn.Linear)
+            return FirstLayer(name, weights, filters=not linear, classes=linear and index == len(steps) - 1)
+        raise NoPixelWeights("it has no conv or linear layer")
 
     def saliency(self, image: Image.Image, label: int | None = None) -> Saliency:
         """Which pixels of `image` sway the score of class `label` (by default the predicted class) most."""

@@ -30,8 +30,9 @@ from service.figures import (
     render_gallery,
     render_image_rows,
     render_predicted_vs_actual,
+    render_weights,
 )
-from service.predictions import load_predictor
+from service.predictions import image_predictor, load_predictor
 from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, ExperimentUpdate, Status, Tag
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
@@ -39,7 +40,7 @@ from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
-from worker.inference import RowOutOfRange
+from worker.inference import NoPixelWeights, RowOutOfRange
 from worker.models import MemoryEstimate, describe_model, meta_model, resolve_layers
 from worker.previews import augmentation_samples
 
@@ -371,6 +372,31 @@ def get_misclassified(
                       if label is not None)  # fmt: skip
     title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors{', ' if which else ''}{which}"
     return png_response(render_gallery(evaluation.split.images[worst], captions, title))
+
+
+# The filters or units of a first layer drawn at most; a layer has up to 4,096.
+MAX_WEIGHT_IMAGES = 64
+
+
+@router.get("/{experiment_id}/weights.png", response_class=Response, responses=PNG_RESPONSE)
+def get_weights(
+    experiment_id: ExperimentId, store: StoreDep, predictors: PredictorsDep, epoch: Epoch | None = None
+):  # fmt: skip
+    """The weights of the model's first layer that sees the pixels, as images: a conv layer's filters, or a linear
+    layer's units (a linear model's: one a class, what pushes the image towards it), the first 64."""
+    predictor = image_predictor(experiment_id, epoch, store, predictors)
+    try:
+        first = predictor.first_layer()
+    except NoPixelWeights as exc:
+        raise Conflict(f"experiment {experiment_id} has no weights to show as images: {exc}") from None
+    weights = first.weights[:MAX_WEIGHT_IMAGES]
+    what = "filters" if first.filters else "units"
+    captions = list(predictor.class_names) if first.classes else [f"{i}" for i in range(len(weights))]
+    shape = "x".join(map(str, first.weights.shape[1:]))
+    cut = f" (the first {len(weights)})" if len(weights) < len(first.weights) else ""
+    which = " (one a class)" if first.classes else cut
+    title = f"#{experiment_id} epoch {predictor.epoch}: {first.name}, {len(first.weights)} {what} of {shape}{which}"
+    return png_response(render_weights(weights, captions, title))
 
 
 @router.get("/{experiment_id}/predicted-vs-actual.png", response_class=Response, responses=PNG_RESPONSE)
