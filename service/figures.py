@@ -14,7 +14,7 @@ from service.specs import EpochMetrics
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from worker.inference import LayerOutput
+    from worker.model_views import LayerOutput
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 

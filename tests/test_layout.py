@@ -14,8 +14,8 @@ from tests.conftest import REPO
 
 ENGINE_MODULES = [
     "engine", "datasets", "models", "preprocess", "checkpoints", "inference", "augment", "evaluation", "previews",
-    "objectives", "pretrained", "tensorboard",
-]
+    "objectives", "pretrained", "tensorboard", "model_views",
+]  # fmt: skip
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -36,7 +36,7 @@ def test_engine_imports_only_the_contract_from_service() -> None:
 
 def test_importing_everything_creates_nothing(tmp_path: Path) -> None:
     code = (
-        "import service.app, service.store, service.__main__, worker.loop, worker.__main__, worker.inference;"
+        "import service.app, service.store, service.__main__, worker.loop, worker.__main__, worker.inference, worker.model_views;"
         "import os; print(sorted(os.listdir('.')))"
     )
     result = subprocess.run(

@@ -14,7 +14,8 @@ from PIL import Image
 from service.figures import render_layer_outputs, render_saliency, shown_channels
 from service.specs import ExperimentSpec
 from tests.conftest import REPO, fit_bundled
-from worker.inference import NoPixelWeights, Predictor
+from worker.inference import Predictor
+from worker.model_views import NoPixelWeights, first_layer, layer_outputs, saliency
 from worker.models import create_model, stages
 from worker import preprocess
 from worker.preprocess import standardize
@@ -63,7 +64,7 @@ SEVEN = REPO / "examples" / "images" / "mnist-val-7.png"
 def test_a_trained_cnn_s_layers_on_a_real_digit() -> None:
     predictor = trained()
     image = Image.open(SEVEN)
-    pixels, outputs = predictor.layer_outputs(image)
+    pixels, outputs = layer_outputs(predictor, image)
     assert torch.equal(pixels, predictor.pixels(image))
     assert [(o.name, list(o.values.shape)) for o in outputs] == [
         ("0 conv2d", [8, 28, 28]), ("1 maxpool2d", [8, 14, 14]), ("2 relu", [8, 14, 14]),
@@ -96,7 +97,7 @@ def test_the_saliency_of_a_pixel_is_how_fast_the_class_score_moves_with_it() -> 
     # As in a fresh API process, where /predict (under inference mode) is the first to standardise an image.
     preprocess._stats.cache_clear()
     [top, *_] = predictor.predict(image)
-    found = predictor.saliency(image)
+    found = saliency(predictor, image)
     assert found.label == top.label and found.probability == pytest.approx(top.probability, abs=1e-5)
     assert found.map.shape == (28, 28)
     # The map is |d score / d pixel|, pixels in [0, 1]: checked by central differences on a float64 copy of the
@@ -114,21 +115,21 @@ def test_the_saliency_of_a_pixel_is_how_fast_the_class_score_moves_with_it() -> 
         nudge.view(-1)[pixel] = step
         slope = (score(unit + nudge) - score(unit - nudge)) / (2 * step)
         assert abs(slope) == pytest.approx(float(flat[pixel]), rel=1e-3, abs=1e-6), pixel
-    other = predictor.saliency(image, label=(found.label + 1) % 10)
+    other = saliency(predictor, image, label=(found.label + 1) % 10)
     assert other.label == (found.label + 1) % 10 and not torch.equal(other.map, found.map)
     figure = Image.open(io.BytesIO(render_saliency(found.pixels, found.map, "a 7")))
     assert figure.format == "PNG"
 
 
 def test_the_first_layer_s_weights_as_images() -> None:
-    cnn = trained().first_layer()
+    cnn = first_layer(trained())
     assert (cnn.name, cnn.filters, cnn.classes, tuple(cnn.weights.shape)) == ("0 conv2d", True, False, (8, 1, 3, 3))
-    mlp = trained(kind="mlp", hidden=[16]).first_layer()  # a unit a hidden value, shaped as the image
+    mlp = first_layer(trained(kind="mlp", hidden=[16]))  # a unit a hidden value, shaped as the image
     assert (mlp.name, mlp.filters, mlp.classes, tuple(mlp.weights.shape)) == ("1 linear", False, False, (16, 1, 28, 28))
     # A linear model's one layer: an image a class, whose pixels weigh the standardised image's; its score of a
     # class is that image times the input, summed, plus the bias.
     linear = trained(kind="linear")
-    first = linear.first_layer()
+    first = first_layer(linear)
     assert (first.filters, first.classes, tuple(first.weights.shape)) == (False, True, (10, 1, 28, 28))
     pixels = linear.pixels(Image.open(SEVEN))
     scores = (first.weights * standardize(pixels.float() / 255, linear.preprocess)).sum(dim=(1, 2, 3))
@@ -136,4 +137,4 @@ def test_the_first_layer_s_weights_as_images() -> None:
     # A layer with weights that sees pooled values, not the pixels, has no images to show.
     pooled = trained(kind="sequential", layers=[{"kind": "avgpool2d"}, {"kind": "flatten"}, {"kind": "linear"}])
     with pytest.raises(NoPixelWeights, match="2 linear, takes 196 values, not the image's 784 pixels"):
-        pooled.first_layer()
+        first_layer(pooled)

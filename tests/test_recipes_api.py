@@ -134,7 +134,7 @@ def test_confusion_and_misclassified(service) -> None:
                          "predicted")):  # fmt: skip
         refused = client.get(f"/experiments/{experiment['id']}/misclassified.png", params=wrong)
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", field], refused.text
-    # What each layer makes of an image, sent as to /predict (tests/test_layer_outputs.py checks the layers).
+    # What each layer makes of an image, sent as to /predict (tests/test_model_views.py checks the layers).
     png = (REPO / "examples/images/mnist-val-3.png").read_bytes()
     digit = {"content": png, "headers": {"content-type": "image/png"}}
     assert_png(client.post(f"/experiments/{experiment['id']}/activations.png", **digit))

@@ -421,7 +421,7 @@ def stages(model: nn.Module, prefix: str = "") -> list[tuple[str, Step]]:
     """The steps a model's forward pass takes, in order and named, such that applying each to the last one's output
     computes the model's output: a Sequential's layers ("3 relu"), a transfer net's resizing, the stages of its
     backbone ("backbone.layer1.0 basicblock") and its head. What each step makes of an image is
-    `Predictor.layer_outputs`."""
+    `worker.model_views.layer_outputs`."""
     # A ResNet exists only once torchvision is imported; importing it for a plain Sequential would cost a second.
     torchvision = sys.modules.get("torchvision")
     resnet: tuple[type, ...] = (torchvision.models.ResNet,) if torchvision is not None else ()

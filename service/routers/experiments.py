@@ -40,7 +40,8 @@ from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
-from worker.inference import NoPixelWeights, RowOutOfRange
+from worker.inference import RowOutOfRange
+from worker.model_views import NoPixelWeights, first_layer
 from worker.models import MemoryEstimate, describe_model, meta_model, resolve_layers
 from worker.previews import augmentation_samples
 
@@ -386,7 +387,7 @@ def get_weights(
     layer's units (a linear model's: one a class, what pushes the image towards it), the first 64."""
     predictor = image_predictor(experiment_id, epoch, store, predictors)
     try:
-        first = predictor.first_layer()
+        first = first_layer(predictor)
     except NoPixelWeights as exc:
         raise Conflict(f"experiment {experiment_id} has no weights to show as images: {exc}") from None
     weights = first.weights[:MAX_WEIGHT_IMAGES]

@@ -23,6 +23,7 @@ from service.predictions import image_predictor, load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId
 from service.schemas import Prediction, RowPredictions
 from worker.inference import Predictor, RowOutOfRange
+from worker.model_views import layer_outputs, saliency
 
 if TYPE_CHECKING:
     from service.cache import LRUCache
@@ -125,7 +126,7 @@ async def draw_activations(
     channels' maps or a bar per value, down to the classes' scores."""
 
     def figure(predictor: Predictor, image: Image.Image) -> bytes:
-        pixels, outputs = predictor.layer_outputs(image)
+        pixels, outputs = layer_outputs(predictor, image)
         title = f"#{experiment_id} {predictor.spec.name}, epoch {predictor.epoch}: what each layer makes of the image"
         return render_layer_outputs(pixels, outputs, predictor.class_names, title)
 
@@ -146,7 +147,7 @@ async def draw_saliency(
         if label is not None and label >= len(names):
             raise InvalidInput(f"label {label} is no class of this model: its labels are 0 to {len(names) - 1}",
                                loc=["query", "label"])  # fmt: skip
-        found = predictor.saliency(image, label)
+        found = saliency(predictor, image, label)
         title = (f"#{experiment_id} {predictor.spec.name}, epoch {predictor.epoch}: what sways its score of "
                  f"{names[found.label]!r} (p = {found.probability:.3f})")  # fmt: skip
         return render_saliency(found.pixels, found.map, title)

@@ -1,0 +1,96 @@
+"""Views inside a trained model, for a learner: what each layer makes of an image, the weights of its first
+layer as images, and which pixels of an image sway a class's score. Each takes a `Predictor`, whose model other
+threads may be predicting with meanwhile: nothing here changes the model (no hooks, no gradients of its weights)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+from worker.inference import Predictor
+from worker.models import stages
+from worker.preprocess import to_unit
+
+
+@dataclass(frozen=True)
+class LayerOutput:
+    """What one step of a model's forward pass makes of an input (`worker.models.stages`)."""
+
+    name: str  # "3 relu"
+    values: torch.Tensor  # one example's output, fp32 on the CPU: (C, H, W) maps or (F,) values
+
+
+@torch.inference_mode()
+def layer_outputs(predictor: Predictor, image: Image.Image) -> tuple[torch.Tensor, list[LayerOutput]]:
+    """The uint8 input the model takes for `image`, and what each step of its forward pass makes of it, in order;
+    the last is the model's output. The steps are applied one by one."""
+    pixels = predictor.pixels(image)
+    x = predictor.inputs(pixels.unsqueeze(0))
+    outputs = []
+    for name, step in stages(predictor.model):
+        x = step(x)
+        # A copy: the next step may be an in-place ReLU.
+        outputs.append(LayerOutput(name, x[0].float().cpu().contiguous().clone()))
+    return pixels, outputs
+
+
+@dataclass(frozen=True)
+class FirstLayer:
+    """The weights of the first layer that sees an image's pixels, each filter (a conv layer) or unit (a linear layer
+    on the flattened image: a row of its weights, shaped as the image) as an image of its own."""
+
+    name: str  # "0 conv2d", as `worker.models.stages` names it
+    weights: torch.Tensor  # (N, C, H, W) fp32 on the CPU
+    filters: bool  # a conv layer's filters, else a linear layer's units
+    classes: bool  # a linear model's one layer: a unit per class
+
+
+class NoPixelWeights(ValueError):
+    """A model whose first layer with weights does not see the pixels themselves."""
+
+
+def first_layer(predictor: Predictor) -> FirstLayer:
+    """The weights of the model's first conv or linear layer, which must see the image's pixels (NoPixelWeights)."""
+    shape = predictor.preprocess.input_shape
+    steps = stages(predictor.model)
+    for index, (name, step) in enumerate(steps):
+        layers = step.modules() if isinstance(step, nn.Module) else ()
+        layer = next((m for m in layers if isinstance(m, nn.Conv2d | nn.Linear)), None)
+        if layer is None:
+            continue
+        weights = layer.weight.detach().float().cpu().contiguous()
+        linear = isinstance(layer, nn.Linear)
+        if linear:
+            if weights.shape[1] != math.prod(shape):
+                raise NoPixelWeights(f"its first layer with weights, {name}, takes {weights.shape[1]} values, not "
+                                     f"the image's {math.prod(shape)} pixels")  # fmt: skip
+            weights = weights.view(-1, *shape)
+        return FirstLayer(name, weights, filters=not linear, classes=linear and index == len(steps) - 1)
+    raise NoPixelWeights("it has no conv or linear layer")
+
+
+@dataclass(frozen=True)
+class Saliency:
+    """How much each pixel of an image sways one class's score: |d score / d pixel| (Simonyan et al., 2013), with
+    pixels in [0, 1], the largest over an image's channels."""
+
+    pixels: torch.Tensor  # the uint8 (C, H, W) input the model took
+    label: int
+    probability: float  # the model's probability of that class for the image
+    map: torch.Tensor  # (H, W), fp32 on the CPU
+
+
+def saliency(predictor: Predictor, image: Image.Image, label: int | None = None) -> Saliency:
+    """Which pixels of `image` sway the score of class `label` (by default the predicted class) most."""
+    pixels = predictor.pixels(image)
+    unit = to_unit(pixels.unsqueeze(0).to(predictor.device)).requires_grad_()
+    with torch.enable_grad():  # the gradient of the input alone: the weights' gradients are neither taken nor kept
+        logits = predictor.model(predictor.inputs(unit))
+        label = int(logits[0].argmax()) if label is None else label
+        (gradient,) = torch.autograd.grad(logits[0, label], unit)
+    probability = float(torch.softmax(logits.detach()[0], dim=0)[label])
+    return Saliency(pixels, label, probability, gradient[0].abs().amax(dim=0).cpu())
