@@ -43,6 +43,7 @@ def main() -> None:
             page.set_input_files("#predict-file", str(REPO / "examples" / "images" / "mnist-val-7.png"))
             expect(page.locator("#prediction .predicted")).to_have_text("7")
             expect(page.locator("#confusion")).to_be_visible()
+            page.wait_for_function("document.getElementById('weights')?.naturalWidth > 0")
             page.screenshot(path=str(OUT / "experiment.png"), full_page=True)
             page.click("#show-layers")
             page.wait_for_function("document.getElementById('activations')?.naturalHeight > 0")
