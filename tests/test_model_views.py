@@ -1,6 +1,7 @@
-"""Views inside a trained model, of one real MNIST digit: what each layer makes of it
+"""Views inside a trained model (worker/model_views.py), on a real MNIST digit: what each layer makes of it
 (`POST /experiments/{id}/activations.png`; the steps, taken in order, compute the model's output for every kind of
-model) and which of its pixels sway a class's score (`.../saliency.png`)."""
+model), which of its pixels sway a class's score (`.../saliency.png`), the first layer's weights
+(`GET .../weights.png`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from PIL import Image
 from service.figures import render_layer_outputs, render_saliency, shown_channels
 from service.specs import ExperimentSpec
 from tests.conftest import REPO, fit_bundled
+from worker import preprocess
 from worker.inference import Predictor
 from worker.model_views import NoPixelWeights, first_layer, layer_outputs, saliency
 from worker.models import create_model, stages
-from worker import preprocess
 from worker.preprocess import standardize
 
 LAYERS = [

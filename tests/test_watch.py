@@ -191,7 +191,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert listed.returncode == 0 and "from yaml" in listed.stdout and "succeeded" in listed.stdout
         shown = run_cli("show", "1", url=dep.url, cwd=REPO)
         assert shown.returncode == 0 and '"kind": "mlp"' in shown.stdout
-        predicted = run_cli("predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO)
+        predicted = run_cli(
+            "predict", "1", str(REPO / "examples" / "images" / "mnist-val-7.png"), url=dep.url, cwd=REPO
+        )
         assert predicted.returncode == 0 and predicted.stdout.startswith("7 "), predicted.stdout
         assert "warning" not in predicted.stderr, predicted.stderr
         seven = Image.open(REPO / "examples" / "images" / "mnist-val-7.png").convert("L")
@@ -298,7 +300,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert run_cli("validate", str(cnn), "-s", "epochs", url=dep.url, cwd=REPO).returncode == 2
         assert run_cli("validate", str(cnn), "-s", "epochs=0", url=dep.url, cwd=REPO).returncode == 4
         # No file: --set builds the spec from nothing; "-" reads it, JSON or YAML, from standard input.
-        built = run_cli("validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", "--code", url=dep.url, cwd=REPO)
+        built = run_cli(
+            "validate", "-s", "dataset.name=digits", "-s", "model.kind=mlp", "--code", url=dep.url, cwd=REPO
+        )
         assert built.returncode == 0 and "linear" in built.stdout, built.stdout + built.stderr
         assert "nn.Linear(in_features=64, out_features=256)," in built.stdout, built.stdout
         as_json = json.dumps({"dataset": {"name": "mnist-10k"}, "model": {"kind": "mlp"}}, indent="\t")
