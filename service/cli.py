@@ -577,7 +577,8 @@ def weights(
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("weights.png"),
     url: Url = DEFAULT_URL,
 ) -> None:
-    """Save the weights of the model's first layer as images (a conv net's filters; a linear model's, one a class)."""
+    """Save the weights of the model's first layer as a PNG: a conv net's filters or a linear layer's units as
+    images (a linear model's, one a class); a table's model's per feature (a linear regression's coefficients)."""
     _write(output, _call(url, lambda c: c.weights(experiment_id, epoch=epoch)))
     out.print(f"wrote {output}")
 

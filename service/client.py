@@ -192,7 +192,8 @@ class Client:
         return self._request("GET", f"/experiments/{experiment_id}/curves.png").content
 
     def weights(self, experiment_id: int, *, epoch: int | None = None) -> bytes:
-        """A PNG of the weights of the model's first layer that sees the pixels: its filters or units, as images."""
+        """A PNG of the weights of the model's first layer that sees the input: its filters or units as images, or
+        (a table's model) each unit's weight on each feature."""
         params = {} if epoch is None else {"epoch": epoch}
         return self._request("GET", f"/experiments/{experiment_id}/weights.png", params=params).content
 

@@ -304,3 +304,29 @@ def render_weights(weights: torch.Tensor, captions: Sequence[str], title: str, c
     scale = weights.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     images = (127.5 + 127.5 * weights / scale).round().clamp(0, 255).to(torch.uint8)
     return render_gallery(images, captions, f"{title}\nmid-grey 0, lighter positive, darker negative", columns)
+
+
+def render_feature_weights(weights: torch.Tensor, features: Sequence[str], units: Sequence[str], title: str) -> bytes:
+    """A table model's first-layer weights, (N, F): for one unit, a bar a feature, the largest first; for several,
+    a row a unit, a column a feature (blue negative, red positive, one scale)."""
+    if len(weights) == 1:
+        order = weights[0].abs().argsort(descending=True).tolist()
+        values = [float(weights[0, i]) for i in order]
+        figure = _figure(8, 1.2 + 0.3 * len(order))
+        ax = figure.subplots()
+        ax.barh(range(len(order)), values, color=["tab:red" if v > 0 else "tab:blue" for v in values])
+        ax.set_yticks(range(len(order)), [features[i] for i in order], fontsize="small")
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", linewidth=0.5)
+        ax.set_xlabel(f"weight towards {units[0]}")
+        ax.grid(True, axis="x", alpha=0.3)
+    else:
+        figure = _figure(max(8, 1.5 + 0.45 * len(features)), 2 + 0.3 * len(units))
+        ax = figure.subplots()
+        scale = float(weights.abs().max()) or 1.0
+        shown = ax.imshow(weights.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+        ax.set_xticks(range(len(features)), features, rotation=45, ha="right", fontsize="small")
+        ax.set_yticks(range(len(units)), units, fontsize="small")
+        figure.colorbar(shown, ax=ax, shrink=0.8)
+    figure.suptitle(f"{title}\non standardised features: a weight is a feature's pull per standard deviation")
+    return _png(figure)

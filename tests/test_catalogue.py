@@ -317,6 +317,8 @@ def test_regression_end_to_end_on_diabetes_and_an_uploaded_csv(tmp_path: Path, d
         assert client.get(f"/experiments/{ids[0]}/confusion").status_code == 409
         scatter = client.get(f"/experiments/{ids[0]}/predicted-vs-actual.png")  # a regression's confusion matrix
         assert scatter.status_code == 200 and Image.open(io.BytesIO(scatter.content)).format == "PNG"
+        coefficients = client.get(f"/experiments/{ids[0]}/weights.png")  # a bar a feature, the largest first
+        assert coefficients.status_code == 200 and coefficients.headers["content-type"] == "image/png"
         # Compared on what a regression records: by default val_loss, by which its best epoch is chosen.
         pair = {"ids": f"{ids[0]},{ids[2]}"}
         compared = client.get("/experiments/compare", params=pair).json()
@@ -386,8 +388,8 @@ def test_a_classifier_of_an_uploaded_table_predicts_rows_and_counts_its_errors(t
         for figure in ("activations.png", "saliency.png"):
             refused = client.post(f"/experiments/{run['id']}/{figure}", files={"file": digit})
             assert refused.status_code == 409 and "learned from a table" in refused.text, refused.text
-        weights = client.get(f"/experiments/{run['id']}/weights.png")
-        assert weights.status_code == 409 and "learned from a table" in weights.text, weights.text
+        weights = client.get(f"/experiments/{run['id']}/weights.png")  # its 16 hidden units' weights on each column
+        assert weights.status_code == 200 and Image.open(io.BytesIO(weights.content)).format == "PNG", weights.text
         confusion = run_cli("confusion", str(run["id"]), url=dep.url, cwd=tmp_path)  # no mistakes to point at
         assert confusion.returncode == 0 and "more" in confusion.stdout, confusion.stderr
         assert "trainlab mistakes" not in confusion.stdout, confusion.stdout

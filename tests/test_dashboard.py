@@ -168,6 +168,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         scatter = page.locator("#predicted-vs-actual")
         sync_api.expect(scatter).to_be_visible()
         page.wait_for_function("document.getElementById('predicted-vs-actual').naturalWidth > 0")  # a real image
+        page.wait_for_function("document.getElementById('weights')?.naturalWidth > 0")  # its coefficients
         # Its spec, to edit into a new experiment; or, instead, one of examples/ to start from.
         page.click("#edit-as-new")
         page.wait_for_url(f"**/#/submit?from={line_id}")

@@ -40,21 +40,22 @@ def layer_outputs(predictor: Predictor, image: Image.Image) -> tuple[torch.Tenso
 
 @dataclass(frozen=True)
 class FirstLayer:
-    """The weights of the first layer that sees an image's pixels, each filter (a conv layer) or unit (a linear layer
-    on the flattened image: a row of its weights, shaped as the image) as an image of its own."""
+    """The weights of the first layer that sees the input itself: each filter (a conv layer) or unit (a linear layer
+    on the flattened input: a row of its weights, shaped as the input) of its own. For a table's model, a unit's
+    weight on each (standardised) feature: (N, F, 1, 1)."""
 
     name: str  # "0 conv2d", as `worker.models.stages` names it
     weights: torch.Tensor  # (N, C, H, W) fp32 on the CPU
     filters: bool  # a conv layer's filters, else a linear layer's units
-    classes: bool  # a linear model's one layer: a unit per class
+    outputs: bool  # a linear model's one layer: its units are the outputs (a class each, or a regression's target)
 
 
 class NoPixelWeights(ValueError):
-    """A model whose first layer with weights does not see the pixels themselves."""
+    """A model whose first layer with weights does not see the input (the pixels, a table's features) itself."""
 
 
 def first_layer(predictor: Predictor) -> FirstLayer:
-    """The weights of the model's first conv or linear layer, which must see the image's pixels (NoPixelWeights)."""
+    """The weights of the model's first conv or linear layer, which must see the input itself (NoPixelWeights)."""
     shape = predictor.preprocess.input_shape
     steps = stages(predictor.model)
     for index, (name, step) in enumerate(steps):
@@ -66,10 +67,11 @@ def first_layer(predictor: Predictor) -> FirstLayer:
         linear = isinstance(layer, nn.Linear)
         if linear:
             if weights.shape[1] != math.prod(shape):
+                what = "features" if predictor.tabular else "pixels"
                 raise NoPixelWeights(f"its first layer with weights, {name}, takes {weights.shape[1]} values, not "
-                                     f"the image's {math.prod(shape)} pixels")  # fmt: skip
+                                     f"the input's {math.prod(shape)} {what}")  # fmt: skip
             weights = weights.view(-1, *shape)
-        return FirstLayer(name, weights, filters=not linear, classes=linear and index == len(steps) - 1)
+        return FirstLayer(name, weights, filters=not linear, outputs=linear and index == len(steps) - 1)
     raise NoPixelWeights("it has no conv or linear layer")
 
 

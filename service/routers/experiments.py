@@ -27,12 +27,13 @@ from service.figures import (
     PNG_RESPONSE,
     png_response,
     render_curves,
+    render_feature_weights,
     render_gallery,
     render_image_rows,
     render_predicted_vs_actual,
     render_weights,
 )
-from service.predictions import image_predictor, load_predictor
+from service.predictions import load_predictor
 from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, ExperimentUpdate, Status, Tag
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
@@ -383,21 +384,25 @@ MAX_WEIGHT_IMAGES = 64
 def get_weights(
     experiment_id: ExperimentId, store: StoreDep, predictors: PredictorsDep, epoch: Epoch | None = None
 ):  # fmt: skip
-    """The weights of the model's first layer that sees the pixels, as images: a conv layer's filters, or a linear
-    layer's units (a linear model's: one a class, what pushes the image towards it), the first 64."""
-    predictor = image_predictor(experiment_id, epoch, store, predictors)
+    """The weights of the model's first layer that sees the input itself: a conv layer's filters, or a linear
+    layer's units as images (a linear model's: one a class, what pushes the image towards it), the first 64; for a
+    table's model, each unit's weight on each feature (a linear regression's coefficients, largest first)."""
+    predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
     try:
         first = first_layer(predictor)
     except NoPixelWeights as exc:
-        raise Conflict(f"experiment {experiment_id} has no weights to show as images: {exc}") from None
+        raise Conflict(f"experiment {experiment_id} has no weights to show on its input: {exc}") from None
     weights = first.weights[:MAX_WEIGHT_IMAGES]
-    what = "filters" if first.filters else "units"
-    captions = list(predictor.class_names) if first.classes else [f"{i}" for i in range(len(weights))]
     shape = "x".join(map(str, first.weights.shape[1:]))
+    what = ("filter" if first.filters else "unit") + ("s" if len(first.weights) > 1 else "")
     cut = f" (the first {len(weights)})" if len(weights) < len(first.weights) else ""
-    which = " (one a class)" if first.classes else cut
-    title = f"#{experiment_id} epoch {predictor.epoch}: {first.name}, {len(first.weights)} {what} of {shape}{which}"
-    return png_response(render_weights(weights, captions, title))
+    title = f"#{experiment_id} epoch {predictor.epoch}: {first.name}, {len(first.weights)} {what}"
+    units = list(predictor.class_names) if first.outputs else [f"{i}" for i in range(len(weights))]
+    if predictor.tabular:
+        features = predictor.preprocess.feature_names or [f"feature {i}" for i in range(weights.shape[1])]
+        return png_response(render_feature_weights(weights[:, :, 0, 0], features, units, f"{title}{cut}"))
+    which = " (one a class)" if first.outputs else cut
+    return png_response(render_weights(weights, units, f"{title} of {shape}{which}"))
 
 
 @router.get("/{experiment_id}/predicted-vs-actual.png", response_class=Response, responses=PNG_RESPONSE)

@@ -285,17 +285,18 @@ async function showExtras(box, e, dataset) {
           c.per_class_precision.map((v) => h("td", {class: "class-precision"}, fmt(v, 3))), h("td", {}))),
       ...(images ? [mistakes, h("p", {}, h("a", {href: `/experiments/${e.id}/misclassified.png`}, "most confident mistakes"))] : []));
   }
-  if (e.spec.task === "classification" && e.best && !dataset?.features) {
-    // Its first layer's filters (a conv net) or units (a linear layer on the pixels: a linear model's, one a class).
-    const weights = h("img", {id: "weights", class: "figure", src: `/experiments/${e.id}/weights.png`,
-      alt: "the weights of the model's first layer, as images", onerror: () => weights.replaceWith(
-        h("p", {class: "muted"}, "Its first layer with weights does not see the pixels: nothing to show as images."))});
-    parts.push(h("h2", {}, "First layer's weights (best epoch)"), weights);
-  }
   if (e.spec.task === "regression" && e.best) {
     parts.push(h("h2", {}, "Predicted vs actual (validation, best epoch)"),
       h("img", {id: "predicted-vs-actual", class: "figure", src: `/experiments/${e.id}/predicted-vs-actual.png`,
         alt: "each validation example's predicted target against its actual one"}));
+  }
+  if (e.best) {
+    // Its first layer's filters (a conv net) or units (a linear layer on the pixels: a linear model's, one a class);
+    // for a table, each unit's weight on each feature (a linear regression's coefficients).
+    const weights = h("img", {id: "weights", class: "figure", src: `/experiments/${e.id}/weights.png`,
+      alt: "the weights of the model's first layer", onerror: () => weights.replaceWith(
+        h("p", {class: "muted"}, "Its first layer with weights does not see the input itself: nothing to show."))});
+    parts.push(h("h2", {}, "First layer's weights (best epoch)"), weights);
   }
   box.replaceChildren(...parts);
 }
