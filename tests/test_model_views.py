@@ -157,3 +157,7 @@ def test_a_linear_regression_s_weights_say_which_features_matter() -> None:
     assert abs(weights["age"]) < 0.05, weights
     figure = render_feature_weights(first.weights[:, :, 0, 0], predictor.preprocess.feature_names, ["progression"], "t")
     assert Image.open(io.BytesIO(figure)).format == "PNG"
+    # A CNN on the table (the API warns against it): its kernels' weights are no weights on the features.
+    cnn = ExperimentSpec.model_validate({**spec.model_dump(), "model": {"kind": "cnn", "channels": [4]}, "epochs": 1})
+    with pytest.raises(NoPixelWeights, match="0 conv2d, is a convolution over a table's features"):
+        first_layer(Predictor(fit_bundled(cnn)[-1][1]))

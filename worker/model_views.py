@@ -65,6 +65,8 @@ def first_layer(predictor: Predictor) -> FirstLayer:
             continue
         weights = layer.weight.detach().float().cpu().contiguous()
         linear = isinstance(layer, nn.Linear)
+        if predictor.tabular and not linear:  # a kernel over one value a feature: most of it sees only padding
+            raise NoPixelWeights(f"its first layer with weights, {name}, is a convolution over a table's features")
         if linear:
             if weights.shape[1] != math.prod(shape):
                 what = "features" if predictor.tabular else "pixels"
