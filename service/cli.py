@@ -94,6 +94,17 @@ def _write(path: Path, data: bytes) -> None:
         raise _fail(f"cannot write {path}: {exc.strerror}", EXIT_USAGE) from None
 
 
+def _save(path: Path, data: bytes) -> None:
+    _write(path, data)
+    out.print(f"wrote {path}")
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise _fail(f"no such file: {path}", EXIT_USAGE)
+    return path
+
+
 def _load_spec(path: Path, what: str = "one experiment spec") -> dict:
     """The spec in a file (YAML for .yaml/.yml, else JSON), or on standard input for `-` (JSON, else YAML)."""
     source = "standard input" if path == STDIN else str(path)
@@ -394,8 +405,7 @@ def curves(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Save the loss and metric curves as a PNG."""
-    _write(output, _call(url, lambda c: c.curves(experiment_id)))
-    out.print(f"wrote {output}")
+    _save(output, _call(url, lambda c: c.curves(experiment_id)))
 
 
 @app.command()
@@ -428,9 +438,7 @@ def predict(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Classify an image with the experiment's best checkpoint, or predict each row of a CSV table."""
-    if not source.is_file():
-        raise _fail(f"no such file: {source}", EXIT_USAGE)
-    if source.suffix.lower() == ".csv":
+    if _existing(source).suffix.lower() == ".csv":
         _predict_table(url, experiment_id, source, top_k or 1)
         return
     prediction = _call(url, lambda c: c.predict(experiment_id, source, top_k=top_k or 5))
@@ -452,10 +460,7 @@ def activations(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Save a PNG of what each layer of the model makes of an image: a few channels' maps, or a bar a value."""
-    if not image.is_file():
-        raise _fail(f"no such file: {image}", EXIT_USAGE)
-    _write(output, _call(url, lambda c: c.activations(experiment_id, image, epoch=epoch)))
-    out.print(f"wrote {output}")
+    _save(output, _call(url, lambda c: c.activations(experiment_id, _existing(image), epoch=epoch)))
 
 
 @app.command()
@@ -468,10 +473,7 @@ def saliency(
     url: Url = DEFAULT_URL,
 ) -> None:
     """Save a PNG of which pixels of an image sway the model's score of a class most."""
-    if not image.is_file():
-        raise _fail(f"no such file: {image}", EXIT_USAGE)
-    _write(output, _call(url, lambda c: c.saliency(experiment_id, image, label=label, epoch=epoch)))
-    out.print(f"wrote {output}")
+    _save(output, _call(url, lambda c: c.saliency(experiment_id, _existing(image), label=label, epoch=epoch)))
 
 
 def _predict_table(url: str, experiment_id: int, path: Path, top_k: int) -> None:
@@ -579,8 +581,7 @@ def weights(
 ) -> None:
     """Save the weights of the model's first layer as a PNG: a conv net's filters or a linear layer's units as
     images (a linear model's, one a class); a table's model's per feature (a linear regression's coefficients)."""
-    _write(output, _call(url, lambda c: c.weights(experiment_id, epoch=epoch)))
-    out.print(f"wrote {output}")
+    _save(output, _call(url, lambda c: c.weights(experiment_id, epoch=epoch)))
 
 
 @app.command()
@@ -594,8 +595,7 @@ def mistakes(
 ) -> None:
     """Save the validation images the classifier got most confidently wrong (of one cell of its confusion matrix,
     with --true and --predicted) as a PNG."""
-    _write(output, _call(url, lambda c: c.mistakes(experiment_id, true=true, predicted=predicted, epoch=epoch)))
-    out.print(f"wrote {output}")
+    _save(output, _call(url, lambda c: c.mistakes(experiment_id, true=true, predicted=predicted, epoch=epoch)))
 
 
 @app.command()

@@ -131,6 +131,11 @@ def render_gallery(images: torch.Tensor, captions: Sequence[str], title: str, co
     )
 
 
+def _displayable(image: torch.Tensor):
+    """A uint8 (C, H, W) image as imshow takes it: (H, W) for grey (drawn with a grey colour map), else (H, W, C)."""
+    return image[0].numpy() if len(image) == 1 else image.permute(1, 2, 0).numpy()
+
+
 # In inches: an image's longer side, the gap between images, a line of caption; the bands for the title and the
 # row labels, the margins; the narrowest figure (a title over one or two images stays whole).
 _CELL_IN, _GAP_IN, _CAPTION_IN = 1.2, 0.08, 0.14
@@ -179,10 +184,7 @@ def _image_grid(
         (left / figure_width, _MARGIN_IN / figure_height, plot_width / figure_width, plot_height / figure_height)
     )
     ax.axis("off")
-    if channels == 1:
-        ax.imshow(mosaic[0].numpy(), cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(mosaic.permute(1, 2, 0).numpy())
+    ax.imshow(_displayable(mosaic), cmap="gray", vmin=0, vmax=255)
     for r, row in enumerate(captions):
         for c, caption in enumerate(row):
             top = gap + r * cell_height + band
@@ -234,7 +236,7 @@ def render_layer_outputs(
         box = ax.get_position()
         figure.text(0.01, (box.y0 + box.y1) / 2, text, ha="left", va="center", fontsize="small")
 
-    axes[0].imshow(pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy(), cmap="gray")
+    axes[0].imshow(_displayable(pixels), cmap="gray", vmin=0, vmax=255)
     axes[0].axis("off")
     label(axes[0], f"input {list(pixels.shape)}")
     last = len(outputs) - 1
@@ -284,14 +286,14 @@ def render_saliency(pixels: torch.Tensor, saliency: torch.Tensor, title: str) ->
     """An image, how much each of its pixels sways a class's score (`Predictor.saliency`), and the two laid over
     each other."""
     figure = _figure(9, 3.6)
-    image = pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy()
+    image = _displayable(pixels)
     # 1 at the 99th percentile and above: a few extreme gradients would otherwise leave the rest black.
     heat = (saliency / torch.quantile(saliency.flatten(), 0.99).clamp_min(1e-12)).clamp_max(1).numpy()
     for ax, name in zip(figure.subplots(1, 3), ("image", "saliency", "both"), strict=True):
         ax.axis("off")
         ax.set_title(name, fontsize="small")
         if name != "saliency":
-            ax.imshow(image, cmap="gray")
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         if name != "image":
             ax.imshow(heat, cmap="inferno", alpha=0.6 if name == "both" else 1.0, vmin=0, vmax=1)
     figure.suptitle(f"{title}\nbrighter: a small change of that pixel moves the class's score more (|gradient|)")

@@ -4,6 +4,7 @@ the model as code."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from typing import Annotated
 
 import torch
@@ -361,10 +362,8 @@ def get_misclassified(
         raise Conflict(f"experiment {experiment_id} learned from a table: there are no images to show (its "
                        "confusion matrix, GET .../confusion, counts its errors by class)")  # fmt: skip
     names = evaluation.class_names
-    for field, label in (("true", true), ("predicted", predicted)):
-        if label is not None and label >= len(names):
-            raise InvalidInput(f"{field}={label} is no class of this model: its labels are 0 to {len(names) - 1}",
-                               loc=["query", field])  # fmt: skip
+    check_label(names, "true", true)
+    check_label(names, "predicted", predicted)
     if true is not None and true == predicted:
         raise InvalidInput(f"true and predicted are the same class ({names[true]}): those images were classified "
                            "right, not mistaken", loc=["query", "predicted"])  # fmt: skip
@@ -374,6 +373,13 @@ def get_misclassified(
                       if label is not None)  # fmt: skip
     title = f"#{experiment_id} epoch {evaluation.epoch}: most confident validation errors{', ' if which else ''}{which}"
     return png_response(render_gallery(evaluation.split.images[worst], captions, title))
+
+
+def check_label(class_names: Sequence[str], field: str, label: int | None) -> None:
+    """A query's class label (absent, or one of the model's), or a 422 naming the field and the labels there are."""
+    if label is not None and label >= len(class_names):
+        raise InvalidInput(f"{field}={label} is no class of this model: its labels are 0 to {len(class_names) - 1}",
+                           loc=["query", field])  # fmt: skip
 
 
 # The filters or units of a first layer drawn at most; a layer has up to 4,096.

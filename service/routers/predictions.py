@@ -20,7 +20,7 @@ from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLa
 from service.figures import PNG_RESPONSE, png_response, render_layer_outputs, render_saliency
 from service.images import decode_image
 from service.predictions import image_predictor, load_predictor, probabilities
-from service.routers.experiments import Epoch, ExperimentId
+from service.routers.experiments import Epoch, ExperimentId, check_label
 from service.schemas import Prediction, RowPredictions
 from worker.inference import Predictor, RowOutOfRange
 from worker.model_views import layer_outputs, saliency
@@ -144,9 +144,7 @@ async def draw_saliency(
 
     def figure(predictor: Predictor, image: Image.Image) -> bytes:
         names = predictor.class_names
-        if label is not None and label >= len(names):
-            raise InvalidInput(f"label {label} is no class of this model: its labels are 0 to {len(names) - 1}",
-                               loc=["query", "label"])  # fmt: skip
+        check_label(names, "label", label)
         found = saliency(predictor, image, label)
         title = (f"#{experiment_id} {predictor.spec.name}, epoch {predictor.epoch}: what sways its score of "
                  f"{names[found.label]!r} (p = {found.probability:.3f})")  # fmt: skip
