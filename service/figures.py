@@ -283,8 +283,8 @@ def render_layer_outputs(
 
 
 def render_saliency(pixels: torch.Tensor, saliency: torch.Tensor, title: str) -> bytes:
-    """An image, how much each of its pixels sways a class's score (`Predictor.saliency`), and the two laid over
-    each other."""
+    """An image, how much each of its pixels sways a class's score (`worker.model_views.saliency`), and the two
+    laid over each other."""
     figure = _figure(9, 3.6)
     image = _displayable(pixels)
     # 1 at the 99th percentile and above: a few extreme gradients would otherwise leave the rest black.

@@ -41,6 +41,11 @@ class Preprocess:
         return (self.channels, self.height, self.width)
 
     @property
+    def column_names(self) -> tuple[str, ...]:
+        """A table's columns, as the model takes them: their names, or `feature i` where none were kept."""
+        return self.feature_names or tuple(f"feature {i}" for i in range(self.channels))
+
+    @property
     def size(self) -> tuple[int, int]:
         """(width, height), as PIL gives sizes."""
         return (self.width, self.height)
@@ -70,7 +75,7 @@ class Preprocess:
         0.33)`), where the model's prediction extrapolates; None within it, and where no range was kept."""
         if self.low:  # a table's rows
             rows = inputs.flatten(1)
-            names = self.feature_names or tuple(f"feature {i}" for i in range(self.channels))
+            names = self.column_names
             found: list[list[str]] = [[] for _ in range(len(rows))]
             beyond = (rows < torch.tensor(self.low)) | (rows > torch.tensor(self.high))
             for row, f in beyond.nonzero().tolist():
@@ -169,7 +174,7 @@ def normalize(images: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
 @lru_cache(maxsize=16)
 def _stats(preprocess: Preprocess, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device, not per batch: a fresh tensor on a GPU is a host-to-device copy each time. Normal
-    # tensors even when first asked for under inference mode (/predict): autograd keeps `std` (Predictor.saliency).
+    # tensors even when first asked for under inference mode (/predict): autograd keeps `std` (worker.model_views.saliency).
     with torch.inference_mode(False):
         mean = torch.tensor(preprocess.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(preprocess.std, device=device).view(1, -1, 1, 1)

@@ -405,8 +405,8 @@ def get_weights(
     title = f"#{experiment_id} epoch {predictor.epoch}: {first.name}, {len(first.weights)} {what}"
     units = list(predictor.class_names) if first.outputs else [f"{i}" for i in range(len(weights))]
     if predictor.tabular:
-        features = predictor.preprocess.feature_names or [f"feature {i}" for i in range(weights.shape[1])]
-        return png_response(render_feature_weights(weights[:, :, 0, 0], features, units, f"{title}{cut}"))
+        features = predictor.preprocess.column_names
+        return png_response(render_feature_weights(weights[:, :, 0, 0], features, units, title + cut))
     which = " (one a class)" if first.outputs else cut
     return png_response(render_weights(weights, units, f"{title} of {shape}{which}"))
 
