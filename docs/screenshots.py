@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from bench.common import REPO
 from bench.service import running_service
@@ -44,10 +44,13 @@ def main() -> None:
             expect(page.locator("#prediction .predicted")).to_have_text("7")
             expect(page.locator("#confusion")).to_be_visible()
             page.wait_for_function("document.getElementById('weights')?.naturalWidth > 0")
-            page.screenshot(path=str(OUT / "experiment.png"), full_page=True)
             page.click("#show-layers")
             page.wait_for_function("document.getElementById('activations')?.naturalHeight > 0")
             page.locator("#activations").screenshot(path=str(OUT / "activations.png"))
+            draw_a_seven(page)
+            expect(page.locator("#prediction .predicted")).to_have_text("7")
+            page.wait_for_function("document.getElementById('sketch-sent')?.naturalWidth > 0")
+            page.screenshot(path=str(OUT / "experiment.png"), full_page=True)
             while client.get("/experiments/3").json()["status"] != "succeeded":
                 time.sleep(0.5)
             page.goto(f"{base}/#/")
@@ -64,6 +67,19 @@ def main() -> None:
             page.screenshot(path=str(OUT / "sweep.png"), full_page=True)
             browser.close()
     print(f"wrote {', '.join(p.name for p in sorted(OUT.glob('*.png')))} in {OUT}")
+
+
+def draw_a_seven(page: Page) -> None:
+    """A 7 in one stroke on the experiment page's sketch pad: across the top, then down to the left."""
+    pad = page.locator("#sketch")
+    pad.scroll_into_view_if_needed()
+    box = pad.bounding_box()
+    x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+    page.mouse.move(x + 0.25 * w, y + 0.2 * h)
+    page.mouse.down()
+    page.mouse.move(x + 0.75 * w, y + 0.2 * h, steps=8)
+    page.mouse.move(x + 0.45 * w, y + 0.85 * h, steps=12)
+    page.mouse.up()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ upload and delete a dataset, cancel and delete a run. A screenshot is written on
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -43,6 +44,39 @@ LEGEND_LAYOUT = """(labels) => {
   svg.remove();
   return layout;
 }"""
+
+
+# The image the sketch pad last sent (`img#sketch-sent`): its size, the larger side of its drawn pixels' box,
+# and their centre of mass (pixel centres at +0.5).
+SENT_IMAGE = """async () => {
+  const img = document.getElementById("sketch-sent");
+  await img.decode();
+  const canvas = Object.assign(document.createElement("canvas"), {width: img.naturalWidth, height: img.naturalHeight});
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  let top = Infinity, bottom = -1, left = Infinity, right = -1, mass = 0, mx = 0, my = 0;
+  for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) {
+    const v = pixels[(y * canvas.width + x) * 4];
+    if (v > 25) [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
+    mass += v; mx += v * (x + 0.5); my += v * (y + 0.5);
+  }
+  return {width: canvas.width, height: canvas.height, extent: Math.max(bottom - top, right - left) + 1,
+          cx: mx / mass, cy: my / mass};
+}"""
+
+
+def draw(page, points: list[tuple[float, float]]) -> None:
+    """One stroke on the sketch pad through `points`, given as fractions of its width and height."""
+    pad = page.locator("#sketch")
+    pad.scroll_into_view_if_needed()  # the mouse reaches what the viewport shows
+    box = pad.bounding_box()
+    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for x, y in at[1:]:
+        page.mouse.move(x, y, steps=4)
+    page.mouse.up()
 
 
 @pytest.fixture
@@ -145,6 +179,23 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.wait_for_function("document.getElementById('saliency')?.naturalWidth > 0")
         assert page.locator("#activations").count() == 0
 
+        # A digit drawn on the page goes as the image, framed as MNIST framed its digits: the drawing fitted into
+        # 20x20 of 28x28 pixels, its centre of mass in the middle. A stroke down the middle reads as a 1...
+        draw(page, [(0.55 - 0.02 * k, 0.15 + 0.07 * k) for k in range(11)])
+        sync_api.expect(page.locator("#prediction .predicted")).to_have_text("1")
+        sent = page.evaluate(SENT_IMAGE)
+        assert (sent["width"], sent["height"]) == (28, 28), sent
+        assert 19 <= sent["extent"] <= 21 and abs(sent["cx"] - 14) < 1 and abs(sent["cy"] - 14) < 1, sent
+        page.click("#show-layers")  # the figures take the drawing as they take a file
+        page.wait_for_function("document.getElementById('activations')?.naturalHeight > 1000")
+        # ... and, on a cleared pad, a ring drawn small in a corner as a 0.
+        page.click("#sketch-clear")
+        draw(page, [(0.25 + 0.12 * math.sin(t / 12 * math.tau), 0.3 - 0.15 * math.cos(t / 12 * math.tau))
+                    for t in range(13)])  # fmt: skip
+        sync_api.expect(page.locator("#prediction .predicted")).to_have_text("0")
+        sent = page.evaluate(SENT_IMAGE)
+        assert 19 <= sent["extent"] <= 21 and abs(sent["cx"] - 14) < 1 and abs(sent["cy"] - 14) < 1, sent
+
         page.goto(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")
         sync_api.expect(page.locator("#experiments")).to_contain_text("from the browser")
@@ -160,6 +211,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator('#predict-row input[name="age"]')).to_have_value("48.52")
         page.click("#predict-row-submit")
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text(re.compile(r"^\d+(\.\d+)?$"))
+        assert page.locator("#sketch").count() == 0  # a pad to draw on is for a model of grayscale images
         assert page.locator("#prediction .warning").count() == 0
         page.fill('#predict-row input[name="bmi"]', "0.06")
         page.click("#predict-row-submit")

@@ -322,7 +322,8 @@ function predictPanel(id, experiment, dataset) {
     }
   }
   dataset.then((d) => {
-    if (d) box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(id, ask));
+    if (d?.input_shape?.[0] === 1) box.prepend(imageDrop(id, ask), sketchPad(id, ask));  // grayscale images
+    else if (d) box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(id, ask));
     else box.prepend(experiment.spec.task === "regression"  // its dataset deleted since: the model still answers
       ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(id, ask));
   });
@@ -340,9 +341,7 @@ function outsideNote(p) {
 function imageDrop(id, ask) {
   const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
   const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
-  function send(file) {
-    ask("predict?top_k=5", {body: fileForm(file)}, [imageFigures(id, file)]);
-  }
+  const send = (file) => askImage(id, ask, file);
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
@@ -352,6 +351,100 @@ function imageDrop(id, ask) {
     if (ev.dataTransfer.files[0]) send(ev.dataTransfer.files[0]);
   });
   return drop;
+}
+
+function askImage(id, ask, file, after = []) {
+  ask("predict?top_k=5", {body: fileForm(file)}, [...after, imageFigures(id, file)]);
+}
+
+// A pad to draw on, white on black as MNIST's digits are; each stroke sends the drawing, framed as MNIST framed
+// its digits (`framed`), and shows what went.
+function sketchPad(id, ask) {
+  const size = 280;
+  const canvas = h("canvas", {id: "sketch", class: "sketch", width: size, height: size});
+  const context = canvas.getContext("2d");
+  const clear = () => { context.fillStyle = "#000"; context.fillRect(0, 0, size, size); };
+  clear();
+  Object.assign(context, {strokeStyle: "#fff", lineWidth: 22, lineCap: "round", lineJoin: "round"});
+  const at = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    return [(ev.clientX - r.left) * size / r.width, (ev.clientY - r.top) * size / r.height];
+  };
+  let drawing = false;
+  canvas.addEventListener("pointerdown", (ev) => {
+    drawing = true;
+    canvas.setPointerCapture(ev.pointerId);
+    context.beginPath();
+    context.moveTo(...at(ev));
+    context.lineTo(...at(ev));  // a click is a dot
+    context.stroke();
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (!drawing) return;
+    context.lineTo(...at(ev));
+    context.stroke();
+  });
+  canvas.addEventListener("pointerup", async () => {
+    drawing = false;
+    const file = await framed(canvas);
+    if (!file) return;
+    const sent = h("img", {id: "sketch-sent", class: "sketch-sent", src: URL.createObjectURL(file),
+      alt: "the drawing as sent: 28x28 pixels", title: "what was sent: 28x28 pixels"});
+    askImage(id, ask, file, [h("p", {class: "muted"}, "Sent as ", sent, " (28×28, the drawing framed as MNIST's digits are)")]);
+  });
+  return h("div", {class: "sketch-pad"},
+    h("p", {}, "Or draw one, white on black: ",
+      h("button", {type: "button", id: "sketch-clear", onclick: clear}, "Clear")),
+    canvas);
+}
+
+// The drawing as MNIST's digits were made (LeCun et al.): its box of drawn pixels scaled to fit 20x20 pixels,
+// keeping its shape, in a 28x28 image, moved so that its centre of mass is the image's centre. A PNG file; null
+// where nothing is drawn.
+async function framed(canvas) {
+  const {width, height} = canvas;
+  const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+  let top = height, bottom = -1, left = width, right = -1;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      if (pixels[(y * width + x) * 4] === 0) continue;
+      [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
+    }
+  }
+  if (bottom < 0) return null;
+  const [across, down] = [right - left + 1, bottom - top + 1];
+  const scale = 20 / Math.max(across, down);
+  const box = blank(28);
+  box.getContext("2d").drawImage(canvas, left, top, across, down,
+    14 - across * scale / 2, 14 - down * scale / 2, across * scale, down * scale);
+  const [cx, cy] = centreOfMass(box);
+  const out = blank(28);
+  out.getContext("2d").drawImage(box, Math.round(14 - cx), Math.round(14 - cy));
+  const blob = await new Promise((resolve) => out.toBlob(resolve, "image/png"));
+  return new File([blob], "drawing.png", {type: "image/png"});
+}
+
+function blank(size) {
+  const canvas = Object.assign(document.createElement("canvas"), {width: size, height: size});
+  const context = canvas.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, size, size);
+  context.imageSmoothingQuality = "high";
+  return canvas;
+}
+
+// Of a grayscale canvas's pixels, weighed by brightness (pixel centres at +0.5).
+function centreOfMass(canvas) {
+  const {width, height} = canvas;
+  const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+  let mass = 0, mx = 0, my = 0;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const v = pixels[(y * width + x) * 4];
+      [mass, mx, my] = [mass + v, mx + v * (x + 0.5), my + v * (y + 0.5)];
+    }
+  }
+  return [mx / mass, my / mass];
 }
 
 function fileForm(file) {
