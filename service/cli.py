@@ -433,7 +433,7 @@ def checkpoint(
 @app.command()
 def predict(
     experiment_id: int,
-    source: Annotated[Path, typer.Argument(help="a PNG/JPEG image; or, for a model trained on a table, a CSV")],
+    source: Annotated[Path, typer.Argument(help="a PNG, JPEG or WebP image; or a CSV, for a model of a table")],
     top_k: Annotated[int | None, typer.Option(min=1, help="classes to show (default: 5 for an image, 1 a row)")] = None,
     url: Url = DEFAULT_URL,
 ) -> None:
@@ -454,7 +454,7 @@ def predict(
 @app.command()
 def activations(
     experiment_id: int,
-    image: Annotated[Path, typer.Argument(help="a PNG/JPEG image")],
+    image: Annotated[Path, typer.Argument(help="a PNG, JPEG or WebP image")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("activations.png"),
     epoch: Annotated[int | None, typer.Option(min=1, help="that epoch's checkpoint (default: the best)")] = None,
     url: Url = DEFAULT_URL,
@@ -466,7 +466,7 @@ def activations(
 @app.command()
 def saliency(
     experiment_id: int,
-    image: Annotated[Path, typer.Argument(help="a PNG/JPEG image")],
+    image: Annotated[Path, typer.Argument(help="a PNG, JPEG or WebP image")],
     label: Annotated[int | None, typer.Option(min=0, help="the class (default: the predicted one)")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the PNG")] = Path("saliency.png"),
     epoch: Annotated[int | None, typer.Option(min=1, help="that epoch's checkpoint (default: the best)")] = None,

@@ -71,7 +71,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     404: {"model": ErrorBody, "description": "No such experiment, sweep or checkpoint"},
     409: {"model": ErrorBody, "description": "Not possible in the resource's current state (e.g. no checkpoint yet)"},
     413: {"model": ErrorBody, "description": "The body or the image is over this server's limits"},
-    415: {"model": ErrorBody, "description": "The upload is not a PNG or JPEG image"},
+    415: {"model": ErrorBody, "description": "The upload is not a PNG, JPEG or WebP image"},
     503: {"model": ErrorBody, "description": "The database cannot be reached for now: retry (see Retry-After)"},
 }
 

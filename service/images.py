@@ -9,7 +9,9 @@ from PIL import Image, UnidentifiedImageError
 
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
-ACCEPTED_FORMATS = ("PNG", "JPEG")
+# WebP: what browsers now save images from the web as.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+ACCEPTED_IN_WORDS = "a PNG, JPEG or WebP image"
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -20,7 +22,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise UnsupportedMediaType("the uploaded file is not a PNG or JPEG image") from None
+        raise UnsupportedMediaType(f"the uploaded file is not {ACCEPTED_IN_WORDS}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image rejected as a decompression bomb: {exc}") from None
     # Checked from the header, before any pixel is decoded.

@@ -29,7 +29,7 @@ from service.tables import csv_rows
 from worker.datasets import tabular_pool, tabular_preprocess
 from worker.preprocess import GRAYSCALE_MODES, Preprocess, image_to_uint8
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Left by macOS' and Windows' archivers; never data.
 _JUNK = re.compile(r"(^|/)(__MACOSX|\.DS_Store|Thumbs\.db|\._[^/]*)(/|$)")
 

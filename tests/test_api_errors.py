@@ -13,7 +13,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.specs import DatasetSpec
-from tests.conftest import BACKENDS, Deployment, deployment, new_database, tiny_spec, train_in_process
+from tests.conftest import BACKENDS, REPO, Deployment, deployment, new_database, tiny_spec, train_in_process
 from worker.datasets import load_dataset
 
 BAD_SPECS = [
@@ -292,7 +292,7 @@ def test_bad_uploads(predicting: tuple[Deployment, int], client_for) -> None:
 
     assert predict(png_bytes((8, 8))).status_code == 200
     text = predict(b"this is not an image\n" * 10, "notes.txt", "text/plain")
-    assert text.status_code == 415 and "PNG or JPEG" in text.json()["detail"]
+    assert text.status_code == 415 and "PNG, JPEG or WebP" in text.json()["detail"]
     gif = io.BytesIO()
     Image.new("L", (8, 8)).save(gif, format="GIF")
     assert predict(gif.getvalue(), "x.gif", "image/gif").status_code == 415
@@ -305,7 +305,7 @@ def test_bad_uploads(predicting: tuple[Deployment, int], client_for) -> None:
     huge_canvas = predict(png_bytes((5000, 5000)))
     assert huge_canvas.status_code == 413 and "pixels" in huge_canvas.json()["detail"]
     pdf = predict(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n", "scan.png")
-    assert pdf.status_code == 415 and "PNG or JPEG" in pdf.json()["detail"]
+    assert pdf.status_code == 415 and "PNG, JPEG or WebP" in pdf.json()["detail"]
     huge_field = client.post(
         url, files={"file": ("x.png", png_bytes(), "image/png")}, data={"comment": "x" * (11 * 1024 * 1024)}
     )
@@ -336,10 +336,20 @@ def test_the_image_can_be_the_body(predicting: tuple[Deployment, int], client_fo
             as_body = predict(data, sent_as, top_k=3)
             assert as_body.status_code == 200 and as_body.json() == as_form.json(), (sent_as, as_body.text)
     assert len(as_body.json()["probabilities"]) == 3
+    # A WebP (what browsers save images from the web as) is read as the PNG of the same pixels is.
+    digit = REPO / "examples" / "images" / "mnist-val-7.png"
+    webp = io.BytesIO()
+    Image.open(digit).save(webp, format="WEBP", lossless=True)
+    as_png = predict(digit.read_bytes(), top_k=10)
+    for sent in (
+        predict(webp.getvalue(), "image/webp", top_k=10),
+        client.post(url, params={"top_k": 10}, files={"file": ("7.webp", webp.getvalue(), "image/webp")}),
+    ):
+        assert sent.status_code == 200 and sent.json() == as_png.json(), sent.text
     empty = predict(b"")
     assert empty.status_code == 422 and empty.json()["detail"][0]["msg"] == "the uploaded file is empty"
     pdf = predict(b"%PDF-1.7\n%%EOF\n")
-    assert pdf.status_code == 415 and "PNG or JPEG" in pdf.json()["detail"]
+    assert pdf.status_code == 415 and "PNG, JPEG or WebP" in pdf.json()["detail"]
     oversized = predict(b"\x89PNG" + b"\0" * (10 * 1024 * 1024 + 1))
     assert oversized.status_code == 413
     for media_type in ("text/plain", "application/json", "image/gif", ""):
@@ -348,7 +358,7 @@ def test_the_image_can_be_the_body(predicting: tuple[Deployment, int], client_fo
     assert predict(png_bytes(), epoch=7).status_code == 404
     assert client.post(url, data={"file": "not a file"}).status_code == 415  # a urlencoded form
     spec = client.get("/openapi.json").json()["paths"]["/experiments/{experiment_id}/predict"]["post"]
-    assert {"multipart/form-data", "image/png", "image/jpeg"} <= spec["requestBody"]["content"].keys()
+    assert {"multipart/form-data", "image/png", "image/jpeg", "image/webp"} <= spec["requestBody"]["content"].keys()
 
 
 def test_healthz_stays_fast_while_bombs_arrive(predicting: tuple[Deployment, int], client_for) -> None:

@@ -143,7 +143,7 @@ def test_confusion_and_misclassified(service) -> None:
     refused = client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 10}, **digit)
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "label"], refused.text
     text = client.post(f"/experiments/{experiment['id']}/activations.png", files={"file": ("a.png", b"not an image")})
-    assert text.status_code == 415 and "not a PNG or JPEG" in text.text, text.text
+    assert text.status_code == 415 and "not a PNG, JPEG or WebP image" in text.text, text.text
     assert client.post("/experiments/999/activations.png", **digit).status_code == 404
 
 

@@ -121,7 +121,7 @@ def upload_dataset(
     file: Annotated[
         UploadFile,
         File(
-            description="a zip in ImageFolder layout (train/<class>/*.png|jpg, optional "
+            description="a zip in ImageFolder layout (train/<class>/*.png|jpg|webp, optional "
             "val/<class>/...), or a CSV table with a header row"
         ),
     ],  # fmt: skip

@@ -18,7 +18,7 @@ from starlette.datastructures import UploadFile
 from service.deps import PredictionsDep, PredictorsDep, SettingsDep, StoreDep
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.figures import PNG_RESPONSE, png_response, render_layer_outputs, render_saliency
-from service.images import decode_image
+from service.images import ACCEPTED_IN_WORDS, decode_image
 from service.predictions import image_predictor, load_predictor, probabilities
 from service.routers.experiments import Epoch, ExperimentId, check_label
 from service.schemas import Prediction, RowPredictions
@@ -36,7 +36,7 @@ router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_
 # The image itself as the body (`curl --data-binary @digit.png -H "Content-Type: image/png"`, as TorchServe takes
 # it), or a multipart form's `file` field (what a browser form sends). The body spares both sides the multipart
 # encoding: 0.3-0.5 ms of a request at one client here (bench/predict_latency.py).
-RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "application/octet-stream")
+RAW_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "application/octet-stream")
 _BINARY = {"type": "string", "format": "binary"}
 PREDICT_BODY = {
     "required": True,
@@ -45,7 +45,7 @@ PREDICT_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["file"],
-                "properties": {"file": {**_BINARY, "description": "a PNG or JPEG image"}},
+                "properties": {"file": {**_BINARY, "description": ACCEPTED_IN_WORDS}},
             }
         },
         **{media_type: {"schema": _BINARY} for media_type in RAW_IMAGE_TYPES},
@@ -82,7 +82,7 @@ async def predict(
     epoch: Epoch | None = None,
     top_k: Annotated[int, Query(ge=1, le=1000)] = 5,
 ) -> Response:
-    """Classify one PNG or JPEG image with the best checkpoint (or that of `epoch`): the image as the body, or
+    """Classify one PNG, JPEG or WebP image with the best checkpoint (or that of `epoch`): the image as the body, or
     the field `file` of a multipart form. Concurrent requests are answered in batches, off the event loop
     (service/predictions.py)."""
     # One dependency (the service object) rather than four: solving them was a third of the event loop's work

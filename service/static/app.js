@@ -339,8 +339,8 @@ function outsideNote(p) {
 }
 
 function imageDrop(id, ask) {
-  const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg"});
-  const drop = h("div", {class: "drop"}, "Drop a PNG or JPEG here, or ", input);
+  const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg,image/webp"});
+  const drop = h("div", {class: "drop"}, "Drop a PNG, JPEG or WebP image here, or ", input);
   const send = (file) => askImage(id, ask, file);
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -704,7 +704,7 @@ function uploadForm() {
   const result = h("p", {id: "upload-result"});
   const form = h("form", {id: "upload", class: "upload-form"},
     field("name", name), field("file", file),
-    h("span", {class: "muted hint"}, "a .zip of train/<class>/ (and optionally val/<class>/) PNG or JPEG images, or a .csv table with a header row"),
+    h("span", {class: "muted hint"}, "a .zip of train/<class>/ (and optionally val/<class>/) PNG, JPEG or WebP images, or a .csv table with a header row"),
     field("zip: resize every image to (px)", size), field("CSV: column to predict", target), field("CSV: task", task),
     h("button", {type: "submit", id: "upload-submit"}, "Upload"));
   form.addEventListener("submit", async (ev) => {
