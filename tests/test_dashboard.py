@@ -66,6 +66,14 @@ SENT_IMAGE = """async () => {
 }"""
 
 
+# A paste (Ctrl+V) on the page of a PNG given as its bytes, as a browser dispatches one.
+PASTE_IMAGE = """(bytes) => {
+  const clipboard = new DataTransfer();
+  clipboard.items.add(new File([new Uint8Array(bytes)], "image.png", {type: "image/png"}));
+  document.body.dispatchEvent(new ClipboardEvent("paste", {clipboardData: clipboard, bubbles: true}));
+}"""
+
+
 def draw(page, points: list[tuple[float, float]]) -> None:
     """One stroke on the sketch pad through `points`, given as fractions of its width and height."""
     pad = page.locator("#sketch")
@@ -195,6 +203,11 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text("0")
         sent = page.evaluate(SENT_IMAGE)
         assert 19 <= sent["extent"] <= 21 and abs(sent["cx"] - 14) < 1 and abs(sent["cy"] - 14) < 1, sent
+        # An image pasted on the page (Ctrl+V of a screenshot) is sent as a dropped one is.
+        seven = list((REPO / "examples" / "images" / "mnist-val-7.png").read_bytes())
+        page.evaluate(PASTE_IMAGE, seven)
+        sync_api.expect(page.locator("#prediction .predicted")).to_have_text("7")
+        assert page.locator("#sketch-sent").count() == 0  # the panel shows what the file gave, not the drawing
 
         page.goto(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")

@@ -340,7 +340,7 @@ function outsideNote(p) {
 
 function imageDrop(id, ask) {
   const input = h("input", {type: "file", id: "predict-file", accept: "image/png,image/jpeg,image/webp"});
-  const drop = h("div", {class: "drop"}, "Drop a PNG, JPEG or WebP image here, or ", input);
+  const drop = h("div", {class: "drop"}, "Drop a PNG, JPEG or WebP image here, paste one (Ctrl+V), or ", input);
   const send = (file) => askImage(id, ask, file);
   input.addEventListener("change", () => input.files[0] && send(input.files[0]));
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
@@ -349,6 +349,14 @@ function imageDrop(id, ask) {
     ev.preventDefault();
     drop.classList.remove("over");
     if (ev.dataTransfer.files[0]) send(ev.dataTransfer.files[0]);
+  });
+  // An image pasted anywhere on the page (a screenshot, an image copied in a browser), while the page shows this.
+  document.addEventListener("paste", function pasted(ev) {
+    if (!drop.isConnected) return document.removeEventListener("paste", pasted);
+    const file = [...(ev.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (!file || ev.target.closest?.("textarea, input")) return;  // text pasted into a field stays text
+    ev.preventDefault();
+    send(file);
   });
   return drop;
 }
