@@ -15,7 +15,7 @@ import stat
 import zipfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -27,6 +27,7 @@ from service.images import decode_image
 from service.settings import Settings
 from service.tables import csv_rows
 from worker.datasets import tabular_pool, tabular_preprocess
+from worker.ink import ink_of
 from worker.preprocess import GRAYSCALE_MODES, Preprocess, image_to_uint8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -116,6 +117,8 @@ def read_image_zip(data: bytes, settings: Settings, image_size: int | None) -> U
         "preprocess": preprocess.to_dict(),
         "description": f"uploaded ImageFolder zip: {len(class_names)} classes, {counts_text(counts)}",
     }
+    if ink := ink_of(tensors["images"]):
+        meta["ink"] = asdict(ink)
     return Upload(meta, _save(tensors))
 
 

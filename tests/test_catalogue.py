@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.specs import ExperimentSpec
+from service.specs import DatasetSpec, ExperimentSpec
 from tests.conftest import REPO, deployment, run_cli, wait_for_status
 from tests.datafiles import CIFAR_MINI, SHARED, diabetes_csv, png_bytes, zip_entries, zip_folder
 from worker import datasets
@@ -207,6 +207,41 @@ def _layers(order: list[str]) -> list[dict]:
     block = {"conv2d": {"kind": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1}}
     layers = [block.get(kind, {"kind": kind}) for kind in order] * 2
     return [*layers, {"kind": "flatten"}, {"kind": "dropout", "p": 0.2}, {"kind": "linear"}]
+
+
+def test_a_grayscale_dataset_says_how_its_ink_sits(api) -> None:
+    """Light on dark or dark on light, how much of the frame the ink's box spans and how wide its strokes are: the
+    dashboard's sketch pad frames a drawing the same way (MNIST's digits fit 20 of their 28 pixels, strokes ~2
+    wide; scikit-learn's 8x8 digits fill theirs, strokes a fifth of it; so do Fashion-MNIST's clothes, whole
+    shapes). Colour images and tables have none."""
+    dep, client = api
+    ink = {name: client.get(f"/datasets/{name}").json()["ink"] for name in ("mnist-10k", "fashion-mnist-10k", "digits")}
+    assert ink == {
+        "mnist-10k": {"color": "light", "extent": pytest.approx(20 / 28, abs=1e-4), "stroke": 0.0788},
+        "fashion-mnist-10k": {"color": "light", "extent": 1.0, "stroke": 0.1862},
+        "digits": {"color": "light", "extent": 1.0, "stroke": 0.1953},
+    }, ink
+    assert client.get("/datasets/diabetes").json()["ink"] is None
+    # An upload of digits drawn dark on white (MNIST's, inverted), at 32x32 with their 20x20 box.
+    mnist = load_dataset(DatasetSpec(name="mnist-10k"), dep.root / "data")
+    entries = {}
+    for i in range(12):
+        image = Image.fromarray(255 - mnist.train.images[i, 0].numpy()).resize((32, 32), Image.Resampling.NEAREST)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        entries[f"train/{mnist.train.labels[i].item() % 2}/{i}.png"] = buffer.getvalue()
+    uploaded = _upload(client, "dark-digits", zip_entries(entries))
+    assert uploaded.status_code == 201, uploaded.text
+    assert uploaded.json()["ink"] == {
+        "color": "dark",
+        "extent": pytest.approx(20 / 28, abs=0.04),
+        "stroke": pytest.approx(0.08, abs=0.02),
+    }
+    assert client.get("/datasets/dark-digits").json()["ink"] == uploaded.json()["ink"]
+    photos = {f"train/{c}/{p.name}": p.read_bytes() for c in ("cat", "dog")
+              for p in sorted((CIFAR_MINI / "train" / c).glob("*.jpg"))[:3]}  # fmt: skip
+    cifar = _upload(client, "cifar-few", zip_entries(photos))
+    assert cifar.status_code == 201 and cifar.json()["ink"] is None, cifar.text
 
 
 def test_layer_lists_are_shape_checked_before_anything_is_queued(api) -> None:

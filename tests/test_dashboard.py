@@ -66,6 +66,23 @@ SENT_IMAGE = """async () => {
 }"""
 
 
+# A 7 framed for a dataset of 8x8 images whose dark ink fills the frame in strokes a fifth of it wide (as
+# scikit-learn's digits would be if drawn dark on light): the image's size, its corner's brightness, the larger
+# side of its ink's box, and its strokes' width as the API measures them.
+FRAMED_DARK_8X8 = """async () => {
+  const dataset = {ink: {color: "dark", extent: 1, stroke: 0.2}, input_shape: [1, 8, 8]};
+  const file = await framed([[[60, 40], [200, 40], [120, 250]]], dataset, {paper: "#fff", pen: "#000"});
+  const bitmap = await createImageBitmap(file);
+  const canvas = Object.assign(document.createElement("canvas"), {width: bitmap.width, height: bitmap.height});
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  const weight = (v) => 255 - v;
+  const inked = pixelWeights(canvas, weight).map((v) => v > 255 / 4);
+  const xs = inked.flatMap((ink, i) => ink ? [i % 8] : []), ys = inked.flatMap((ink, i) => ink ? [Math.floor(i / 8)] : []);
+  return {width: canvas.width, height: canvas.height, corner: canvas.getContext("2d").getImageData(0, 0, 1, 1).data[0],
+          extent: Math.max(Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys)) + 1,
+          stroke: strokeWidth(canvas, weight)};
+}"""
+
 # A paste (Ctrl+V) on the page of a PNG given as its bytes, as a browser dispatches one.
 PASTE_IMAGE = """(bytes) => {
   const clipboard = new DataTransfer();
@@ -203,6 +220,11 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text("0")
         sent = page.evaluate(SENT_IMAGE)
         assert 19 <= sent["extent"] <= 21 and abs(sent["cx"] - 14) < 1 and abs(sent["cy"] - 14) < 1, sent
+        # The drawing is framed as the dataset's images are (GET /datasets/{name}'s `ink`): dark ink on light, in a
+        # frame of another size, filling it in thicker strokes.
+        dark = page.evaluate(FRAMED_DARK_8X8)
+        assert (dark["width"], dark["height"], dark["corner"], dark["extent"]) == (8, 8, 255, 8), dark
+        assert abs(dark["stroke"] - 0.2 * 8) < 0.6, dark
         # An image pasted on the page (Ctrl+V of a screenshot) is sent as a dropped one is.
         seven = list((REPO / "examples" / "images" / "mnist-val-7.png").read_bytes())
         page.evaluate(PASTE_IMAGE, seven)

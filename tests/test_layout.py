@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 ENGINE_MODULES = [
     "engine", "datasets", "models", "preprocess", "checkpoints", "inference", "augment", "evaluation", "previews",
-    "objectives", "pretrained", "tensorboard", "model_views",
+    "objectives", "pretrained", "tensorboard", "model_views", "ink",
 ]  # fmt: skip
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Literal
 
 import torch
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.catalogue import open_dataset
 from service.deps import SettingsDep, StoreDep
@@ -26,6 +27,7 @@ from worker.datasets import (
     dataset_names,
     uploaded_info,
 )
+from worker.ink import ink_of
 from worker.preprocess import Preprocess
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -43,6 +45,12 @@ class Feature(BaseModel):
     max: float | None
 
 
+class InkPublic(BaseModel):
+    color: Literal["light", "dark"]
+    extent: float = Field(description="the median share of the frame's larger side that the ink's box spans")
+    stroke: float = Field(description="the median width of the strokes, as a share of the frame's larger side")
+
+
 class DatasetPublic(BaseModel):
     name: str
     source: Literal["builtin", "uploaded"]
@@ -57,6 +65,9 @@ class DatasetPublic(BaseModel):
     counts: dict | None = None
     feature_names: list[str] | None = None
     features: list[Feature] | None = None  # tables: feature_names with each one's mean and range
+    # Grayscale images: light on dark or dark on light, the share of the frame the ink's box spans, and how wide
+    # its strokes are (the dashboard frames a drawing so). Builtins show it in GET /datasets/{name}; uploads from before it, never.
+    ink: InkPublic | None = None
     created_at: datetime | None = None
 
 
@@ -67,13 +78,14 @@ def _builtin(name: str, settings: Settings, store: Store, *, with_counts: bool =
         available = True
     except DatasetUnavailable:
         available = False
-    counts = None
+    counts, ink = None, None
     if with_counts and available and info.task == "classification":
         dataset = open_dataset(DatasetSpec(name=name), settings, store)
         counts = {"pool": _class_counts(info, torch.cat([dataset.train.labels, dataset.val.labels]))}
         if dataset.test is not None:
             counts["test"] = _class_counts(info, dataset.test.labels)
-    return _public(info, "builtin", available, counts)
+        ink = ink_of(dataset.train.images)
+    return _public(info, "builtin", available, counts, asdict(ink) if ink else None)
 
 
 def _class_counts(info: DatasetInfo, labels: torch.Tensor) -> dict[str, int]:
@@ -83,17 +95,17 @@ def _class_counts(info: DatasetInfo, labels: torch.Tensor) -> dict[str, int]:
 
 def _uploaded(upload: DatasetUpload) -> DatasetPublic:
     info = uploaded_info(upload.name, upload.meta)
-    public = _public(info, "uploaded", True, upload.meta["counts"])
+    public = _public(info, "uploaded", True, upload.meta["counts"], upload.meta.get("ink"))
     return public.model_copy(update={"created_at": upload.created_at})
 
 
-def _public(info: DatasetInfo, source, available: bool, counts: dict | None) -> DatasetPublic:
+def _public(info: DatasetInfo, source, available: bool, counts: dict | None, ink: dict | None) -> DatasetPublic:
     return DatasetPublic(
         name=info.name, source=source, task=info.task, description=info.description,
         class_names=list(info.class_names), input_shape=list(info.preprocess.input_shape), size=info.size,
         available=available, counts=counts,
         feature_names=list(info.feature_names) if info.feature_names else None,
-        features=_features(info.preprocess) if info.feature_names else None,
+        features=_features(info.preprocess) if info.feature_names else None, ink=ink,
     )  # fmt: skip
 
 

@@ -322,7 +322,7 @@ function predictPanel(id, experiment, dataset) {
     }
   }
   dataset.then((d) => {
-    if (d?.input_shape?.[0] === 1) box.prepend(imageDrop(id, ask), sketchPad(id, ask));  // grayscale images
+    if (d?.ink) box.prepend(imageDrop(id, ask), sketchPad(id, ask, d));  // grayscale images
     else if (d) box.prepend(d.features ? rowForm(d.features, ask) : imageDrop(id, ask));
     else box.prepend(experiment.spec.task === "regression"  // its dataset deleted since: the model still answers
       ? h("p", {class: "muted"}, "A table's model: POST rows to /predict/rows.") : imageDrop(id, ask));
@@ -365,93 +365,154 @@ function askImage(id, ask, file, after = []) {
   ask("predict?top_k=5", {body: fileForm(file)}, [...after, imageFigures(id, file)]);
 }
 
-// A pad to draw on, white on black as MNIST's digits are; each stroke sends the drawing, framed as MNIST framed
-// its digits (`framed`), and shows what went.
-function sketchPad(id, ask) {
-  const size = 280;
-  const canvas = h("canvas", {id: "sketch", class: "sketch", width: size, height: size});
-  const context = canvas.getContext("2d");
-  const clear = () => { context.fillStyle = "#000"; context.fillRect(0, 0, size, size); };
-  clear();
-  Object.assign(context, {strokeStyle: "#fff", lineWidth: 22, lineCap: "round", lineJoin: "round"});
+// A pad to draw on, in the ink of the dataset's images (light on dark, or dark on light); each stroke sends the
+// drawing framed as they are (`framed`), and shows what went.
+const PAD = 280;
+const PEN = 22;
+
+function sketchPad(id, ask, dataset) {
+  const colors = dataset.ink.color === "light" ? {paper: "#000", pen: "#fff"} : {paper: "#fff", pen: "#000"};
+  const canvas = h("canvas", {id: "sketch", class: "sketch", width: PAD, height: PAD});
+  const strokes = [];  // each a list of points on the pad
+  const redraw = () => paint(canvas, strokes, PEN, colors);
+  const clear = () => { strokes.length = 0; redraw(); };
+  redraw();
   const at = (ev) => {
     const r = canvas.getBoundingClientRect();
-    return [(ev.clientX - r.left) * size / r.width, (ev.clientY - r.top) * size / r.height];
+    return [(ev.clientX - r.left) * PAD / r.width, (ev.clientY - r.top) * PAD / r.height];
   };
   let drawing = false;
   canvas.addEventListener("pointerdown", (ev) => {
     drawing = true;
     canvas.setPointerCapture(ev.pointerId);
-    context.beginPath();
-    context.moveTo(...at(ev));
-    context.lineTo(...at(ev));  // a click is a dot
-    context.stroke();
+    strokes.push([at(ev)]);
+    redraw();
   });
   canvas.addEventListener("pointermove", (ev) => {
     if (!drawing) return;
-    context.lineTo(...at(ev));
-    context.stroke();
+    strokes.at(-1).push(at(ev));
+    redraw();
   });
   canvas.addEventListener("pointerup", async () => {
     drawing = false;
-    const file = await framed(canvas);
+    const file = await framed(strokes, dataset, colors);
     if (!file) return;
+    const [height, width] = dataset.input_shape.slice(1);
     const sent = h("img", {id: "sketch-sent", class: "sketch-sent", src: URL.createObjectURL(file),
-      alt: "the drawing as sent: 28x28 pixels", title: "what was sent: 28x28 pixels"});
-    askImage(id, ask, file, [h("p", {class: "muted"}, "Sent as ", sent, " (28×28, the drawing framed as MNIST's digits are)")]);
+      alt: `the drawing as sent: ${width}x${height} pixels`, title: `what was sent: ${width}x${height} pixels`});
+    askImage(id, ask, file, [h("p", {class: "muted"}, "Sent as ", sent, ` (${width}×${height}: the drawing framed as `,
+      `${dataset.name}'s images are: its box ${Math.round(dataset.ink.extent * 100)}% of the frame, its strokes `,
+      `${+(dataset.ink.stroke * Math.max(width, height)).toFixed(1)} pixels wide)`)]);
   });
   return h("div", {class: "sketch-pad"},
-    h("p", {}, "Or draw one, white on black: ",
+    h("p", {}, `Or draw one, ${colors.pen === "#fff" ? "white on black" : "black on white"}: `,
       h("button", {type: "button", id: "sketch-clear", onclick: clear}, "Clear")),
     canvas);
 }
 
-// The drawing as MNIST's digits were made (LeCun et al.): its box of drawn pixels scaled to fit 20x20 pixels,
-// keeping its shape, in a 28x28 image, moved so that its centre of mass is the image's centre. A PNG file; null
-// where nothing is drawn.
-async function framed(canvas) {
-  const {width, height} = canvas;
-  const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
-  let top = height, bottom = -1, left = width, right = -1;
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      if (pixels[(y * width + x) * 4] === 0) continue;
-      [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
-    }
+// `strokes` on `canvas` (moved by `offset`) with a round pen `width` wide; a stroke of one point is a dot.
+function paint(canvas, strokes, width, {paper, pen}, offset = 0) {
+  const context = canvas.getContext("2d");
+  context.fillStyle = paper;
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  Object.assign(context, {strokeStyle: pen, lineWidth: width, lineCap: "round", lineJoin: "round"});
+  for (const points of strokes) {
+    context.beginPath();
+    context.moveTo(points[0][0] + offset, points[0][1] + offset);
+    for (const [x, y] of points) context.lineTo(x + offset, y + offset);
+    context.stroke();
   }
-  if (bottom < 0) return null;
-  const [across, down] = [right - left + 1, bottom - top + 1];
-  const scale = 20 / Math.max(across, down);
-  const box = blank(28);
-  box.getContext("2d").drawImage(canvas, left, top, across, down,
-    14 - across * scale / 2, 14 - down * scale / 2, across * scale, down * scale);
-  const [cx, cy] = centreOfMass(box);
-  const out = blank(28);
-  out.getContext("2d").drawImage(box, Math.round(14 - cx), Math.round(14 - cy));
+}
+
+// The drawing framed as the dataset's images are, as MNIST's digits were made (LeCun et al.): in an image of the
+// model's input size, its box scaled, keeping its shape, so that its larger side spans `ink.extent` of the
+// frame's larger side, and moved so that its centre of mass is the image's centre as far as the box stays inside;
+// drawn with the pen whose width gives it strokes as wide as the images' (`ink.stroke` of the frame's larger side:
+// thin for MNIST, thick for scikit-learn's 8x8 digits). A PNG file; null where nothing is drawn.
+async function framed(strokes, {ink, input_shape: [, height, width]}, colors) {
+  if (!strokes.length) return null;
+  const weight = ink.color === "light" ? (v) => v : (v) => 255 - v;  // how much ink a pixel holds
+  const wanted = ink.stroke * Math.max(width, height);
+  let [thin, thick] = [1, 120];
+  let out;
+  for (let step = 0; step < 8; step++) {  // the pen's width by bisection: the framed strokes widen with it
+    const pen = (thin + thick) / 2;
+    out = frame(strokes, pen, ink, [width, height], colors, weight);
+    if (strokeWidth(out, weight) < wanted) thin = pen;
+    else thick = pen;
+  }
   const blob = await new Promise((resolve) => out.toBlob(resolve, "image/png"));
   return new File([blob], "drawing.png", {type: "image/png"});
 }
 
-function blank(size) {
-  const canvas = Object.assign(document.createElement("canvas"), {width: size, height: size});
+function frame(strokes, penWidth, ink, [width, height], colors, weight) {
+  const margin = Math.ceil(penWidth / 2);  // the pen's round ends stay on the canvas
+  const pad = Object.assign(document.createElement("canvas"), {width: PAD + 2 * margin, height: PAD + 2 * margin});
+  paint(pad, strokes, penWidth, colors, margin);
+  const pixels = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height).data;
+  let top = pad.height, bottom = -1, left = pad.width, right = -1;
+  for (let y = 0; y < pad.height; y++) {
+    for (let x = 0; x < pad.width; x++) {
+      if (weight(pixels[(y * pad.width + x) * 4]) === 0) continue;
+      [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
+    }
+  }
+  const [across, down] = [right - left + 1, bottom - top + 1];
+  const scale = ink.extent * Math.max(width, height) / Math.max(across, down);
+  const [boxWidth, boxHeight] = [across * scale, down * scale];
+  const box = blank(width, height, colors.paper);
+  box.getContext("2d").drawImage(pad, left, top, across, down,
+    (width - boxWidth) / 2, (height - boxHeight) / 2, boxWidth, boxHeight);
+  const [cx, cy] = centreOfMass(box, weight);
+  // By whole pixels (a fraction would blur it), and no further than keeps the box inside the frame.
+  const shift = (centre, size, extent) => {
+    const room = (size - extent) / 2;
+    return Math.round(Math.max(-room, Math.min(room, size / 2 - centre)));
+  };
+  const out = blank(width, height, colors.paper);
+  out.getContext("2d").drawImage(box, shift(cx, width, boxWidth), shift(cy, height, boxHeight));
+  return out;
+}
+
+function blank(width, height, paper) {
+  const canvas = Object.assign(document.createElement("canvas"), {width, height});
   const context = canvas.getContext("2d");
-  context.fillStyle = "#000";
-  context.fillRect(0, 0, size, size);
+  context.fillStyle = paper;
+  context.fillRect(0, 0, width, height);
   context.imageSmoothingQuality = "high";
   return canvas;
 }
 
-// Of a grayscale canvas's pixels, weighed by brightness (pixel centres at +0.5).
-function centreOfMass(canvas) {
+function pixelWeights(canvas, weight) {
   const {width, height} = canvas;
   const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
-  let mass = 0, mx = 0, my = 0;
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const v = pixels[(y * width + x) * 4];
-      [mass, mx, my] = [mass + v, mx + v * (x + 0.5), my + v * (y + 0.5)];
-    }
-  }
+  return Array.from({length: width * height}, (_, i) => weight(pixels[i * 4]));
+}
+
+// The width of a canvas's strokes as the API measures the images' (worker/ink.py): twice the ink's area over the
+// length of its outline, a pixel being ink where it holds over a quarter of the most a pixel can.
+function strokeWidth(canvas, weight) {
+  const {width, height} = canvas;
+  const inked = pixelWeights(canvas, weight).map((v) => v > 255 / 4);
+  const at = (x, y) => x >= 0 && y >= 0 && x < width && y < height && inked[y * width + x];
+  let [area, outline] = [0, 0];
+  inked.forEach((ink, i) => {
+    if (!ink) return;
+    const [x, y] = [i % width, Math.floor(i / width)];
+    area += 1;
+    outline += [[x - 1, y], [x + 1, y], [x, y - 1], [x, y + 1]].filter(([u, v]) => !at(u, v)).length;
+  });
+  return outline ? 2 * area / outline : 0;
+}
+
+// Of a canvas's pixels, each weighed by `weight` of its brightness (pixel centres at +0.5).
+function centreOfMass(canvas, weight) {
+  const weights = pixelWeights(canvas, weight);
+  let [mass, mx, my] = [0, 0, 0];
+  weights.forEach((v, i) => {
+    const [x, y] = [i % canvas.width, Math.floor(i / canvas.width)];
+    [mass, mx, my] = [mass + v, mx + v * (x + 0.5), my + v * (y + 0.5)];
+  });
   return [mx / mass, my / mass];
 }
 
