@@ -28,7 +28,7 @@ from rich.text import Text
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric, compact, difference_rows
 from service.errors import InvalidInput
-from service.schemas import Confusion, ExperimentPublic, RowPredictions, Status
+from service.schemas import Confusion, ExperimentPublic, ListOrder, RowPredictions, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
 from service.tables import csv_rows
@@ -267,12 +267,15 @@ def list_(
     name: Annotated[str | None, typer.Option(help="only those with this in their name (any case)")] = None,
     sweep: Annotated[int | None, typer.Option(help="only this sweep's trials")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="only those with this tag; repeatable")] = None,
+    sort: Annotated[
+        ListOrder, typer.Option(help="newest, oldest, or by the best epoch's val_accuracy (highest first) or val_loss")
+    ] = "newest",
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     url: Url = DEFAULT_URL,
 ) -> None:
-    """The newest experiments."""
+    """The newest experiments (or the best, with --sort val_accuracy)."""
     filters = {"status": status, "dataset": dataset, "model": model, "name": name, "sweep": sweep}
-    page = _call(url, lambda c: c.list(**filters, tags=tag or (), limit=limit))
+    page = _call(url, lambda c: c.list(**filters, tags=tag or (), sort=sort, limit=limit))
     tagged = any(e.tags for e in page.items)
     table = Table("id", "name", "status", "dataset", "model", "epoch", "best", "created", *(["tags"] if tagged else []))
     for e in page.items:

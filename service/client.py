@@ -26,6 +26,7 @@ from service.schemas import (
     Confusion,
     ExperimentList,
     ExperimentPublic,
+    ListOrder,
     Prediction,
     RowPredictions,
     Status,
@@ -130,13 +131,15 @@ class Client:
         name: str | None = None,
         sweep: int | None = None,
         tags: Sequence[str] = (),
+        sort: ListOrder = "newest",
         limit: int = 50,
         offset: int = 0,
     ) -> ExperimentList:
-        """Newest first; the filters combine (`name`: part of the name, in any case; `model`: a model kind;
-        `tags`: every one of them)."""
+        """Newest first, or as `sort` says (`val_accuracy`: the best epoch's, highest first; `val_loss`: lowest
+        first); the filters combine (`name`: part of the name, in any case; `model`: a model kind; `tags`: every
+        one of them)."""
         filters = {"status": status, "dataset": dataset, "model": model, "name": name, "sweep": sweep}
-        params = {"limit": limit, "offset": offset, "tag": list(tags)}
+        params = {"limit": limit, "offset": offset, "tag": list(tags), "sort": sort}
         params |= {k: str(v) for k, v in filters.items() if v is not None}
         return ExperimentList.model_validate(self._request("GET", "/experiments", params=params).json())
 

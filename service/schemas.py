@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -112,6 +112,10 @@ class AttemptPublic(BaseModel):
     claimed_at: datetime
     ended_at: datetime | None
     outcome: str | None
+
+
+# How GET /experiments may order them (service.store.LIST_ORDERS).
+ListOrder = Literal["newest", "oldest", "val_accuracy", "val_loss"]
 
 
 class ExperimentList(BaseModel):

@@ -56,6 +56,7 @@ from service.schemas import (
     EventPublic,
     ExperimentPublic,
     ExperimentUpdate,
+    ListOrder,
     Status,
     SweepSummary,
     TestMetrics,
@@ -214,6 +215,15 @@ class MetricRow(Base):
 # The experiment's best epoch: highest val_accuracy (classification), lowest val_loss (regression, whose accuracy
 # is null); the earliest on ties, as `record_epoch` keeps it.
 BEST_FIRST = (func.coalesce(-MetricRow.val_accuracy, MetricRow.val_loss), MetricRow.epoch)
+
+# A listing's orders: by id, or by the best epoch's validation accuracy (highest first) or loss (lowest first),
+# experiments without a finished epoch (or, by accuracy, a regression) last; ties newest first.
+LIST_ORDERS = {
+    "newest": (ExperimentRow.id.desc(),),
+    "oldest": (ExperimentRow.id.asc(),),
+    "val_accuracy": (ExperimentRow.best_val_accuracy.desc().nulls_last(), ExperimentRow.id.desc()),
+    "val_loss": (ExperimentRow.best_val_loss.asc().nulls_last(), ExperimentRow.id.desc()),
+}
 
 
 class CheckpointRow(Base):
@@ -620,9 +630,10 @@ class Store:
         name: str | None = None,
         sweep_id: int | None = None,
         tags: Sequence[str] = (),
+        sort: ListOrder = "newest",
     ) -> tuple[list[ExperimentPublic], int]:
-        """Newest first, and how many match: of a status, a dataset, a model kind, a sweep, with `name` in their
-        name (any case), with every one of `tags`."""
+        """In the order `sort` names (LIST_ORDERS), and how many match: of a status, a dataset, a model kind, a
+        sweep, with `name` in their name (any case), with every one of `tags`."""
         query = select(ExperimentRow)
         if status is not None:
             query = query.where(ExperimentRow.status == status.value)
@@ -638,7 +649,7 @@ class Store:
             query = query.where(self._tagged(tag))
         with self._read() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = session.scalars(query.order_by(ExperimentRow.id.desc()).limit(limit).offset(offset)).all()
+            rows = session.scalars(query.order_by(*LIST_ORDERS[sort]).limit(limit).offset(offset)).all()
             return [_public(row) for row in rows], total
 
     def _tagged(self, tag: str) -> Exists:

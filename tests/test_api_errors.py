@@ -251,6 +251,9 @@ def test_query_bounds(seeded) -> None:
     unknown = client.get("/experiments", params={"model": "CNN"})  # kinds are lower case
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["query", "model"]
     assert "'cnn'" in unknown.json()["detail"][0]["msg"], unknown.text
+    unsorted = client.get("/experiments", params={"sort": "accuracy"})  # the metric is val_accuracy
+    assert unsorted.status_code == 422 and unsorted.json()["detail"][0]["loc"] == ["query", "sort"], unsorted.text
+    assert "'val_accuracy'" in unsorted.json()["detail"][0]["msg"], unsorted.text
     assert client.get("/experiments/1/metrics", params={"since_epoch": -1}).status_code == 422
     # Ids are PostgreSQL integers: a bigger one was a 500 there.
     for path in ("/experiments/1/logs", "/experiments/1/events"):
@@ -270,6 +273,8 @@ def test_list_is_newest_first_with_paging_and_filter(seeded) -> None:
     named = client.get("/experiments", params={"name": "KEPT-1", "model": "mlp", "dataset": "digits"}).json()
     assert [e["name"] for e in named["items"]] == ["kept-1"] and named["total"] == 1
     assert client.get("/experiments", params={"model": "cnn"}).json()["total"] == 0
+    oldest = client.get("/experiments", params={"sort": "oldest", "limit": 2}).json()  # tests/test_store.py: the rest
+    assert [e["name"] for e in oldest["items"]] == ["kept-0", "kept-1"] and oldest["total"] == 3
 
 
 def test_predict_or_download_before_any_checkpoint_is_409(seeded) -> None:

@@ -267,6 +267,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         assert "val_accuracy" not in page.locator("#metric option").all_inner_texts()
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(2)
         page.goto(f"{dep.url}/#/")
+        rows = page.locator("#experiments tbody tr")
+        sync_api.expect(rows.first).to_have_attribute("data-id", str(line_id))  # the newest first
+        page.select_option("#sort", "val_accuracy")  # the most accurate first; a regression has no accuracy
+        sync_api.expect(rows.first).to_have_attribute("data-id", "1")
         page.fill("#filter-name", "DIABETES")
         sync_api.expect(page.locator("#experiments tbody tr")).to_have_count(1)
         sync_api.expect(page.locator(f'#experiments tr[data-id="{line_id}"]')).to_be_visible()

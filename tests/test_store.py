@@ -339,6 +339,26 @@ def test_listing_filters_by_status_dataset_model_name_and_sweep(store: Store) ->
     assert ids(dataset="nothing") == [] and ids(sweep_id=sweep_id + 1) == []
 
 
+def test_listing_sorts_by_the_best_epoch_s_metrics_with_runs_without_one_last(store: Store) -> None:
+    """`val_accuracy`: the most accurate best epoch first; `val_loss`: the lowest first (a regression has no
+    accuracy); runs that have finished no epoch last, newest first, as are ties."""
+    a07, a09, a08, a09_later, unfinished = (submit(store) for _ in range(5))
+    for accuracy in (0.7, 0.9, 0.8, 0.9):  # claimed oldest first
+        store.record_epoch(store.claim("w", **LEASE), metrics(1, accuracy), b"weights")
+
+    def ids(sort: str) -> list[int]:
+        items, total = store.list_experiments(status=None, limit=50, offset=0, sort=sort)
+        assert total == 5
+        return [e.id for e in items]
+
+    assert ids("newest") == [unfinished, a09_later, a08, a09, a07]
+    assert ids("oldest") == [a07, a09, a08, a09_later, unfinished]
+    assert ids("val_accuracy") == [a09_later, a09, a08, a07, unfinished]
+    assert ids("val_loss") == [a09_later, a09, a08, a07, unfinished]  # metrics() makes the loss 1 - accuracy
+    page, _ = store.list_experiments(status=None, limit=2, offset=2, sort="val_accuracy")
+    assert [e.id for e in page] == [a08, a07]
+
+
 def test_damaged_checkpoints_are_detected_and_rewinding_forgets_later_epochs(store: Store) -> None:
     submit(store)
     job = store.claim("w", **LEASE)

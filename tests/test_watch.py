@@ -253,6 +253,11 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert "2/2 finished" in run_cli("sweeps", url=dep.url, cwd=REPO).stdout
         assert run_cli("sweeps", "1", url=dep.url, cwd=REPO).stdout.count("succeeded") == 2
         assert "2 of 2" in run_cli("list", "--sweep", "1", url=dep.url, cwd=REPO).stdout
+        for sort, first, second in (("oldest", "1e-05", "0.01"), ("val_accuracy", "0.01", "1e-05")):
+            listed = run_cli("list", "--sweep", "1", "--sort", sort, url=dep.url, cwd=REPO).stdout
+            assert listed.index(first) < listed.index(second), (sort, listed)
+        with Client(dep.url) as sdk:
+            assert [e.id for e in sdk.list(sweep=1, sort="val_loss").items] == [3, 2]
         mine = run_cli("list", "--name", "YAML", "--dataset", "mnist-10k", url=dep.url, cwd=REPO).stdout
         assert "from yaml" in mine and "1 of 1" in mine, mine
         edited = run_cli("edit", "1", "--tag", "yaml", "-t", "mlp", "--notes", "first try", url=dep.url, cwd=REPO)

@@ -35,7 +35,16 @@ from service.figures import (
     render_weights,
 )
 from service.predictions import load_predictor
-from service.schemas import AttemptPublic, Confusion, ExperimentList, ExperimentPublic, ExperimentUpdate, Status, Tag
+from service.schemas import (
+    AttemptPublic,
+    Confusion,
+    ExperimentList,
+    ExperimentPublic,
+    ExperimentUpdate,
+    ListOrder,
+    Status,
+    Tag,
+)
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
@@ -137,10 +146,17 @@ def list_experiments(
     tag: Annotated[
         list[Tag] | None, Query(max_length=20, description="tagged so; repeat it for runs with every tag")
     ] = None,
+    sort: Annotated[
+        ListOrder,
+        Query(
+            description="newest or oldest first, or by the best epoch's val_accuracy (highest first) or "
+            "val_loss (lowest first), those without one last"
+        ),
+    ] = "newest",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ):
-    """Newest first; `total` counts every match. The filters combine."""
+    """Newest first unless `sort` says otherwise; `total` counts every match. The filters combine."""
     items, total = store.list_experiments(
         status=status,
         dataset=dataset,
@@ -148,6 +164,7 @@ def list_experiments(
         name=name,
         sweep_id=sweep,
         tags=tag or (),
+        sort=sort,
         limit=limit,
         offset=offset,
     )

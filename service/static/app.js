@@ -77,15 +77,18 @@ function listView() {
   const status = h("select", {id: "filter-status", onchange: () => refresh()},
     ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", {value: s}, s || "any status")));
   const tag = h("input", {type: "search", id: "filter-tag", placeholder: "tag", oninput: () => refresh()});
+  const sort = h("select", {id: "sort", title: "order", onchange: () => refresh()},
+    [["newest", "newest first"], ["oldest", "oldest first"], ["val_accuracy", "most accurate first"],
+      ["val_loss", "lowest val loss first"]].map(([value, text]) => h("option", {value}, text)));
   const byTag = (t) => () => { tag.value = t; refresh(); };
   view.replaceChildren(h("h1", {}, "Experiments"),
-    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status, " ", tag),
+    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status, " ", tag, " ", sort),
     h("table", {id: "experiments"},
       h("thead", {}, h("tr", {}, ["", "id", "name", "status", "dataset", "model", "epoch", "best", "duration"]
         .map((c) => h("th", {}, c)))), body));
   let latest = 0;  // typing sends a request per key: only the newest answer is drawn
   async function refresh() {
-    const query = new URLSearchParams({limit: 100});
+    const query = new URLSearchParams({limit: 100, sort: sort.value});
     if (name.value) query.set("name", name.value);
     if (status.value) query.set("status", status.value);
     if (tag.value.trim()) query.set("tag", tag.value.trim());
