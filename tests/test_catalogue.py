@@ -19,6 +19,7 @@ from tests.datafiles import CIFAR_MINI, SHARED, diabetes_csv, png_bytes, zip_ent
 from worker import datasets
 from worker.datasets import load_dataset, read_cifar_batch
 from worker.engine import fit
+from worker.ink import ink_of
 
 BUILTIN = {"cifar10", "diabetes", "digits", "fashion-mnist", "fashion-mnist-10k", "mnist", "mnist-10k"}
 
@@ -222,6 +223,7 @@ def test_a_grayscale_dataset_says_how_its_ink_sits(api) -> None:
         "digits": {"color": "light", "extent": 1.0, "stroke": 0.1953},
     }, ink
     assert client.get("/datasets/diabetes").json()["ink"] is None
+    assert ink_of(torch.zeros(4, 1, 8, 8, dtype=torch.uint8)) is None  # blank images
     # An upload of digits drawn dark on white (MNIST's, inverted), at 32x32 with their 20x20 box.
     mnist = load_dataset(DatasetSpec(name="mnist-10k"), dep.root / "data")
     entries = {}

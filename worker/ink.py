@@ -27,9 +27,9 @@ class Ink:
 
 
 def ink_of(images: torch.Tensor) -> Ink | None:
-    """Of uint8 images (N, C, H, W), the first `SAMPLE`; None unless they are grayscale. The background is the
-    brightness most of the frame's border has; ink is whatever differs from it by more than a quarter of the
-    image's largest difference."""
+    """Of uint8 images (N, C, H, W), the first `SAMPLE`; None unless they are grayscale with ink on most. The
+    background is the brightness most of the frame's border has; ink is whatever differs from it by more than a
+    quarter of the image's largest difference."""
     if images.shape[1] != 1 or len(images) == 0:
         return None
     x = images[:SAMPLE, 0].float()
@@ -41,6 +41,8 @@ def ink_of(images: torch.Tensor) -> Ink | None:
     spans = torch.maximum(_span(inked.any(dim=2)), _span(inked.any(dim=1)))
     side = max(x.shape[1:])
     extent = spans.float().median().item() / side
+    if extent == 0:  # most images blank: no ink to frame a drawing like
+        return None
     stroke = (2 * inked.sum(dim=(1, 2)) / _outline(inked).clamp(min=1)).median().item() / side
     return Ink("dark" if dark else "light", round(extent, 4), round(stroke, 4))
 
