@@ -271,6 +271,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(rows.first).to_have_attribute("data-id", str(line_id))  # the newest first
         page.select_option("#sort", "val_accuracy")  # the most accurate first; a regression has no accuracy
         sync_api.expect(rows.first).to_have_attribute("data-id", "1")
+        page.select_option("#filter-dataset", "diabetes")  # its choices: every dataset GET /datasets lists
+        sync_api.expect(rows).to_have_count(1)
+        sync_api.expect(rows.first).to_have_attribute("data-id", str(line_id))
+        page.select_option("#filter-dataset", "")
         page.fill("#filter-name", "DIABETES")
         sync_api.expect(page.locator("#experiments tbody tr")).to_have_count(1)
         sync_api.expect(page.locator(f'#experiments tr[data-id="{line_id}"]')).to_be_visible()

@@ -77,12 +77,14 @@ function listView() {
   const status = h("select", {id: "filter-status", onchange: () => refresh()},
     ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", {value: s}, s || "any status")));
   const tag = h("input", {type: "search", id: "filter-tag", placeholder: "tag", oninput: () => refresh()});
+  const dataset = h("select", {id: "filter-dataset", onchange: () => refresh()}, h("option", {value: ""}, "any dataset"));
+  api("/datasets").then((all) => dataset.append(...all.map((d) => h("option", {value: d.name}, d.name)))).catch(() => {});
   const sort = h("select", {id: "sort", title: "order", onchange: () => refresh()},
     [["newest", "newest first"], ["oldest", "oldest first"], ["val_accuracy", "most accurate first"],
       ["val_loss", "lowest val loss first"]].map(([value, text]) => h("option", {value}, text)));
   const byTag = (t) => () => { tag.value = t; refresh(); };
   view.replaceChildren(h("h1", {}, "Experiments"),
-    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status, " ", tag, " ", sort),
+    h("p", {}, compare, " ", h("a", {href: "#/submit"}, "Submit one"), " · ", name, " ", status, " ", dataset, " ", tag, " ", sort),
     h("table", {id: "experiments"},
       h("thead", {}, h("tr", {}, ["", "id", "name", "status", "dataset", "model", "epoch", "best", "duration"]
         .map((c) => h("th", {}, c)))), body));
@@ -91,6 +93,7 @@ function listView() {
     const query = new URLSearchParams({limit: 100, sort: sort.value});
     if (name.value) query.set("name", name.value);
     if (status.value) query.set("status", status.value);
+    if (dataset.value) query.set("dataset", dataset.value);
     if (tag.value.trim()) query.set("tag", tag.value.trim());
     const asked = ++latest;
     let page;
@@ -109,7 +112,8 @@ function listView() {
         e.tags.flatMap((t) => [" ", h("button", {class: "tag", title: "only runs with this tag", onclick: byTag(t)}, t)])),
       h("td", {}, badge(e.status)), h("td", {}, e.spec.dataset.name), h("td", {}, e.spec.model.kind),
       h("td", {}, `${e.current_epoch}/${e.epochs}`), h("td", {}, bestText(e)), h("td", {}, duration(e)))));
-    const none = name.value || status.value || tag.value ? "No experiment matches." : "No experiments yet.";
+    const filtered = name.value || status.value || dataset.value || tag.value;
+    const none = filtered ? "No experiment matches." : "No experiments yet.";
     if (!page.items.length) body.append(h("tr", {}, h("td", {colspan: 9}, none)));
   }
   refresh();
