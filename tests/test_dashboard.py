@@ -373,3 +373,25 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator('#experiments tr[data-id="1"]')).to_be_visible()
         sync_api.expect(page.locator(f'#experiments tr[data-id="{long_id}"]')).to_have_count(0)
         assert http.get(f"/experiments/{long_id}").status_code == 404
+
+        # A run that overfits says so under its curves: 1,000 training images, a wide MLP, 15 epochs.
+        overfit = {"name": "overfits", "dataset": {"name": "fashion-mnist-10k", "val_fraction": 0.9},
+                   "model": {"kind": "mlp", "hidden": [512, 512]}, "epochs": 15, "precision": "fp32"}  # fmt: skip
+        overfit_id = http.post("/experiments", json=overfit).json()["id"]
+        page.goto(f"{dep.url}/#/experiments/{overfit_id}")
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=120_000)
+        losses = [(m["val_loss"], m["epoch"]) for m in http.get(f"/experiments/{overfit_id}/metrics").json()]
+        assert losses[-1][0] > 1.1 * min(losses)[0], losses  # what the note is about: the data did overfit
+        sync_api.expect(page.locator("#overfit")).to_contain_text(
+            f"Overfitting: the validation loss has risen since epoch {min(losses)[1]} "
+        )
+        for rows in (  # no note: a plateau a few percent above the lowest; train loss rising too; one epoch since
+            [(1, 1.0, 0.50), (2, 0.5, 0.40), (3, 0.3, 0.41), (4, 0.2, 0.42)],
+            [(1, 1.0, 0.50), (2, 0.5, 0.40), (3, 0.6, 0.50), (4, 0.7, 0.60)],
+            [(1, 1.0, 0.50), (2, 0.5, 0.40), (3, 0.3, 0.60)],
+        ):
+            metrics = [{"epoch": e, "train_loss": t, "val_loss": v} for e, t, v in rows]
+            assert page.evaluate("overfitting", metrics) is None, rows
+        page.goto(f"{dep.url}/#/experiments/1")  # the first CNN, two epochs: no note
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded")
+        assert page.locator("#overfit").inner_text() == ""

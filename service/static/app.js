@@ -129,6 +129,24 @@ function curvePanels(task) {
     : [["loss", "Loss"], ["accuracy", "Accuracy"]];
 }
 
+// Where the validation loss has risen by a tenth or more over two epochs or more past its lowest while the
+// training loss kept falling, what that says; null otherwise (a plateau a few percent above the lowest is noise).
+// By a loss, not an accuracy: a classifier grows overconfident on the validation images it gets wrong before its
+// accuracy drops.
+function overfitting(rows) {
+  const scored = rows.filter((r) => r.val_loss !== null && r.val_loss !== undefined);
+  if (!scored.length) return null;
+  const best = scored.reduce((a, r) => (r.val_loss < a.val_loss ? r : a));
+  const last = scored.at(-1);
+  if (last.epoch - best.epoch < 2 || last.val_loss < best.val_loss * 1.1 || last.train_loss >= best.train_loss) {
+    return null;
+  }
+  return `Overfitting: the validation loss has risen since epoch ${best.epoch} (${fmt(best.val_loss)} → ` +
+    `${fmt(last.val_loss)}) while the training loss kept falling (${fmt(best.train_loss)} → ${fmt(last.train_loss)}): ` +
+    "the model learns its training examples' particulars more than what carries over to new ones. Fewer epochs " +
+    "(early_stopping stops at the best one), more data or augmentation, dropout or weight decay help.";
+}
+
 function drawCurves(box, rows, task) {
   box.replaceChildren(...curvePanels(task).map(([metric, title]) => lineChart(
     ["train", "val"].filter((split) => rows.some((r) => r[`${split}_${metric}`] !== null && r[`${split}_${metric}`] !== undefined))
@@ -143,12 +161,17 @@ async function experimentView(id) {
   const header = h("div", {class: "exp-header"});
   const progress = h("div", {id: "progress", class: "muted"});
   const curves = h("div", {id: "curves", class: "charts"});
+  const overfit = h("p", {id: "overfit", class: "warning"});
+  const showCurves = () => {
+    drawCurves(curves, rows, experiment.spec.task);
+    overfit.textContent = overfitting(rows) || "";
+  };
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
   const [notes, showNotes] = notesPanel(experiment);
   // What it learnt from: a table's columns (`features`), or images; null where the dataset has been deleted since.
   const dataset = api(`/datasets/${experiment.spec.dataset.name}`).catch(() => null);
-  view.replaceChildren(header, notes, progress, curves,
+  view.replaceChildren(header, notes, progress, curves, overfit,
     h("div", {class: "columns"},
       h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment, dataset)),
       h("section", {}, h("h2", {}, "Spec"), h("pre", {class: "spec"}, JSON.stringify(experiment.spec, null, 2)))),
@@ -162,12 +185,12 @@ async function experimentView(id) {
       actions(e)].filter(Boolean));
   }
   renderHeader(experiment);
-  drawCurves(curves, rows, experiment.spec.task);
+  showCurves();
 
   const source = new EventSource(`/experiments/${id}/events`);
   source.addEventListener("epoch", (ev) => {
     rows.push(JSON.parse(ev.data));
-    drawCurves(curves, rows, experiment.spec.task);
+    showCurves();
     progress.textContent = "";
   });
   source.addEventListener("progress", (ev) => {
