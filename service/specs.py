@@ -361,6 +361,10 @@ class NLLLoss(Strict):
 
 
 class MSELoss(Strict):
+    """Mean squared error. Regression: of the (standardised) target. Classification: of the softmax probabilities
+    against the one-hot label, summed over the classes (the Brier score), the loss to compare cross-entropy with:
+    its gradient fades as the softmax saturates, on confident mistakes too, which cross-entropy's does not."""
+
     kind: Literal["mse"] = "mse"
 
 
@@ -375,7 +379,7 @@ class HuberLoss(Strict):
 
 LossSpec = Annotated[CrossEntropyLoss | NLLLoss | MSELoss | L1Loss | HuberLoss, Field(discriminator="kind")]
 # Each task's losses, its default first.
-TASK_LOSSES = {"classification": ("cross_entropy", "nll"), "regression": ("mse", "l1", "huber")}
+TASK_LOSSES = {"classification": ("cross_entropy", "nll", "mse"), "regression": ("mse", "l1", "huber")}
 
 
 def _with_kind(value: Any, kind: str) -> Any:

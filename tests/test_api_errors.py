@@ -39,7 +39,7 @@ BAD_SPECS = [
         "nesterov_without_momentum",
     ),
     # Checks across fields name the field that does not fit the task (the whole body, before).
-    (tiny_spec(loss={"kind": "mse"}), ["body", "loss"], "task_mismatch"),
+    (tiny_spec(loss={"kind": "huber"}), ["body", "loss"], "task_mismatch"),
     (tiny_spec(early_stopping={"monitor": "val_r2"}), ["body", "early_stopping"], "task_mismatch"),
 ]
 

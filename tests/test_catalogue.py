@@ -20,6 +20,7 @@ from worker import datasets
 from worker.datasets import load_dataset, read_cifar_batch
 from worker.engine import fit
 from worker.ink import ink_of
+from worker.objectives import brier
 
 BUILTIN = {"cifar10", "diabetes", "digits", "fashion-mnist", "fashion-mnist-10k", "mnist", "mnist-10k"}
 
@@ -465,6 +466,14 @@ def test_losses_by_task(tmp_path: Path) -> None:
     assert [r.val_loss for r in ce] == pytest.approx([r.val_loss for r in nll], rel=1e-5)
     # Smoothed targets cap the confidence the loss rewards: a higher loss, still a classifier that learns.
     assert smoothed[-1].train_loss > ce[-1].train_loss and smoothed[-1].val_accuracy > 0.8
+    # The squared error of the probabilities (the Brier score): 0 to 2 an example; a classifier that learns too, if
+    # slower (tests/test_examples.py: the losses' sweep).
+    squared = _fit({**base, "loss": {"kind": "mse"}}, tmp_path)
+    assert all(0 <= r.train_loss <= 2 and 0 <= r.val_loss <= 2 for r in squared) and squared[-1].val_accuracy > 0.6
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert brier(logits, labels).item() == pytest.approx(((logits.softmax(1) - one_hot) ** 2).sum().item() / 5)
+    assert brier(logits, labels, reduction="sum").item() == pytest.approx(5 * brier(logits, labels).item())
     regression = {"task": "regression", "dataset": {"name": "diabetes"}, "model": {"kind": "linear"}, "epochs": 10}
     for kind in ("mse", "l1", "huber"):
         rows = _fit({**regression, "loss": {"kind": kind}, "optimizer": {"kind": "adam", "lr": 0.01}}, tmp_path)

@@ -68,7 +68,7 @@ def test_a_section_with_a_default_kind_may_leave_kind_out(patch: dict, optimizer
         {"precision": "fp8"},
         {"task": "survival"},
         {"task": "regression", "loss": {"kind": "cross_entropy"}},
-        {"loss": {"kind": "mse"}},
+        {"loss": {"kind": "l1"}},  # a regression loss
         {"early_stopping": {"monitor": "val_r2"}},
         {"model": {"kind": "sequential", "layers": []}},
         {"model": {"kind": "sequential", "layers": [{"kind": "conv2d"}]}},

@@ -16,16 +16,31 @@ from worker.preprocess import Preprocess
 
 Criterion = Callable[..., torch.Tensor]
 
-_CRITERIA: dict[str, Callable[..., Criterion]] = {
-    "cross_entropy": lambda spec: (
+
+def brier(outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """A classifier's squared error: of its softmax probabilities against the one-hot labels, summed over the
+    classes (the Brier score, 0 to 2 an example), then averaged or summed over the batch."""
+    one_hot = F.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
+    per_example = (outputs.softmax(dim=1) - one_hot).square().sum(dim=1)
+    return per_example.mean() if reduction == "mean" else per_example.sum()
+
+
+# By task and loss kind (service.specs.TASK_LOSSES).
+_CRITERIA: dict[tuple[str, str], Callable[..., Criterion]] = {
+    ("classification", "cross_entropy"): lambda spec: (
         lambda out, y, reduction="mean": F.cross_entropy(
             out, y, label_smoothing=spec.label_smoothing, reduction=reduction
         )
     ),
-    "nll": lambda spec: lambda out, y, reduction="mean": F.nll_loss(F.log_softmax(out, 1), y, reduction=reduction),
-    "mse": lambda spec: F.mse_loss,
-    "l1": lambda spec: F.l1_loss,
-    "huber": lambda spec: lambda out, y, reduction="mean": F.huber_loss(out, y, reduction=reduction, delta=spec.delta),
+    ("classification", "nll"): lambda spec: (
+        lambda out, y, reduction="mean": F.nll_loss(F.log_softmax(out, 1), y, reduction=reduction)
+    ),
+    ("classification", "mse"): lambda spec: brier,
+    ("regression", "mse"): lambda spec: F.mse_loss,
+    ("regression", "l1"): lambda spec: F.l1_loss,
+    ("regression", "huber"): lambda spec: (
+        lambda out, y, reduction="mean": F.huber_loss(out, y, reduction=reduction, delta=spec.delta)
+    ),
 }
 
 
@@ -38,7 +53,7 @@ class Objective:
 
     @classmethod
     def of(cls, task: str, loss_spec, preprocess: Preprocess) -> Objective:
-        return cls(task, _CRITERIA[loss_spec.kind](loss_spec), preprocess.target_mean, preprocess.target_std)
+        return cls(task, _CRITERIA[task, loss_spec.kind](loss_spec), preprocess.target_mean, preprocess.target_std)
 
     @property
     def regression(self) -> bool:
