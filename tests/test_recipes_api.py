@@ -270,7 +270,7 @@ def test_any_model_can_start_from_an_earlier_experiments_weights(service) -> Non
         ({"grid": {"nothing.lr": [1]}}, "not a section"),
         ({"grid": {"batch_size": list(range(1, 30))}, "max_trials": 10}, "more than max_trials"),
         ({"grid": {}}, "give `grid` or `random`"),
-        ({"grid": {"loss.kind": ["cross_entropy", "mse"]}}, "=mse: loss: loss 'mse' is not a classification"),
+        ({"grid": {"loss.kind": ["cross_entropy", "huber"]}}, "=huber: loss: loss 'huber' is not a classification"),
         ({"grid": {"dataset.name": ["digits", "nope"]}}, "trial dataset.name=nope: unknown dataset 'nope'"),
     ],
 )
