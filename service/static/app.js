@@ -402,7 +402,8 @@ const PEN = 22;
 
 function sketchPad(id, ask, dataset) {
   const colors = dataset.ink.color === "light" ? {paper: "#000", pen: "#fff"} : {paper: "#fff", pen: "#000"};
-  const canvas = h("canvas", {id: "sketch", class: "sketch", width: PAD, height: PAD});
+  const canvas = h("canvas", {id: "sketch", class: "sketch", width: PAD, height: PAD, role: "img",
+    "aria-label": "a pad to draw on with the mouse or a finger; each stroke asks the model"});
   const strokes = [];  // each a list of points on the pad
   const redraw = () => paint(canvas, strokes, PEN, colors);
   const clear = () => { strokes.length = 0; redraw(); };
