@@ -337,9 +337,12 @@ function predictPanel(id, experiment, dataset) {
   const result = h("div", {id: "prediction"});
   const box = h("div", {}, result);
   // `after`: what to show below a prediction, once there is one.
+  let asked = 0;  // each stroke on the pad asks again: only the newest question's answer is shown
   async function ask(path, options, after = []) {
+    const mine = ++asked;
     try {
       const p = await api(`/experiments/${id}/${path}`, {method: "POST", ...options});
+      if (mine !== asked) return;
       const classes = p.probabilities || p.classes?.[0];
       result.replaceChildren(...(classes ? [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, classes[0].class_name),
         ` (epoch ${p.epoch})`), ...classes.map((c) => h("div", {class: "bar-row"}, h("span", {class: "bar-label"}, c.class_name),
@@ -348,7 +351,7 @@ function predictPanel(id, experiment, dataset) {
         : [h("p", {}, "Prediction: ", h("strong", {class: "predicted"}, +p.values[0].toPrecision(5)), ` (epoch ${p.epoch})`)]),
         ...outsideNote(p), ...after);
     } catch (err) {
-      result.replaceChildren(h("p", {class: "error"}, err.message));
+      if (mine === asked) result.replaceChildren(h("p", {class: "error"}, err.message));
     }
   }
   dataset.then((d) => {
