@@ -66,7 +66,8 @@ class DatasetPublic(BaseModel):
     feature_names: list[str] | None = None
     features: list[Feature] | None = None  # tables: feature_names with each one's mean and range
     # Grayscale images: light on dark or dark on light, the share of the frame the ink's box spans, and how wide
-    # its strokes are (the dashboard frames a drawing so). Builtins show it in GET /datasets/{name}; uploads from before it, never.
+    # its strokes are (the dashboard frames a drawing so). Builtins show it in GET /datasets/{name}; uploads
+    # stored before it was measured, never.
     ink: InkPublic | None = None
     created_at: datetime | None = None
 
