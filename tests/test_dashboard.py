@@ -58,7 +58,10 @@ SENT_IMAGE = """async () => {
   let top = Infinity, bottom = -1, left = Infinity, right = -1, mass = 0, mx = 0, my = 0;
   for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) {
     const v = pixels[(y * canvas.width + x) * 4];
-    if (v > 25) [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
+    if (v > 25) {
+      [top, bottom] = [Math.min(top, y), Math.max(bottom, y)];
+      [left, right] = [Math.min(left, x), Math.max(right, x)];
+    }
     mass += v; mx += v * (x + 0.5); my += v * (y + 0.5);
   }
   return {width: canvas.width, height: canvas.height, extent: Math.max(bottom - top, right - left) + 1,
@@ -77,7 +80,8 @@ FRAMED_DARK_8X8 = """async () => {
   canvas.getContext("2d").drawImage(bitmap, 0, 0);
   const weight = (v) => 255 - v;
   const inked = pixelWeights(canvas, weight).map((v) => v > 255 / 4);
-  const xs = inked.flatMap((ink, i) => ink ? [i % 8] : []), ys = inked.flatMap((ink, i) => ink ? [Math.floor(i / 8)] : []);
+  const xs = inked.flatMap((ink, i) => (ink ? [i % 8] : []));
+  const ys = inked.flatMap((ink, i) => (ink ? [Math.floor(i / 8)] : []));
   return {width: canvas.width, height: canvas.height, corner: canvas.getContext("2d").getImageData(0, 0, 1, 1).data[0],
           extent: Math.max(Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys)) + 1,
           stroke: strokeWidth(canvas, weight)};
