@@ -1,6 +1,7 @@
 """Views inside a trained model, for a learner: what each layer makes of an image, the weights of its first
-layer (as images; for a table, per feature), and which pixels of an image sway a class's score. Each takes a `Predictor`, whose model other
-threads may be predicting with meanwhile: nothing here changes the model (no hooks, no gradients of its weights)."""
+layer (as images; for a table, per feature), and which pixels of an image sway a class's score. Each takes a
+`Predictor`, whose model other threads may be predicting with meanwhile: nothing here changes the model (no hooks,
+no gradients of its weights)."""
 
 from __future__ import annotations
 

@@ -483,15 +483,7 @@ function frame(strokes, penWidth, ink, [width, height], colors, weight) {
   const margin = Math.ceil(penWidth / 2);  // the pen's round ends stay on the canvas
   const pad = Object.assign(document.createElement("canvas"), {width: PAD + 2 * margin, height: PAD + 2 * margin});
   paint(pad, strokes, penWidth, colors, margin);
-  const pixels = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height).data;
-  let top = pad.height, bottom = -1, left = pad.width, right = -1;
-  for (let y = 0; y < pad.height; y++) {
-    for (let x = 0; x < pad.width; x++) {
-      if (weight(pixels[(y * pad.width + x) * 4]) === 0) continue;
-      [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
-    }
-  }
-  const [across, down] = [right - left + 1, bottom - top + 1];
+  const [left, top, across, down] = inkBox(pad, weight);
   const scale = ink.extent * Math.max(width, height) / Math.max(across, down);
   const [boxWidth, boxHeight] = [across * scale, down * scale];
   const box = blank(width, height, colors.paper);
@@ -515,6 +507,17 @@ function blank(width, height, paper) {
   context.fillRect(0, 0, width, height);
   context.imageSmoothingQuality = "high";
   return canvas;
+}
+
+// The box around a canvas's pixels that hold any ink: [left, top, width, height].
+function inkBox(canvas, weight) {
+  let [top, bottom, left, right] = [Infinity, -1, Infinity, -1];
+  pixelWeights(canvas, weight).forEach((v, i) => {
+    if (v === 0) return;
+    const [x, y] = [i % canvas.width, Math.floor(i / canvas.width)];
+    [top, bottom, left, right] = [Math.min(top, y), Math.max(bottom, y), Math.min(left, x), Math.max(right, x)];
+  });
+  return [left, top, right - left + 1, bottom - top + 1];
 }
 
 function pixelWeights(canvas, weight) {
