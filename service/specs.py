@@ -54,16 +54,21 @@ class LinearSpec(Strict):
     pretrained: WarmStart = "none"
 
 
+# The nonlinearity after each hidden layer of an `mlp` or `cnn` (torch.nn's ReLU, LeakyReLU, GELU, Sigmoid, Tanh).
+Activation = Literal["relu", "leaky_relu", "gelu", "sigmoid", "tanh"]
+
+
 class MLPSpec(Strict):
     kind: Literal["mlp"] = "mlp"
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=8192)]], Field(min_length=0, max_length=8)] = [256, 128]
+    activation: Activation = "relu"
     dropout: Probability = 0.0
     pretrained: WarmStart = "none"
 
 
 class CNNSpec(Strict):
-    """Conv blocks (conv -> [batchnorm] -> relu -> pool) with the given channels, then one hidden fully connected
-    layer. `padding` null keeps the map's size at stride 1 ("same"); pooling stops once the map is 1 pixel."""
+    """Conv blocks (conv -> [batchnorm] -> activation -> pool) with the given channels, then one hidden fully
+    connected layer. `padding` null keeps the map's size at stride 1 ("same"); pooling stops once the map is 1 pixel."""
 
     kind: Literal["cnn"] = "cnn"
     channels: Annotated[list[Annotated[int, Field(ge=1, le=1024)]], Field(min_length=1, max_length=6)] = [32, 64]
@@ -72,6 +77,7 @@ class CNNSpec(Strict):
     padding: Annotated[int, Field(ge=0, le=8)] | None = None
     pool: Literal["max", "avg", "none"] = "max"
     batchnorm: bool = False
+    activation: Activation = "relu"
     hidden: Annotated[int, Field(ge=1, le=8192)] = 128
     dropout: Probability = 0.0
     pretrained: WarmStart = "none"
@@ -98,12 +104,32 @@ class BatchNorm2dLayer(Strict):
     num_features: Size | None = None
 
 
+class BatchNorm1dLayer(Strict):
+    """Batchnorm over a flat [features] input (after a flatten or linear layer)."""
+
+    kind: Literal["batchnorm1d"] = "batchnorm1d"
+    num_features: Size | None = None
+
+
 class ReLULayer(Strict):
     kind: Literal["relu"] = "relu"
 
 
+class LeakyReLULayer(Strict):
+    kind: Literal["leaky_relu"] = "leaky_relu"
+    negative_slope: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+
+
 class GELULayer(Strict):
     kind: Literal["gelu"] = "gelu"
+
+
+class SigmoidLayer(Strict):
+    kind: Literal["sigmoid"] = "sigmoid"
+
+
+class TanhLayer(Strict):
+    kind: Literal["tanh"] = "tanh"
 
 
 class MaxPool2dLayer(Strict):
@@ -145,8 +171,12 @@ class LinearLayer(Strict):
 LayerSpec = Annotated[
     Conv2dLayer
     | BatchNorm2dLayer
+    | BatchNorm1dLayer
     | ReLULayer
+    | LeakyReLULayer
     | GELULayer
+    | SigmoidLayer
+    | TanhLayer
     | MaxPool2dLayer
     | AvgPool2dLayer
     | AdaptiveAvgPool2dLayer

@@ -277,7 +277,10 @@ def test_layer_lists_are_shape_checked_before_anything_is_queued(api) -> None:
          {"kind": "conv2d", "out_channels": 8, "kernel_size": 7}, {"kind": "flatten"}, {"kind": "linear"}),
         2, "[8, 6, 6]",
     ]  # fmt: skip
-    for layers, index, shape in (wrong, shrinking):
+    # Batchnorm over features where the input is still a map.
+    misplaced = [({"kind": "conv2d", "out_channels": 4}, {"kind": "batchnorm1d"}, {"kind": "flatten"},
+                  {"kind": "linear"}), 1, "[4, 26, 26]"]  # fmt: skip
+    for layers, index, shape in (wrong, shrinking, misplaced):
         spec = {"dataset": {"name": "mnist-10k"}, "model": {"kind": "sequential", "layers": list(layers)}}
         for endpoint in ("/experiments:validate", "/experiments"):
             response = client.post(endpoint, json=spec)

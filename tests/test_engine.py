@@ -4,6 +4,7 @@ preprocessing is the training preprocessing."""
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import platform
 import shutil
@@ -104,6 +105,29 @@ def test_a_last_batch_of_one_sample_joins_the_one_before() -> None:
         assert torch.arange(n).tolist() == [i for batch in batches for i in range(n)[batch]]
         assert all(batch.stop - batch.start in (size, size + 1) for batch in batches[:-1])
         assert len(batches) == 1 or batches[-1].stop - batches[-1].start > 1
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "gelu", "sigmoid", "tanh"])
+def test_a_cnn_computes_the_textbook_block_whatever_order_it_runs_it_in(activation: str) -> None:
+    """The cnn builder runs a max-pool before the activation where the two commute (the activation then touches a
+    quarter of the values); each activation's network computes conv -> activation -> pool, on real digits."""
+    digits = load_bundled(DatasetSpec(name="digits"))
+    model_spec = ExperimentSpec.model_validate(
+        {"dataset": {"name": "digits"}, "model": {"kind": "cnn", "channels": [4, 8], "activation": activation}}
+    ).model
+    torch.manual_seed(0)
+    model = create_model(model_spec, (1, 8, 8), 10).eval()
+    layers = list(model)
+    textbook = list(layers)
+    activations = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.Sigmoid, torch.nn.Tanh)
+    for i, (layer, after) in enumerate(itertools.pairwise(layers)):
+        if isinstance(layer, torch.nn.MaxPool2d) and isinstance(after, activations):
+            textbook[i], textbook[i + 1] = after, layer
+    pool_first = textbook != layers
+    assert pool_first == (activation in ("relu", "leaky_relu")), layers
+    images = normalize(digits.val.images[:64], digits.info.preprocess)
+    with torch.no_grad():
+        assert torch.equal(model(images), torch.nn.Sequential(*textbook)(images))
 
 
 def test_seeded_runs_are_identical_and_seeds_matter() -> None:

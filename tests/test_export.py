@@ -28,17 +28,24 @@ LAYERS = [
     {"kind": "maxpool2d"},
     {"kind": "conv2d", "out_channels": 8, "stride": 2},
     {"kind": "relu"},
+    {"kind": "conv2d", "out_channels": 8, "kernel_size": 1},
+    {"kind": "leaky_relu", "negative_slope": 0.2},
     {"kind": "adaptiveavgpool2d", "output_size": 1},
     {"kind": "flatten"},
+    {"kind": "linear", "out_features": 12},
+    {"kind": "batchnorm1d"},
+    {"kind": "tanh"},
     {"kind": "dropout", "p": 0.2},
+    {"kind": "linear", "out_features": 12},
+    {"kind": "sigmoid"},
     {"kind": "linear"},
 ]
 # Every model kind, and every layer and option that changes the module tree.
 MODELS = {
     "linear": {"kind": "linear"},
-    "mlp": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.1},
-    "cnn": {"kind": "cnn", "channels": [4, 8], "batchnorm": True, "dropout": 0.3},
-    "cnn-avg": {"kind": "cnn", "channels": [4], "pool": "avg", "kernel_size": 5, "padding": 0},
+    "mlp": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.1, "activation": "tanh"},
+    "cnn": {"kind": "cnn", "channels": [4, 8], "batchnorm": True, "dropout": 0.3, "activation": "leaky_relu"},
+    "cnn-avg": {"kind": "cnn", "channels": [4], "pool": "avg", "kernel_size": 5, "padding": 0, "activation": "sigmoid"},
     "sequential": {"kind": "sequential", "layers": LAYERS},
     "resnet18": {"kind": "resnet18", "pretrained": "none", "image_size": 32},
     "mobilenet_v2": {"kind": "mobilenet_v2", "pretrained": "none", "image_size": 32, "dropout": 0.2},
@@ -98,6 +105,11 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
             expected[name] = predictor.predict_rows(torch.tensor([[float(a) for a in args]]))
         else:
             expected[name] = [(s.class_name, s.probability) for s in predictor.predict(Image.open(args[0]))]
+    # Each activation a spec names is in the network the script builds.
+    scripts = {name: Path(script).read_text() for name, script, _ in runs}
+    assert "nn.Tanh()" in scripts["mlp"] and "nn.Sigmoid()" in scripts["cnn-avg"], scripts
+    assert "nn.LeakyReLU(inplace=True)" in scripts["cnn"]
+    assert "nn.LeakyReLU(negative_slope=0.2)" in scripts["sequential"]
     answers = _run_scripts(runs, tmp_path)
     for name, answer in answers.items():
         if name == "regression":

@@ -18,7 +18,7 @@ def test_minimal_spec_gets_every_default() -> None:
         "name": "experiment", "task": "classification",
         "dataset": {"name": "mnist-10k", "val_fraction": 0.2, "seed": 0, "download": False},
         "model": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "stride": 1, "padding": None, "pool": "max",
-                  "batchnorm": False, "hidden": 128, "dropout": 0.0, "pretrained": "none"},
+                  "batchnorm": False, "activation": "relu", "hidden": 128, "dropout": 0.0, "pretrained": "none"},
         "loss": {"kind": "cross_entropy", "label_smoothing": 0.0},
         "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
         "scheduler": None, "grad_clip_norm": None, "augment": [],
@@ -62,6 +62,9 @@ def test_a_section_with_a_default_kind_may_leave_kind_out(patch: dict, optimizer
         {"model": {"kind": "cnn", "channels": [2048]}},
         {"model": {"kind": "cnn", "kernel_size": 12}},
         {"model": {"kind": "cnn", "pool": "median"}},
+        {"model": {"kind": "mlp", "activation": "softmax"}},
+        {"model": {"kind": "sequential", "layers": [{"kind": "leaky_relu", "negative_slope": -0.1}]}},
+        {"model": {"kind": "sequential", "layers": [{"kind": "sigmoid", "inplace": True}]}},
         {"batch_size": 8193},
         {"seed": -1},
         {"name": ""},
@@ -153,6 +156,9 @@ AUGMENTS = "kind one of 'hflip', 'vflip', 'rotation', 'random_crop', 'gaussian_n
         ({"model": {"kind": "mobilenet"}}, ("model",), "did you mean 'mobilenet_v2'?"),
         ({"precision": "BF16"}, ("precision",), "did you mean 'bf16'?"),
         ({"model": {"kind": "cnn", "pool": "Max"}}, ("model", "cnn", "pool"), "did you mean 'max'?"),
+        ({"model": {"kind": "mlp", "activation": "Sigmoid"}}, ("model", "mlp", "activation"), "did you mean 'sigmoid'?"),
+        ({"model": {"kind": "mlp", "activation": "leakyrelu"}}, ("model", "mlp", "activation"),
+         "did you mean 'leaky_relu'?"),
         ({"model": {"kind": "transformer"}}, ("model",), None),  # nothing close: the message lists the kinds
     ],
 )

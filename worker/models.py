@@ -211,6 +211,18 @@ def _conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _activation(kind: str) -> nn.Module:
+    """An `mlp`'s or `cnn`'s activation. The piecewise-linear ones work in place: one output less to allocate,
+    as autograd can recover their gradient from their output (which keeps the input's sign)."""
+    return {
+        "relu": lambda: nn.ReLU(inplace=True),
+        "leaky_relu": lambda: nn.LeakyReLU(inplace=True),
+        "gelu": nn.GELU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+    }[kind]()
+
+
 @register_model("linear")
 def _linear(spec: LinearSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
     c, h, w = input_shape
@@ -223,7 +235,7 @@ def _mlp(spec: MLPSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = c * h * w
     for hidden in spec.hidden:
-        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]  # in place: one activation less to allocate
+        layers += [nn.Linear(width, hidden), _activation(spec.activation)]
         if spec.dropout:
             layers.append(nn.Dropout(spec.dropout))
         width = hidden
@@ -233,9 +245,10 @@ def _mlp(spec: MLPSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
 
 @register_model("cnn")
 def _cnn(spec: CNNSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
-    """Blocks of conv -> [batchnorm] -> ReLU -> 2x2 pool; pooling stops once the feature map is 1 pixel.
-    Max-pooling is placed before the ReLU: the two commute (same outputs, same gradients; tests/test_examples.py
-    trains both orders), and the ReLU then runs on a quarter of the values: +0-8% samples/s on a CPU (A/B runs)."""
+    """Blocks of conv -> [batchnorm] -> activation -> 2x2 pool; pooling stops once the feature map is 1 pixel.
+    Max-pooling is placed before a ReLU or leaky ReLU: the two commute (same outputs, same gradients;
+    tests/test_examples.py trains both orders), and the activation then runs on a quarter of the values: +0-8%
+    samples/s on a CPU (A/B runs)."""
     c, h, w = input_shape
     pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}[spec.pool]
     padding = spec.kernel_size // 2 if spec.padding is None else spec.padding
@@ -249,14 +262,16 @@ def _cnn(spec: CNNSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
         if spec.batchnorm:
             layers.append(nn.BatchNorm2d(channels))
         c, h, w = channels, h2, w2
-        relu = nn.ReLU(inplace=True)
+        activation = _activation(spec.activation)
         if pool is not None and min(h, w) >= 2:
-            # ReLU commutes with a max-pool, not with an average.
-            layers += [pool(2), relu] if spec.pool == "max" else [relu, pool(2)]
+            # An increasing piecewise-linear function commutes with a max-pool, exactly, in any precision; not
+            # with an average, nor is GELU increasing; sigmoid and tanh would, but for rounding.
+            first = spec.pool == "max" and spec.activation in ("relu", "leaky_relu")
+            layers += [pool(2), activation] if first else [activation, pool(2)]
             h, w = h // 2, w // 2
         else:
-            layers.append(relu)
-    layers += [nn.Flatten(), nn.Linear(c * h * w, spec.hidden), nn.ReLU(inplace=True)]
+            layers.append(activation)
+    layers += [nn.Flatten(), nn.Linear(c * h * w, spec.hidden), _activation(spec.activation)]
     if spec.dropout:
         layers.append(nn.Dropout(spec.dropout))
     layers.append(nn.Linear(spec.hidden, num_outputs))
@@ -293,6 +308,12 @@ def _sequential_layer(layer: Any, index: int, shape: Shape, num_outputs: int) ->
         if layer.num_features not in (None, c):
             raise fail(f"num_features is {layer.num_features} but the input has {c} channels")
         return nn.BatchNorm2d(c), shape
+    if kind == "batchnorm1d":
+        if len(shape) != 1:
+            raise fail("batchnorm1d needs a flat [features] input: put a flatten before it, or use batchnorm2d")
+        if layer.num_features not in (None, shape[0]):
+            raise fail(f"num_features is {layer.num_features} but the input has {shape[0]} features")
+        return nn.BatchNorm1d(shape[0]), shape
     if kind in ("maxpool2d", "avgpool2d"):
         c, h, w = spatial(kind)
         if layer.padding * 2 > layer.kernel_size:
@@ -312,8 +333,15 @@ def _sequential_layer(layer: Any, index: int, shape: Shape, num_outputs: int) ->
             raise fail(f"in_features is {layer.in_features} but the input has {shape[0]} features")
         out = layer.out_features or num_outputs
         return nn.Linear(shape[0], out, bias=layer.bias), (out,)
-    activations = {"relu": nn.ReLU, "gelu": nn.GELU, "dropout": lambda: nn.Dropout(layer.p)}
-    return activations[kind](), shape
+    elementwise = {
+        "relu": nn.ReLU,
+        "leaky_relu": lambda: nn.LeakyReLU(layer.negative_slope),
+        "gelu": nn.GELU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "dropout": lambda: nn.Dropout(layer.p),
+    }
+    return elementwise[kind](), shape
 
 
 def resolve_layers(spec: SequentialSpec, input_shape: InputShape, num_outputs: int) -> SequentialSpec:
@@ -325,6 +353,7 @@ def resolve_layers(spec: SequentialSpec, input_shape: InputShape, num_outputs: i
         inferred = {
             "conv2d": {"in_channels": shape[0]},
             "batchnorm2d": {"num_features": shape[0]},
+            "batchnorm1d": {"num_features": shape[0]},
             "linear": {"in_features": shape[0], "out_features": out[0]},
         }.get(layer.kind, {})
         layers.append(layer.model_copy(update=inferred))
