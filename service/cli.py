@@ -28,7 +28,7 @@ from rich.text import Text
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric, compact, difference_rows
 from service.errors import InvalidInput
-from service.schemas import Confusion, ExperimentPublic, ListOrder, RowPredictions, Status
+from service.schemas import Confusion, ExperimentPublic, Gradients, ListOrder, RowPredictions, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
 from service.tables import csv_rows
@@ -573,6 +573,27 @@ def confusion(
         names = found.class_names
         out.print(f"most often mistaken: {names[true]} for {names[predicted]} ({n} times); to see them: trainlab "
                   f"mistakes {experiment_id} --true {true} --predicted {predicted}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def gradients(
+    experiment_id: int,
+    epoch: Annotated[int | None, typer.Option(min=1, help="default: the best epoch")] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """The training loss's gradient at each layer with a weight, first layer first, as root mean squares beside the
+    weight's: through sigmoids it vanishes on its way back to the first layers (`gradients.png` draws it)."""
+    found: Gradients = _call(url, lambda c: c.gradients(experiment_id, epoch=epoch))
+    table = Table("layer", Column("parameters", justify="right"), Column("weight", justify="right"),
+                  Column("gradient", justify="right"), Column("gradient / weight", justify="right"),
+                  title=f"#{experiment_id}, epoch {found.epoch}: the training loss's gradient over "
+                        f"{found.examples} training examples (loss {found.loss:.4g}), root mean squares")  # fmt: skip
+    for layer in found.layers:
+        gradient = layer.gradient_rms
+        ratio = gradient / layer.weight_rms if gradient is not None and layer.weight_rms else None
+        table.add_row(layer.name, f"{layer.parameters:,}", f"{layer.weight_rms:.3g}",
+                      "frozen" if gradient is None else f"{gradient:.3g}", "-" if ratio is None else f"{ratio:.3g}")  # fmt: skip
+    out.print(table)
 
 
 @app.command()

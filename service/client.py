@@ -26,6 +26,7 @@ from service.schemas import (
     Confusion,
     ExperimentList,
     ExperimentPublic,
+    Gradients,
     ListOrder,
     Prediction,
     RowPredictions,
@@ -175,6 +176,13 @@ class Client:
         params = {} if epoch is None else {"epoch": epoch}
         response = self._request("GET", f"/experiments/{experiment_id}/confusion", params=params)
         return Confusion.model_validate(response.json())
+
+    def gradients(self, experiment_id: int, *, epoch: int | None = None) -> Gradients:
+        """The training loss's gradient at each layer with a weight (root mean square, beside the weight's), over a
+        sample of training examples, at the best epoch or `epoch`: vanishing gradients at a glance."""
+        params = {} if epoch is None else {"epoch": epoch}
+        response = self._request("GET", f"/experiments/{experiment_id}/gradients", params=params)
+        return Gradients.model_validate(response.json())
 
     def rerun(self, experiment_id: int) -> ExperimentPublic:
         """Queue the identical spec again, as a new experiment."""

@@ -14,6 +14,7 @@ from service.specs import EpochMetrics
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from service.schemas import LayerGradientPublic
     from worker.model_views import LayerOutput
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
@@ -331,4 +332,25 @@ def render_feature_weights(weights: torch.Tensor, features: Sequence[str], units
         ax.set_yticks(range(len(units)), units, fontsize="small")
         figure.colorbar(shown, ax=ax, shrink=0.8)
     figure.suptitle(f"{title}\non standardised features: a weight is a feature's pull per standard deviation")
+    return _png(figure)
+
+
+def render_gradients(layers: Sequence[LayerGradientPublic], title: str) -> bytes:
+    """Each layer's gradient and weight as root mean squares, a row a layer in the order of the forward pass, on a
+    log scale: a gradient that vanishes (or explodes) on its way back to the first layers shows as a slope."""
+    figure = _figure(9, 1.6 + 0.28 * len(layers))
+    ax = figure.subplots()
+    rows = range(len(layers))
+    gradients = [layer.gradient_rms or float("nan") for layer in layers]  # frozen or exactly 0: no bar
+    ax.barh(rows, gradients, height=0.8, color="tab:red", label="gradient")
+    ax.scatter([layer.weight_rms for layer in layers], rows, marker="|", s=120, color="black", label="weight",
+               zorder=3)  # fmt: skip
+    notes = {None: "  (frozen)", 0.0: "  (gradient 0)"}
+    ax.set_yticks(rows, [layer.name + notes.get(layer.gradient_rms, "") for layer in layers], fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("root mean square (log scale)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    figure.suptitle(title)
     return _png(figure)

@@ -153,6 +153,23 @@ class Confusion(BaseModel):
     accuracy: float
 
 
+class LayerGradientPublic(BaseModel):
+    name: str  # its path in the model and its kind: "1 linear", "backbone.layer1.0.conv1 conv2d"
+    parameters: int  # in its weight
+    weight_rms: float
+    gradient_rms: float | None  # null: a frozen layer
+
+
+class Gradients(BaseModel):
+    """The training loss's gradient at each layer with a weight, in the order of the forward pass, over a sample of
+    training examples in training mode, as a training step takes it (no augmentation)."""
+
+    epoch: int
+    examples: int
+    loss: float
+    layers: list[LayerGradientPublic]
+
+
 class RowPredictions(BaseModel):
     epoch: int
     # Regression: the predicted target of each row, in its own units.

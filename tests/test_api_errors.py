@@ -281,8 +281,9 @@ def test_predict_or_download_before_any_checkpoint_is_409(seeded) -> None:
     _, client = seeded
     response = client.post("/experiments/1/predict", files={"file": ("a.png", png_bytes(), "image/png")})
     assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"]
-    response = client.get("/experiments/1/checkpoint.pt")
-    assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"]
+    for path in ("checkpoint.pt", "gradients", "gradients.png"):
+        response = client.get(f"/experiments/1/{path}")
+        assert response.status_code == 409 and "no checkpoint yet" in response.json()["detail"], path
 
 
 def test_bad_uploads(predicting: tuple[Deployment, int], client_for) -> None:

@@ -203,6 +203,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
             confusion["per_class_precision"], abs=5e-4
         ), precisions
         page.wait_for_function("document.getElementById('weights')?.naturalWidth > 0")  # its conv filters
+        # The gradients by layer: drawn once asked for (a backward pass on the server), not with every page.
+        assert page.get_attribute("#gradients", "src") is None
+        page.click("#gradients-box summary")
+        page.wait_for_function("document.getElementById('gradients')?.naturalWidth > 0")
         # Each count of mistakes opens those images; the diagonal's counts do not.
         cells = [(i, j) for i, row in enumerate(confusion["matrix"]) for j, n in enumerate(row) if i != j and n]
         assert page.locator("#confusion td.mistakes").count() == len(cells) > 0, cells
@@ -288,6 +292,8 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(scatter).to_be_visible()
         page.wait_for_function("document.getElementById('predicted-vs-actual').naturalWidth > 0")  # a real image
         page.wait_for_function("document.getElementById('weights')?.naturalWidth > 0")  # its coefficients
+        page.click("#gradients-box summary")  # a table's rows, standardised as in training
+        page.wait_for_function("document.getElementById('gradients')?.naturalWidth > 0")
         # Its spec, to edit into a new experiment; or, instead, one of examples/ to start from.
         page.click("#edit-as-new")
         page.wait_for_url(f"**/#/submit?from={line_id}")

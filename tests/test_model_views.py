@@ -1,7 +1,7 @@
 """Views inside a trained model (worker/model_views.py), on a real MNIST digit: what each layer makes of it
 (`POST /experiments/{id}/activations.png`; the steps, taken in order, compute the model's output for every kind of
 model), which of its pixels sway a class's score (`.../saliency.png`), the first layer's weights
-(`GET .../weights.png`)."""
+(`GET .../weights.png`), the training loss's gradient at each layer (`GET .../gradients`)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,21 @@ import torch
 from PIL import Image
 
 from service.figures import render_feature_weights, render_layer_outputs, render_saliency, shown_channels
-from service.specs import ExperimentSpec
-from tests.conftest import REPO, fit_bundled
+from service.specs import DatasetSpec, ExperimentSpec
+from tests.conftest import REPO, fit_bundled, load_bundled
 from worker import preprocess
+from worker.checkpoints import dump_checkpoint
 from worker.inference import Predictor
-from worker.model_views import NoPixelWeights, first_layer, layer_outputs, saliency
-from worker.models import create_model, stages
+from worker.model_views import (
+    NonFiniteGradient,
+    NoPixelWeights,
+    first_layer,
+    gradient_examples,
+    layer_gradients,
+    layer_outputs,
+    saliency,
+)
+from worker.models import create_model, input_preprocess, stages
 from worker.preprocess import standardize
 
 LAYERS = [
@@ -161,3 +170,60 @@ def test_a_linear_regression_s_weights_say_which_features_matter() -> None:
     cnn = ExperimentSpec.model_validate({**spec.model_dump(), "model": {"kind": "cnn", "channels": [4]}, "epochs": 1})
     with pytest.raises(NoPixelWeights, match="0 conv2d, is a convolution over a table's features"):
         first_layer(Predictor(fit_bundled(cnn)[-1][1]))
+
+
+def test_gradients_vanish_through_four_sigmoids_and_not_through_relus() -> None:
+    """The training loss's gradient at each layer of the activations example's MLPs after an epoch (plain SGD at
+    0.1 on mnist-10k): through four sigmoids (slope at most 1/4) it shrinks 3-10x a layer on its way back, the
+    first layer's ~2,500x below the last's (4.8e-6 against 1.2e-2); through ReLUs it stays within 6x. Taken as a
+    training step takes it, on a copy: the served model keeps its weights, mode and (no) gradients."""
+    example = json.loads((REPO / "examples" / "sweep-activations-mnist.json").read_text())
+    mnist = load_bundled(DatasetSpec(name="mnist-10k"))
+    ratios = {}
+    for activation in ("sigmoid", "relu"):
+        spec = {**example["base"], "epochs": 1, "model": {**example["base"]["model"], "activation": activation}}
+        predictor = Predictor(fit_bundled(ExperimentSpec.model_validate(spec))[-1][1])
+        before = copy.deepcopy(predictor.model.state_dict())
+        examples = gradient_examples(predictor, len(mnist.train))
+        images, labels = mnist.train.images[:examples], mnist.train.labels[:examples]
+        found = layer_gradients(predictor, images, labels)
+        assert examples == found.examples == 256
+        assert [layer.name for layer in found.layers] == ["1 linear", "3 linear", "5 linear", "7 linear", "9 linear"]
+        ratios[activation] = found.layers[0].gradient / found.layers[-1].gradient
+        model = copy.deepcopy(predictor.model).train()
+        torch.nn.functional.cross_entropy(model(preprocess.normalize(images, predictor.preprocess)), labels).backward()
+        assert found.loss > 0 and [layer.gradient for layer in found.layers] == pytest.approx(
+            [float(m.weight.grad.square().mean().sqrt()) for m in model if isinstance(m, torch.nn.Linear)], rel=1e-4
+        )
+        assert not predictor.model.training and all(p.grad is None for p in predictor.model.parameters())
+        assert all(torch.equal(value, predictor.model.state_dict()[name]) for name, value in before.items())
+    assert ratios["sigmoid"] < 1e-2 and ratios["relu"] > 0.1, ratios
+
+
+def untrained(model: dict, poisoned: bool = False) -> Predictor:
+    """A model for digits at its initial weights (all NaN with `poisoned`), served from a checkpoint."""
+    digits = load_bundled(DatasetSpec(name="digits"))
+    spec = ExperimentSpec.model_validate({"dataset": {"name": "digits"}, "model": model})
+    inputs = input_preprocess(spec.model, digits.info.preprocess)
+    net = create_model(spec.model, inputs.input_shape, 10)
+    if poisoned:
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.fill_(float("nan"))
+    return Predictor(dump_checkpoint(
+        epoch=1, spec=spec, preprocess=inputs, class_names=digits.info.class_names, model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1), trainer_state={},
+    ))  # fmt: skip
+
+
+def test_a_frozen_backbone_s_layers_have_no_gradient_and_big_inputs_take_fewer_examples() -> None:
+    digits = load_bundled(DatasetSpec(name="digits"))
+    predictor = untrained({"kind": "resnet18", "pretrained": "none", "freeze": "backbone", "image_size": 224})
+    examples = gradient_examples(predictor, len(digits.train))
+    assert 2 <= examples < 64, examples  # each 224x224 image: ~6 MB through the backbone
+    found = layer_gradients(predictor, digits.train.images[:examples], digits.train.labels[:examples])
+    assert found.layers[0].name == "backbone.conv1 conv2d" and found.layers[-1].name == "head linear"
+    assert all(layer.gradient is None for layer in found.layers[:-1]) and found.layers[-1].gradient > 0
+    # Weights gone to NaN (a run diverging): said, not answered with numbers JSON cannot hold.
+    with pytest.raises(NonFiniteGradient, match="the training loss is nan"):
+        layer_gradients(untrained({"kind": "mlp"}, poisoned=True), digits.train.images[:8], digits.train.labels[:8])

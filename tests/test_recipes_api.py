@@ -142,6 +142,18 @@ def test_confusion_and_misclassified(service) -> None:
     assert_png(client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 9}, **digit))
     refused = client.post(f"/experiments/{experiment['id']}/saliency.png", params={"label": 10}, **digit)
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "label"], refused.text
+    # The training loss's gradient at each of the MLP's two linear layers (tests/test_model_views.py: the values).
+    gradients = client.get(f"/experiments/{experiment['id']}/gradients").json()
+    assert (gradients["epoch"], gradients["examples"]) == (experiment["best"]["epoch"], 256), gradients
+    layers = [(layer["name"], layer["parameters"]) for layer in gradients["layers"]]
+    assert layers == [("1 linear", 64 * 32), ("3 linear", 32 * 10)], layers
+    assert all(layer["gradient_rms"] > 0 and layer["weight_rms"] > 0 for layer in gradients["layers"]), gradients
+    kept = {c["epoch"] for c in client.get(f"/experiments/{experiment['id']}/checkpoints").json()}
+    for epoch in range(1, 4):
+        response = client.get(f"/experiments/{experiment['id']}/gradients", params={"epoch": epoch})
+        assert response.status_code == (200 if epoch in kept else 404), response.text
+    assert_png(client.get(f"/experiments/{experiment['id']}/gradients.png"))
+    assert client.get("/experiments/999/gradients.png").status_code == 404
     text = client.post(f"/experiments/{experiment['id']}/activations.png", files={"file": ("a.png", b"not an image")})
     assert text.status_code == 415 and "not a PNG, JPEG or WebP image" in text.text, text.text
     assert client.post("/experiments/999/activations.png", **digit).status_code == 404

@@ -215,6 +215,9 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         layers = run_cli("activations", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)
         assert layers.returncode == 0 and Image.open(tmp_path / "activations.png").format == "PNG", layers.stderr
         assert run_cli("activations", "1", str(tmp_path / "none.png"), url=dep.url, cwd=tmp_path).returncode == 2
+        grads = run_cli("gradients", "1", url=dep.url, cwd=REPO)
+        layers = [row[:2] for row in _table_rows(grads.stdout) if row[0].endswith(" linear")]
+        assert grads.returncode == 0 and sorted(layers) == [("1 linear", "50,176"), ("3 linear", "640")], grads.stdout
         drawn = run_cli("weights", "1", url=dep.url, cwd=tmp_path)
         assert drawn.returncode == 0 and Image.open(tmp_path / "weights.png").format == "PNG", drawn.stderr
         salient = run_cli("saliency", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)

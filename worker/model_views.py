@@ -1,10 +1,12 @@
 """Views inside a trained model, for a learner: what each layer makes of an image, the weights of its first
-layer (as images; for a table, per feature), and which pixels of an image sway a class's score. Each takes a
-`Predictor`, whose model other threads may be predicting with meanwhile: nothing here changes the model (no hooks,
-no gradients of its weights)."""
+layer (as images; for a table, per feature), which pixels of an image sway a class's score, and how large the
+training loss's gradient is at each layer. Each takes a `Predictor`, whose model other threads may be predicting
+with meanwhile: nothing here changes the model (no hooks, no gradients of its weights; a training step's
+gradients are taken on a copy)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -13,7 +15,8 @@ from PIL import Image
 from torch import nn
 
 from worker.inference import Predictor
-from worker.models import stages
+from worker.models import describe, layer_kind, meta_model, stages
+from worker.objectives import Objective
 from worker.preprocess import to_unit
 
 
@@ -99,3 +102,71 @@ def saliency(predictor: Predictor, image: Image.Image, label: int | None = None)
         (gradient,) = torch.autograd.grad(logits[0, label], unit)
     probability = float(torch.softmax(logits.detach()[0], dim=0)[label])
     return Saliency(pixels, label, probability, gradient[0].abs().amax(dim=0).cpu())
+
+
+@dataclass(frozen=True)
+class LayerGradient:
+    """One layer's weight and the training loss's gradient on it, as root mean squares, so that layers of any size
+    compare; `gradient` is None for a frozen layer."""
+
+    name: str  # "1 linear", "backbone.layer1.0.conv1 conv2d": its path in the model and its kind
+    parameters: int  # in its weight (its bias is left out)
+    weight: float
+    gradient: float | None
+
+
+@dataclass(frozen=True)
+class Gradients:
+    loss: float
+    examples: int
+    layers: list[LayerGradient]  # in the order of the forward pass
+
+
+class NonFiniteGradient(ValueError):
+    """A checkpoint whose loss or gradients are not finite numbers (a run on its way to diverging)."""
+
+
+# The memory a gradient batch may take, by the model's own estimate (what autograd keeps for the backward pass,
+# and the largest layer output twice); and the most examples one takes.
+GRADIENT_MEMORY = 128 * 2**20
+MAX_GRADIENT_EXAMPLES = 256
+
+
+def gradient_examples(predictor: Predictor, available: int) -> int:
+    """How many training examples `layer_gradients` takes: as many as fit GRADIENT_MEMORY (a ResNet18 at 224x224
+    takes ~27 MB an image, ~6 MB with its backbone frozen; a small CNN on MNIST ~0.1 MB), at least 2 (batchnorm
+    normalises over the batch), at most 256 or `available`."""
+    shape = predictor.preprocess.input_shape
+    _, saved, largest = describe(meta_model(predictor.spec.model, shape, len(predictor.class_names)), shape, 2)
+    fitting = GRADIENT_MEMORY // (saved // 2 + 4 * 2 * largest)
+    return max(2, min(MAX_GRADIENT_EXAMPLES, available, fitting))
+
+
+def layer_gradients(predictor: Predictor, images: torch.Tensor, labels: torch.Tensor) -> Gradients:
+    """The gradient of the experiment's training loss over a batch of training examples (uint8 images or float
+    rows), at each layer with a weight, as a training step takes it: in training mode (dropout on, batchnorm on
+    the batch's statistics) without augmentation, in fp32, on a copy of the model. Vanishing gradients show as
+    first layers whose gradient is orders of magnitude below the last's. Raises NonFiniteGradient."""
+    model = copy.deepcopy(predictor.model).train()
+    objective = Objective.of(predictor.spec.task, predictor.spec.loss, predictor.preprocess)
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # dropout's masks: the same answer for the same checkpoint
+        loss = objective.loss(model(predictor.inputs(images)), labels.to(predictor.device))
+        if not torch.isfinite(loss):
+            raise NonFiniteGradient(f"the training loss is {loss.item()}")
+        loss.backward()
+
+    def rms(tensor: torch.Tensor) -> float:
+        return float(tensor.detach().float().square().mean().sqrt())
+
+    layers = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.numel() == 0:
+            continue
+        label = f"{name} {layer_kind(module)}"
+        gradient = rms(weight.grad) if weight.grad is not None else None
+        if gradient is not None and not math.isfinite(gradient):
+            raise NonFiniteGradient(f"the gradient at layer {label} is {gradient}")
+        layers.append(LayerGradient(label, weight.numel(), rms(weight), gradient))
+    return Gradients(loss.item(), len(labels), layers)

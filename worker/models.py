@@ -196,14 +196,15 @@ def describe(model: nn.Module, input_shape: InputShape, batch_size: int) -> tupl
         for hook in hooks:
             hook.remove()
     layers = [
-        LayerReport(i, _kind(child), shapes[i], sum(p.numel() for p in child.parameters()))
+        LayerReport(i, layer_kind(child), shapes[i], sum(p.numel() for p in child.parameters()))
         for i, (_, child) in enumerate(children)
         if i in shapes
     ]
     return layers, sum(saved.values()), largest[0]
 
 
-def _kind(module: nn.Module) -> str:
+def layer_kind(module: nn.Module) -> str:
+    """A layer's kind: the name a `sequential` spec gave it, else its torch.nn class in lower case ("conv2d")."""
     return getattr(module, "kind", None) or type(module).__name__.lower()
 
 
@@ -460,7 +461,7 @@ def stages(model: nn.Module, prefix: str = "") -> list[tuple[str, Step]]:
         # Exactly a Sequential: its subclasses (torchvision's conv-norm-activation) are steps of their own.
         if type(module) is nn.Sequential or isinstance(module, (TransferNet, *resnet)):
             return stages(module, f"{path}.")
-        return [] if isinstance(module, nn.Identity) else [(f"{path} {_kind(module)}", module)]
+        return [] if isinstance(module, nn.Identity) else [(f"{path} {layer_kind(module)}", module)]
 
     if isinstance(model, TransferNet):
         return [

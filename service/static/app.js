@@ -327,6 +327,13 @@ async function showExtras(box, e, dataset) {
       alt: "the weights of the model's first layer", onerror: () => weights.replaceWith(
         h("p", {class: "muted"}, "Its first layer with weights does not see the input itself: nothing to show."))});
     parts.push(h("h2", {}, "First layer's weights (best epoch)"), weights);
+    // The training loss's gradient at each layer: a forward and backward pass on the server, so only once opened.
+    const gradients = h("img", {id: "gradients", class: "figure", alt: "the training loss's gradient at each layer"});
+    const box = h("details", {id: "gradients-box", ontoggle: () => {
+      if (box.open && !gradients.getAttribute("src")) gradients.src = `/experiments/${e.id}/gradients.png`;
+    }}, h("summary", {}, "Gradients by layer (best epoch): do they vanish on the way back to the first layers?"),
+    gradients);
+    parts.push(box);
   }
   box.replaceChildren(...parts);
 }
