@@ -59,8 +59,11 @@ Activation = Literal["relu", "leaky_relu", "gelu", "sigmoid", "tanh"]
 
 
 class MLPSpec(Strict):
+    """Hidden layers of the given widths (linear -> [batchnorm] -> activation -> [dropout]), then the output layer."""
+
     kind: Literal["mlp"] = "mlp"
     hidden: Annotated[list[Annotated[int, Field(ge=1, le=8192)]], Field(min_length=0, max_length=8)] = [256, 128]
+    batchnorm: bool = False
     activation: Activation = "relu"
     dropout: Probability = 0.0
     pretrained: WarmStart = "none"

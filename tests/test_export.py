@@ -43,7 +43,7 @@ LAYERS = [
 # Every model kind, and every layer and option that changes the module tree.
 MODELS = {
     "linear": {"kind": "linear"},
-    "mlp": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.1, "activation": "tanh"},
+    "mlp": {"kind": "mlp", "hidden": [32, 16], "dropout": 0.1, "activation": "tanh", "batchnorm": True},
     "cnn": {"kind": "cnn", "channels": [4, 8], "batchnorm": True, "dropout": 0.3, "activation": "leaky_relu"},
     "cnn-avg": {"kind": "cnn", "channels": [4], "pool": "avg", "kernel_size": 5, "padding": 0, "activation": "sigmoid"},
     "sequential": {"kind": "sequential", "layers": LAYERS},
@@ -105,9 +105,10 @@ def test_the_script_builds_the_model_that_loads_the_checkpoint_and_predicts_the_
             expected[name] = predictor.predict_rows(torch.tensor([[float(a) for a in args]]))
         else:
             expected[name] = [(s.class_name, s.probability) for s in predictor.predict(Image.open(args[0]))]
-    # Each activation a spec names is in the network the script builds.
+    # Each activation a spec names is in the network the script builds; an mlp's batchnorm takes its bias's place.
     scripts = {name: Path(script).read_text() for name, script, _ in runs}
     assert "nn.Tanh()" in scripts["mlp"] and "nn.Sigmoid()" in scripts["cnn-avg"], scripts
+    assert "nn.Linear(in_features=64, out_features=32, bias=False),\n        nn.BatchNorm1d(32)" in scripts["mlp"]
     assert "nn.LeakyReLU(inplace=True)" in scripts["cnn"]
     assert "nn.LeakyReLU(negative_slope=0.2)" in scripts["sequential"]
     answers = _run_scripts(runs, tmp_path)

@@ -236,7 +236,10 @@ def _mlp(spec: MLPSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = c * h * w
     for hidden in spec.hidden:
-        layers += [nn.Linear(width, hidden), _activation(spec.activation)]
+        layers.append(nn.Linear(width, hidden, bias=not spec.batchnorm))  # batchnorm's shift does a bias's work
+        if spec.batchnorm:
+            layers.append(nn.BatchNorm1d(hidden))
+        layers.append(_activation(spec.activation))
         if spec.dropout:
             layers.append(nn.Dropout(spec.dropout))
         width = hidden
