@@ -266,6 +266,15 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.evaluate(PASTE_IMAGE, seven)
         sync_api.expect(page.locator("#sketch-sent")).to_have_count(0)  # the file's answer, not the drawing's
         sync_api.expect(page.locator("#prediction .predicted")).to_have_text("7")
+        # A finished run's page, opened afresh: its event stream replays each status, and its confusion matrix,
+        # weights and the rest are fetched once, not once a status.
+        confusions = []
+        page.on("request", lambda request: "/confusion" in request.url and confusions.append(request.url))
+        page.goto(f"{dep.url}/#/")
+        page.goto(f"{dep.url}/#/experiments/1")
+        sync_api.expect(page.locator("#confusion")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        assert len(confusions) == 1, confusions
 
         page.goto(f"{dep.url}/#/")
         sync_api.expect(page.locator('#experiments tr[data-id="1"] [data-status]')).to_have_text("succeeded")

@@ -202,10 +202,12 @@ async function experimentView(id) {
     progress.textContent = `queued, position ${q.position}: waiting for ${q.waiting_for}`;
   });
   source.addEventListener("log", (ev) => { logs.textContent += JSON.parse(ev.data).message + "\n"; });
+  let finished = false;  // a finished run's stream replays each of its statuses: its extras are drawn once
   source.addEventListener("status", async () => {
     const e = await api(`/experiments/${id}`);
     renderHeader(e);
-    if (FINISHED.includes(e.status)) {
+    if (FINISHED.includes(e.status) && !finished) {
+      finished = true;
       source.close();
       progress.textContent = "";
       showExtras(extras, e, await dataset);
