@@ -56,12 +56,24 @@ _PANELS = {
 }
 
 
+def loss_curve(metrics: Sequence[EpochMetrics]) -> list[tuple[float, float]]:
+    """The training loss within each epoch as (epoch, loss) points: an epoch's parts end at equal fractions of it."""
+    return [
+        (m.epoch - 1 + (k + 1) / len(m.train_loss_curve), value)
+        for m in metrics
+        if m.train_loss_curve
+        for k, value in enumerate(m.train_loss_curve)
+    ]
+
+
 def render_curves(metrics: list[EpochMetrics], title: str, task: str = "classification") -> bytes:
     """Loss and the task's metrics, train vs validation per epoch."""
     panels = _PANELS[task]
     figure = _figure(5 * len(panels), 4)
     epochs = [m.epoch for m in metrics]
     for ax, (metric, label) in zip(figure.subplots(1, len(panels)), panels, strict=True):
+        if metric == "loss" and (within := loss_curve(metrics)):
+            ax.plot(*zip(*within, strict=True), "-", color="C0", alpha=0.45, linewidth=1, label="train, within epochs")
         for split, marker in (("train", "o-"), ("val", "s-")):
             values = [getattr(m, f"{split}_{metric}", None) for m in metrics]
             if any(v is not None for v in values) or not metrics:

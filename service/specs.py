@@ -500,6 +500,9 @@ class EpochMetrics(BaseModel):
 
     epoch: int
     train_loss: float
+    # The training loss within the epoch: its mean over each twentieth of the epoch's batches (each batch, where
+    # there are fewer), in order. Null in rows recorded before it existed.
+    train_loss_curve: list[float] | None = None
     val_loss: float
     # Classification.
     train_accuracy: float | None = None

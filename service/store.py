@@ -196,6 +196,7 @@ class MetricRow(Base):
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     train_loss: Mapped[float] = mapped_column(Float)
+    train_loss_curve: Mapped[list | None] = mapped_column(JSON)
     val_loss: Mapped[float] = mapped_column(Float)
     # The task's metrics (see EpochMetrics); the other task's stay null.
     train_accuracy: Mapped[float | None] = mapped_column(Float)

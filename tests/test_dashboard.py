@@ -192,6 +192,10 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.wait_for_selector('#curves circle[data-series="validation"][data-epoch="1"]', state="attached")
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=180_000)
         assert page.locator('#curves circle[data-series="validation"][data-epoch="2"]').count() == 2  # loss, accuracy
+        # The training loss within each epoch, a faint line in the loss panel alone: 20 points an epoch.
+        within = page.locator('#curves polyline[data-series="train, within epochs"]')
+        sync_api.expect(within).to_have_count(1)
+        assert len(within.get_attribute("points").split()) == 2 * 20
         sync_api.expect(page.locator("#confusion")).to_be_visible()
         # Each class's accuracy beside its row.
         accuracies = [float(t) for t in page.locator("#confusion td.class-accuracy").all_inner_texts()]

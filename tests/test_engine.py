@@ -21,7 +21,7 @@ from service.specs import DatasetSpec, EpochMetrics, ExperimentSpec
 from tests.conftest import fit_bundled, load_bundled, malicious_checkpoint, timing_free
 from worker.checkpoints import UnreadableCheckpoint, load_checkpoint
 from worker.datasets import dataset_names, load_dataset, stratified_split
-from worker.engine import CompileFailed, Interrupted, compile_model, fit, training_batches
+from worker.engine import CompileFailed, Interrupted, compile_model, curve_marks, fit, training_batches
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
 from worker.models import create_model
@@ -88,6 +88,29 @@ def test_an_epoch_interrupted_mid_way_finishes_as_if_it_never_stopped() -> None:
     assert (stopped.value.epoch, stopped.value.progress.batches) == (2, 7)
     resumed = fit_bundled(experiment, resume=load_checkpoint(stopped.value.checkpoint))
     assert [timing_free(m) for m, _ in resumed] == [timing_free(m) for m, _ in whole[1:]]
+    # From a checkpoint written before loss curves: the resumed epoch has none, the ones after it theirs.
+    old = load_checkpoint(stopped.value.checkpoint)
+    del old.trainer_state["interrupted"]["progress"]["marks"]
+    resumed = [m for m, _ in fit_bundled(experiment, resume=old)]
+    assert [m.train_loss_curve for m in resumed] == [None, whole[2][0].train_loss_curve]
+    assert [m.train_loss for m in resumed] == [m.train_loss for m, _ in whole[1:]]
+
+
+@pytest.mark.parametrize(("batch_size", "points"), [(64, 20), (479, 3)])
+def test_each_epoch_keeps_its_loss_curve_whose_parts_average_to_the_epoch_s_loss(batch_size: int, points: int):
+    """Twenty points an epoch (digits' 1,438 training images in 23 batches of 64), each the mean loss over a
+    twentieth of the batches, or one a batch where there are fewer (3 of 479); weighted by their examples, they
+    make the epoch's mean loss. The first epoch's curve falls as the model learns."""
+    experiment = spec(batch_size=batch_size, epochs=2)
+    batches = training_batches(1438, batch_size)
+    ends = [0, *(batches[mark - 1].stop for mark in curve_marks(len(batches)))]
+    for metrics, _ in fit_bundled(experiment):
+        curve = metrics.train_loss_curve
+        assert len(curve) == points, curve
+        sizes = [b - a for a, b in itertools.pairwise(ends)]
+        assert sum(c * size for c, size in zip(curve, sizes, strict=True)) / 1438 == pytest.approx(metrics.train_loss)
+        if metrics.epoch == 1:
+            assert curve[0] > curve[-1], curve
 
 
 def test_a_last_batch_of_one_sample_joins_the_one_before() -> None:

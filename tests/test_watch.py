@@ -107,6 +107,9 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
         rows = list(csv.DictReader(io.StringIO(response.text)))
         assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and float(rows[2]["val_accuracy"]) > 0.5
         assert rows[0]["val_r2"] == ""  # a classifier records no regression metrics
+        # A column a value: the loss curve within each epoch (20 points; tests/test_engine.py) is in the JSON.
+        assert "train_loss_curve" not in rows[0]
+        assert [len(m["train_loss_curve"]) for m in client.get(f"/experiments/{ids[1]}/metrics").json()] == [20] * 3
         png = client.get("/experiments/compare.png", params={"ids": ",".join(map(str, ids)), "metric": "val_loss"})
         assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).format == "PNG"
         assert client.get("/experiments/compare.png", params={"ids": "1,x"}).status_code == 422

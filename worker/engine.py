@@ -55,16 +55,41 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class EpochProgress:
-    """How far an epoch got: batches done and the running sums of its training loss and metrics."""
+    """How far an epoch got: batches done, the running sums of its training loss and metrics, and the loss sum at
+    each of `curve_marks` passed."""
 
     batches: int = 0
     loss_sum: float = 0.0
     sums: tuple[float, ...] = ()
+    marks: tuple[float, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> EpochProgress:
         sums = data.get("sums", (data["correct"],) if "correct" in data else ())  # checkpoints before regression
-        return cls(data["batches"], data["loss_sum"], tuple(sums))
+        return cls(data["batches"], data["loss_sum"], tuple(sums), tuple(data.get("marks", ())))
+
+
+# The training loss within an epoch: its mean over each twentieth of the epoch's batches, so that a run of a few
+# epochs still has a learning curve (one device sync a twentieth, for the loss sum so far).
+CURVE_POINTS = 20
+
+
+def curve_marks(batches: int) -> list[int]:
+    """The numbers of batches done at which an epoch of `batches` notes its loss sum: the ends of CURVE_POINTS
+    equal parts (of every batch, where there are fewer)."""
+    parts = min(CURVE_POINTS, batches)
+    return [round(k * batches / parts) for k in range(1, parts + 1)]
+
+
+@dataclass(frozen=True)
+class EpochTraining:
+    """What an epoch of training gives: its mean loss, the task's train metrics and the loss curve within it (the
+    mean loss of each part between `curve_marks`; None for an epoch resumed from a checkpoint written before
+    curves were)."""
+
+    loss: float
+    metrics: dict[str, float]
+    curve: list[float] | None
 
 
 class TrainingDiverged(ArithmeticError):
@@ -267,10 +292,9 @@ def train_one_epoch(
     done: EpochProgress = EpochProgress(),
     on_batches: OnBatches | None = None,
     progress_every_s: float = 1.0,
-) -> tuple[float, dict[str, float]]:
+) -> EpochTraining:
     """One pass over `data` in a seeded random order, in batches of `step.batch_size`, skipping the batches already
-    `done` (a resumed epoch). Returns (mean loss, the task's train metrics). Raises Interrupted, with the progress
-    so far, when `should_stop()`."""
+    `done` (a resumed epoch). Raises Interrupted, with the progress so far, when `should_stop()`."""
     step.model.train()
     n, batch_size = len(data), step.batch_size
     device = data.labels.device
@@ -278,6 +302,8 @@ def train_one_epoch(
     order = torch.randperm(n, generator=generator).to(device)
     step.reset(done.loss_sum, done.sums)
     batches = training_batches(n, batch_size)
+    marks = curve_marks(len(batches))
+    marked = list(done.marks)
     report_at = time.monotonic() + progress_every_s
     for batch in range(done.batches, len(batches)):
         if on_batches is not None and time.monotonic() >= report_at:
@@ -285,7 +311,7 @@ def train_one_epoch(
             on_batches(batch, len(batches), step.loss_sum.item() / max(batches[batch].start, 1))
             report_at = time.monotonic() + progress_every_s
         if should_stop():
-            raise Interrupted(EpochProgress(batch, step.loss_sum.item(), tuple(step.sums.tolist())))
+            raise Interrupted(EpochProgress(batch, step.loss_sum.item(), tuple(step.sums.tolist()), tuple(marked)))
         idx = order[batches[batch]]
         if augment is None and data.standardized is not None:
             inputs = data.standardized[idx]
@@ -297,7 +323,14 @@ def train_one_epoch(
         step(inputs, data.labels[idx])
         if schedule is not None:
             schedule.after_batch()
-    return step.loss_sum.item() / n, step.objective.metrics(step.sums.tolist(), n, "train")
+        if batch + 1 in marks:
+            marked.append(step.loss_sum.item())
+    curve = None
+    if len(marked) == len(marks):  # else resumed from a checkpoint that kept no marks
+        ends = [0, *(batches[mark - 1].stop for mark in marks)]
+        sums = [0.0, *marked]
+        curve = [(sums[i + 1] - sums[i]) / (ends[i + 1] - ends[i]) for i in range(len(marks))]
+    return EpochTraining(step.loss_sum.item() / n, step.objective.metrics(step.sums.tolist(), n, "train"), curve)
 
 
 @torch.inference_mode()
@@ -551,7 +584,7 @@ def fit(
                     progress_every_s=progress_every_s,
                 )  # fmt: skip
                 train, val = extracted if head_only else (train, *extracted)
-            train_loss, train_metrics = train_one_epoch(
+            trained = train_one_epoch(
                 step,
                 train,
                 preprocess,
@@ -569,16 +602,17 @@ def fit(
             raise Interrupted(so_far, checkpoint(epoch - 1, interrupted=state), epoch) from None
         train_seconds = time.perf_counter() - started
         val_loss, val_metrics = evaluate(evaluator, val, preprocess, objective, head_numerics)
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        if not (math.isfinite(trained.loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
-                f"the loss became {train_loss if not math.isfinite(train_loss) else val_loss} in epoch {epoch} "
+                f"the loss became {trained.loss if not math.isfinite(trained.loss) else val_loss} in epoch {epoch} "
                 f"(lr {lr:g}): lower optimizer.lr, or set grad_clip_norm"
             )
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=train_loss,
+            train_loss=trained.loss,
+            train_loss_curve=trained.curve,
             val_loss=val_loss,
-            **train_metrics,
+            **trained.metrics,
             **val_metrics,
             lr=lr,
             duration_s=time.perf_counter() - started,

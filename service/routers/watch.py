@@ -146,12 +146,14 @@ def get_logs(experiment_id: ExperimentId, store: StoreDep, after: Annotated[int,
     responses={200: {"content": {"text/csv": {}}, "description": "one row per epoch, a header first"}},
 )
 def get_metrics_csv(experiment_id: ExperimentId, store: StoreDep):
-    """The metrics rows as CSV (for a spreadsheet or pandas); the task's other metrics are empty."""
+    """The metrics rows as CSV (for a spreadsheet or pandas); the task's other metrics are empty. A column a value:
+    the loss curve within each epoch is in the JSON rows."""
+    columns = [name for name in EpochMetrics.model_fields if name != "train_loss_curve"]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(EpochMetrics.model_fields), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in store.list_metrics(experiment_id):
-        writer.writerow(row.model_dump())
+        writer.writerow(row.model_dump(include=set(columns)))
     return Response(
         buffer.getvalue(),
         media_type="text/csv",

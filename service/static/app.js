@@ -148,11 +148,16 @@ function overfitting(rows) {
 }
 
 function drawCurves(box, rows, task) {
-  box.replaceChildren(...curvePanels(task).map(([metric, title]) => lineChart(
-    ["train", "val"].filter((split) => rows.some((r) => r[`${split}_${metric}`] !== null && r[`${split}_${metric}`] !== undefined))
+  box.replaceChildren(...curvePanels(task).map(([metric, title]) => {
+    const series = ["train", "val"].filter((split) => rows.some((r) => r[`${split}_${metric}`] !== null && r[`${split}_${metric}`] !== undefined))
       .map((split) => ({label: split === "val" ? "validation" : "train",
-        points: rows.map((r) => [r.epoch, r[`${split}_${metric}`]])})),
-    {title})));
+        points: rows.map((r) => [r.epoch, r[`${split}_${metric}`]])}));
+    // The training loss within each epoch (its mean over each twentieth of the batches), in the train colour.
+    const within = metric === "loss" ? rows.flatMap((r) => (r.train_loss_curve || []).map(
+      (v, k, all) => [r.epoch - 1 + (k + 1) / all.length, v])) : [];
+    if (within.length) series.push({label: "train, within epochs", points: within, color: COLORS[0], thin: true});
+    return lineChart(series, {title});
+  }));
 }
 
 async function experimentView(id) {

@@ -36,7 +36,8 @@ function legendLayout(labels, left, right) {
   });
 }
 
-// series: [{label, points: [[x, y], ...]}]; options: {title, yLabel, width, height}
+// series: [{label, points: [[x, y], ...], color, thin}] (thin: a faint line without dots, for many points);
+// options: {title, yLabel, width, height}
 function lineChart(series, options = {}) {
   const width = options.width || 460;
   const legend = legendLayout(series.map((s) => s.label), 60, width - 12);
@@ -67,12 +68,13 @@ function lineChart(series, options = {}) {
   }
   svg.appendChild(svgEl("text", {x: (width + m.left) / 2, y: height - 6, "text-anchor": "middle", class: "tick"}, "epoch"));
   series.forEach((s, i) => {
-    const color = COLORS[i % COLORS.length];
+    const color = s.color || COLORS[i % COLORS.length];
     const pts = s.points.filter((p) => p[1] !== null && Number.isFinite(p[1]));
     if (!pts.length) return;
     svg.appendChild(svgEl("polyline", {points: pts.map((p) => `${x(p[0])},${y(p[1])}`).join(" "),
-      fill: "none", stroke: color, "stroke-width": 2}));
-    for (const p of pts) {
+      fill: "none", stroke: color, "stroke-width": s.thin ? 1 : 2, opacity: s.thin ? 0.5 : 1,
+      "data-series": s.label}));
+    for (const p of s.thin ? [] : pts) {
       const dot = svgEl("circle", {cx: x(p[0]), cy: y(p[1]), r: 3, fill: color, class: "point",
         "data-series": s.label, "data-epoch": p[0]});
       dot.appendChild(svgEl("title", {}, `${s.label}, epoch ${p[0]}: ${p[1].toPrecision(4)}`));
