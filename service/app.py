@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics_registry, predict_latency, batch_sizes = metrics_registry(store)
         app.state.predictors = LRUCache(settings.predictor_cache_size)
         app.state.evaluations = LRUCache(settings.predictor_cache_size)
+        app.state.gradient_lock = threading.Lock()
         app.state.predictions = ImagePredictions(
             store,
             app.state.predictors,

@@ -4,6 +4,7 @@ They are `async` because they only read attributes: a sync dependency costs a th
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
@@ -37,11 +38,18 @@ async def _predictions(request: Request) -> ImagePredictions:
     return request.app.state.predictions
 
 
+async def _gradient_lock(request: Request) -> threading.Lock:
+    return request.app.state.gradient_lock
+
+
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PredictorsDep = Annotated[LRUCache[Predictor], Depends(_predictors)]
 PredictionsDep = Annotated[ImagePredictions, Depends(_predictions)]
 EvaluationsDep = Annotated[LRUCache[Evaluation], Depends(_evaluations)]
+# Held while a model's gradients are taken: each takes a copy of the model and a batch's activations (~200 MB for
+# a ResNet18), so requests take turns rather than adding up.
+GradientLock = Annotated[threading.Lock, Depends(_gradient_lock)]
 
 # A client-chosen key that makes a POST safe to retry (Stripe's convention).
 IdempotencyKey = Annotated[

@@ -46,9 +46,10 @@ def test_cnn_on_mnist_trains_and_predicts(tmp_path: Path, db_url: str, client_fo
         assert [row["epoch"] for row in rows] == [1, 2], dep.logs("worker")
         for row in rows:
             assert {k for k, v in row.items() if v is not None} == {
-                "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "duration_s",
-                "samples_per_s", "train_samples",
+                "epoch", "train_loss", "train_loss_curve", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                "duration_s", "samples_per_s", "train_samples",
             }  # fmt: skip
+            assert len(row["train_loss_curve"]) == 20  # 125 batches: a point each sixth or so
             assert {"train_mae", "val_mae", "val_rmse", "val_r2"} <= set(row)  # regression's, null here
             assert row["duration_s"] > 0 and row["samples_per_s"] > 0 and row["lr"] == 0.001
         assert rows[-1]["val_accuracy"] >= 0.95, rows

@@ -4,6 +4,7 @@ the model as code."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -11,10 +12,12 @@ import torch
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
+from service.cache import LRUCache
 from service.catalogue import check_spec, dataset_for, open_dataset
 from service.compare import Comparison, compare
 from service.deps import (
     EvaluationsDep,
+    GradientLock,
     IdempotencyKey,
     PredictorsDep,
     SettingsDep,
@@ -54,7 +57,7 @@ from service.store import Store
 from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
-from worker.inference import RowOutOfRange
+from worker.inference import Predictor, RowOutOfRange
 from worker.model_views import NonFiniteGradient, NoPixelWeights, first_layer, gradient_examples, layer_gradients
 from worker.models import MemoryEstimate, describe_model, meta_model, resolve_layers
 from worker.previews import augmentation_samples
@@ -434,34 +437,38 @@ def get_weights(
 @router.get("/{experiment_id}/gradients", response_model=Gradients)
 def get_gradients(
     experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, predictors: PredictorsDep,
-    epoch: Epoch | None = None,
+    lock: GradientLock, epoch: Epoch | None = None,
 ):  # fmt: skip
     """How large the training loss's gradient is at each layer with a weight (root mean square, beside the
     weight's), at the best checkpoint or epoch N, over up to 256 training examples in training mode: gradients
     that vanish show as first layers orders of magnitude below the last."""
-    return _gradients(experiment_id, epoch, store, settings, predictors)
+    return _gradients(experiment_id, epoch, store, settings, predictors, lock)
 
 
 @router.get("/{experiment_id}/gradients.png", response_class=Response, responses=PNG_RESPONSE)
 def get_gradients_png(
     experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, predictors: PredictorsDep,
-    epoch: Epoch | None = None,
+    lock: GradientLock, epoch: Epoch | None = None,
 ):  # fmt: skip
     """`GET .../gradients` drawn: a bar a layer, first layer at the top, on a log scale."""
-    found = _gradients(experiment_id, epoch, store, settings, predictors)
+    found = _gradients(experiment_id, epoch, store, settings, predictors, lock)
     title = (f"#{experiment_id} epoch {found.epoch}: the training loss's gradient at each layer\n"
              f"over {found.examples} training examples (loss {found.loss:.3g})")  # fmt: skip
     return png_response(render_gradients(found.layers, title))
 
 
-def _gradients(experiment_id: int, epoch: int | None, store: Store, settings: Settings, predictors) -> Gradients:
+def _gradients(
+    experiment_id: int, epoch: int | None, store: Store, settings: Settings, predictors: LRUCache[Predictor],
+    lock: threading.Lock,
+) -> Gradients:  # fmt: skip
     predictor = load_predictor(store.find_checkpoint(experiment_id, epoch), store, predictors)
     train = _dataset(predictor.spec, settings, store).train
     examples = gradient_examples(predictor, len(train))
     # A fixed sample across the split (its order may group classes), the same for every checkpoint.
     chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:examples]
     try:
-        found = layer_gradients(predictor, train.images[chosen], train.labels[chosen])
+        with lock:
+            found = layer_gradients(predictor, train.images[chosen], train.labels[chosen])
     except NonFiniteGradient as exc:
         raise Conflict(f"experiment {experiment_id}'s epoch {predictor.epoch} has no finite gradient: {exc}") from None
     layers = [LayerGradientPublic(name=g.name, parameters=g.parameters, weight_rms=g.weight, gradient_rms=g.gradient)
