@@ -433,7 +433,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=120_000)
         losses = [(m["val_loss"], m["epoch"]) for m in http.get(f"/experiments/{overfit_id}/metrics").json()]
         assert losses[-1][0] > 1.1 * min(losses)[0], losses  # what the note is about: the data did overfit
-        sync_api.expect(page.locator("#overfit")).to_contain_text(
+        sync_api.expect(page.locator("#curve-note")).to_contain_text(
             f"Overfitting: the validation loss has risen since epoch {min(losses)[1]} "
         )
         for rows in (  # no note: a plateau a few percent above the lowest; train loss rising too; one epoch since
@@ -443,6 +443,28 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         ):
             metrics = [{"epoch": e, "train_loss": t, "val_loss": v} for e, t, v in rows]
             assert page.evaluate("overfitting", metrics) is None, rows
+        # A run that does not learn says so: four sigmoids, plain SGD (examples/sweep-activations-mnist.json).
+        stuck = {"name": "stuck", "dataset": {"name": "mnist-10k"}, "epochs": 2,
+                 "model": {"kind": "mlp", "hidden": [128] * 4, "activation": "sigmoid"},
+                 "optimizer": {"kind": "sgd", "lr": 0.1, "momentum": 0}}  # fmt: skip
+        stuck_id = http.post("/experiments", json=stuck).json()["id"]
+        page.goto(f"{dep.url}/#/experiments/{stuck_id}")
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=120_000)
+        sync_api.expect(page.locator("#curve-note")).to_contain_text(
+            re.compile(r"^Not learning: after 2 epochs its validation accuracy is at most 0\.1\d+, chance for 10 "
+                       r"classes, and the training loss has barely moved \(2\.3\d* → 2\.3\d*\)")
+        )  # fmt: skip
+        for rows, classes in (  # no note: a classifier above chance; a loss that fell; a regression that fits
+            ([(1, 2.30, 0.30, None), (2, 2.29, 0.31, None)], 10),
+            ([(1, 2.30, 0.10, None), (2, 2.00, 0.11, None)], 10),
+            ([(1, 1.00, None, 0.40), (2, 0.99, None, 0.41)], None),
+        ):
+            metrics = [{"epoch": e, "train_loss": t, "val_accuracy": a, "val_r2": r} for e, t, a, r in rows]
+            assert page.evaluate("([rows, classes]) => notLearning(rows, classes)", [metrics, classes]) is None
+        regression = [{"epoch": e, "train_loss": 1.0, "val_accuracy": None, "val_r2": -0.01} for e in (1, 2, 3)]
+        assert page.evaluate("(rows) => notLearning(rows, null)", regression).startswith(
+            "Not learning: after 3 epochs its validation R² is at most -0.010, no better than predicting the mean"
+        )
         page.goto(f"{dep.url}/#/experiments/1")  # the first CNN, two epochs: no note
         sync_api.expect(page.locator(".exp-header h1")).to_contain_text("#1 from the browser")  # its page, drawn
-        sync_api.expect(page.locator("#overfit")).to_have_text("")
+        sync_api.expect(page.locator("#curve-note")).to_have_text("")

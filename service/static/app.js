@@ -147,6 +147,28 @@ function overfitting(rows) {
     "(early_stopping stops at the best one), more data or augmentation, dropout or weight decay help.";
 }
 
+// Two or more epochs at chance (a classifier of `classes`) or no better than the mean (a regression's R²), with
+// a training loss that has barely moved: what to look at; null otherwise.
+function notLearning(rows, classes) {
+  if (rows.length < 2) return null;
+  const first = rows[0], last = rows.at(-1);
+  if (last.train_loss < 0.95 * first.train_loss) return null;
+  let where;
+  if (rows.some((r) => r.val_accuracy !== null && r.val_accuracy !== undefined)) {
+    const best = Math.max(...rows.map((r) => r.val_accuracy));
+    if (!classes || best > 1.5 / classes) return null;
+    where = `its validation accuracy is at most ${fmt(best, 3)}, chance for ${classes} classes`;
+  } else {
+    const best = Math.max(...rows.map((r) => r.val_r2 ?? -Infinity));
+    if (best > 0.05) return null;
+    where = `its validation R² is at most ${fmt(best, 3)}, no better than predicting the mean`;
+  }
+  return `Not learning: after ${rows.length} epochs ${where}, and the training loss has barely moved ` +
+    `(${fmt(first.train_loss)} → ${fmt(last.train_loss)}). Look at the learning rate (too low to move the weights, ` +
+    "or so high that each step overshoots), at the gradients by layer below (vanishing on their way back to the " +
+    "first layers: ReLU instead of sigmoid, or batchnorm, helps), and at whether the labels match the inputs.";
+}
+
 function drawCurves(box, rows, task) {
   box.replaceChildren(...curvePanels(task).map(([metric, title]) => {
     const series = ["train", "val"].filter((split) => rows.some((r) => r[`${split}_${metric}`] !== null && r[`${split}_${metric}`] !== undefined))
@@ -166,17 +188,19 @@ async function experimentView(id) {
   const header = h("div", {class: "exp-header"});
   const progress = h("div", {id: "progress", class: "muted"});
   const curves = h("div", {id: "curves", class: "charts"});
-  const overfit = h("p", {id: "overfit", class: "warning"});
+  const note = h("p", {id: "curve-note", class: "warning"});
+  let classes = null;  // a classifier's, once its dataset has been read: what chance accuracy is
   const showCurves = () => {
     drawCurves(curves, rows, experiment.spec.task);
-    overfit.textContent = overfitting(rows) || "";
+    note.textContent = overfitting(rows) || notLearning(rows, classes) || "";
   };
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
   const [notes, showNotes] = notesPanel(experiment);
   // What it learnt from: a table's columns (`features`), or images; null where the dataset has been deleted since.
   const dataset = api(`/datasets/${experiment.spec.dataset.name}`).catch(() => null);
-  view.replaceChildren(header, notes, progress, curves, overfit,
+  dataset.then((d) => { classes = d?.class_names?.length || null; showCurves(); });
+  view.replaceChildren(header, notes, progress, curves, note,
     h("div", {class: "columns"},
       h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment, dataset)),
       h("section", {}, h("h2", {}, "Spec"), h("pre", {class: "spec"}, JSON.stringify(experiment.spec, null, 2)))),
