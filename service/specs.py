@@ -47,15 +47,20 @@ class FromExperiment(Strict):
 WarmStart = Literal["none"] | FromExperiment
 
 
+# The nonlinearity after each hidden layer of an `mlp` or `cnn` (torch.nn's ReLU, LeakyReLU, GELU, Sigmoid, Tanh).
+Activation = Literal["relu", "leaky_relu", "gelu", "sigmoid", "tanh"]
+# How a model built from scratch draws its conv and linear weights: torch's own default (uniform within
+# ±1/sqrt(fan_in)), He et al.'s (normal, std sqrt(2/fan_in), for ReLU nets) or Glorot and Bengio's (uniform, std
+# sqrt(2/(fan_in + fan_out)), for tanh and sigmoid nets); the last two with zero biases.
+Init = Literal["default", "kaiming", "xavier"]
+
+
 class LinearSpec(Strict):
     """One linear layer on the flattened input: logistic regression for classes, linear regression for a target."""
 
     kind: Literal["linear"] = "linear"
+    init: Init = "default"
     pretrained: WarmStart = "none"
-
-
-# The nonlinearity after each hidden layer of an `mlp` or `cnn` (torch.nn's ReLU, LeakyReLU, GELU, Sigmoid, Tanh).
-Activation = Literal["relu", "leaky_relu", "gelu", "sigmoid", "tanh"]
 
 
 class MLPSpec(Strict):
@@ -66,6 +71,7 @@ class MLPSpec(Strict):
     batchnorm: bool = False
     activation: Activation = "relu"
     dropout: Probability = 0.0
+    init: Init = "default"
     pretrained: WarmStart = "none"
 
 
@@ -83,6 +89,7 @@ class CNNSpec(Strict):
     activation: Activation = "relu"
     hidden: Annotated[int, Field(ge=1, le=8192)] = 128
     dropout: Probability = 0.0
+    init: Init = "default"
     pretrained: WarmStart = "none"
 
 
@@ -195,6 +202,7 @@ class SequentialSpec(Strict):
 
     kind: Literal["sequential"] = "sequential"
     layers: Annotated[list[LayerSpec], Field(min_length=1, max_length=64)]
+    init: Init = "default"
     pretrained: WarmStart = "none"
 
 

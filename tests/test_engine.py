@@ -153,6 +153,26 @@ def test_a_cnn_computes_the_textbook_block_whatever_order_it_runs_it_in(activati
         assert torch.equal(model(images), torch.nn.Sequential(*textbook)(images))
 
 
+@pytest.mark.parametrize("init", ["default", "kaiming", "xavier"])
+def test_init_draws_each_layer_s_weights_as_its_paper_says(init: str) -> None:
+    """He et al.'s std sqrt(2/fan_in), Glorot and Bengio's sqrt(2/(fan_in + fan_out)), both with zero biases; torch's
+    default: uniform within ±1/sqrt(fan_in), a std of 1/sqrt(3 fan_in), biases too. For every conv and linear layer."""
+    layers = [{"kind": "conv2d", "out_channels": 64, "padding": 1}, {"kind": "relu"}, {"kind": "flatten"},
+              {"kind": "linear", "out_features": 256}, {"kind": "tanh"}, {"kind": "linear"}]  # fmt: skip
+    experiment = spec(model={"kind": "sequential", "layers": layers, "init": init})
+    torch.manual_seed(0)
+    model = create_model(experiment.model, (1, 8, 8), 10)
+    weighted = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert len(weighted) == 3
+    for layer in weighted:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        fan_out *= layer.weight[0, 0].numel()  # a conv's output positions per input value
+        expected = {"default": (3 * fan_in) ** -0.5, "kaiming": (2 / fan_in) ** 0.5,
+                    "xavier": (2 / (fan_in + fan_out)) ** 0.5}[init]  # fmt: skip
+        assert float(layer.weight.detach().std()) == pytest.approx(expected, rel=0.2), (layer, init)
+        assert (float(layer.bias.detach().abs().max()) == 0) == (init != "default"), (layer, init)
+
+
 def test_seeded_runs_are_identical_and_seeds_matter() -> None:
     a, b = fit_bundled(spec(epochs=1)), fit_bundled(spec(epochs=1))
     assert timing_free(a[0][0]) == timing_free(b[0][0])

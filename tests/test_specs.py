@@ -18,7 +18,8 @@ def test_minimal_spec_gets_every_default() -> None:
         "name": "experiment", "task": "classification",
         "dataset": {"name": "mnist-10k", "val_fraction": 0.2, "seed": 0, "download": False},
         "model": {"kind": "cnn", "channels": [32, 64], "kernel_size": 3, "stride": 1, "padding": None, "pool": "max",
-                  "batchnorm": False, "activation": "relu", "hidden": 128, "dropout": 0.0, "pretrained": "none"},
+                  "batchnorm": False, "activation": "relu", "hidden": 128, "dropout": 0.0, "init": "default",
+                  "pretrained": "none"},
         "loss": {"kind": "cross_entropy", "label_smoothing": 0.0},
         "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0},
         "scheduler": None, "grad_clip_norm": None, "augment": [],
@@ -63,6 +64,8 @@ def test_a_section_with_a_default_kind_may_leave_kind_out(patch: dict, optimizer
         {"model": {"kind": "cnn", "kernel_size": 12}},
         {"model": {"kind": "cnn", "pool": "median"}},
         {"model": {"kind": "mlp", "activation": "softmax"}},
+        {"model": {"kind": "mlp", "init": "he"}},
+        {"model": {"kind": "resnet18", "init": "kaiming"}},  # a torchvision net comes with its own
         {"model": {"kind": "sequential", "layers": [{"kind": "leaky_relu", "negative_slope": -0.1}]}},
         {"model": {"kind": "sequential", "layers": [{"kind": "sigmoid", "inplace": True}]}},
         {"batch_size": 8193},

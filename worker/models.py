@@ -46,7 +46,20 @@ def model_kinds() -> list[str]:
 def create_model(spec: Any, input_shape: InputShape, num_outputs: int) -> nn.Module:
     """Build the network a model spec describes, for inputs of `input_shape` and `num_outputs` outputs.
     Raises ShapeError when the spec cannot work on that input."""
-    return _BUILDERS[spec.kind](spec, input_shape, num_outputs)
+    return initialise(_BUILDERS[spec.kind](spec, input_shape, num_outputs), getattr(spec, "init", "default"))
+
+
+def initialise(model: nn.Module, init: str) -> nn.Module:
+    """Draw the weights of every conv and linear layer as `init` says (service.specs.Init), biases 0; "default"
+    leaves torch's own. From the global generator, as the layers' own initialisation draws."""
+    draw = {"kaiming": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), "xavier": nn.init.xavier_uniform_}
+    if init in draw:
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                draw[init](module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    return model
 
 
 def meta_model(spec: Any, input_shape: InputShape, num_outputs: int) -> nn.Module:
