@@ -117,12 +117,15 @@ def render_predicted_vs_actual(actual: torch.Tensor, predicted: torch.Tensor, ti
 
 
 def render_comparison(series: Sequence[tuple[str, list[EpochMetrics]]], metric: str, title: str) -> bytes:
-    """One line per run: `metric` per epoch."""
+    """One line per run: `metric` per epoch; for `train_loss`, each run's loss within its epochs too, faintly."""
     figure = _figure(9, 5)
     ax = figure.subplots()
     for label, metrics in series:
         short = label if len(label) <= 70 else label[:69] + "…"  # a legend as wide as the figure at most
-        ax.plot([m.epoch for m in metrics], [getattr(m, metric) for m in metrics], "o-", label=short, markersize=3)
+        [line] = ax.plot([m.epoch for m in metrics], [getattr(m, metric) for m in metrics], "o-", label=short,
+                         markersize=3)  # fmt: skip
+        if metric == "train_loss" and (within := loss_curve(metrics)):
+            ax.plot(*zip(*within, strict=True), "-", color=line.get_color(), alpha=0.45, linewidth=1)
     _epoch_axis(ax)
     ax.set_ylabel(metric)
     if series:

@@ -386,6 +386,15 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         page.locator("#view a", has_text="compare").click()
         sync_api.expect(page.locator("#differences")).to_contain_text("optimizer.lr=1e-05")
         sync_api.expect(page.locator("#comparison text.legend", has_text="optimizer.lr=1e-05")).to_have_count(1)
+        # By training loss, each run's loss within its epochs too, in its colour, not listed a second time.
+        page.select_option("#metric", "train_loss")
+        sync_api.expect(page.locator("#comparison polyline")).to_have_count(4)  # 2 trials: epochs and within them
+        sync_api.expect(page.locator("#comparison text.legend")).to_have_count(2)
+        within = page.locator('#comparison polyline[data-series$=", within epochs"]')
+        assert [len(p.split()) for p in within.evaluate_all("lines => lines.map((l) => l.getAttribute('points'))")] == [
+            40, 40
+        ]  # fmt: skip
+        page.go_back()
         page.go_back()
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#delete-sweep")

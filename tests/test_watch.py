@@ -110,8 +110,9 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
         # A column a value: the loss curve within each epoch (20 points; tests/test_engine.py) is in the JSON.
         assert "train_loss_curve" not in rows[0]
         assert [len(m["train_loss_curve"]) for m in client.get(f"/experiments/{ids[1]}/metrics").json()] == [20] * 3
-        png = client.get("/experiments/compare.png", params={"ids": ",".join(map(str, ids)), "metric": "val_loss"})
-        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).format == "PNG"
+        for metric in ("val_loss", "train_loss"):  # the training loss with each run's loss within its epochs
+            png = client.get("/experiments/compare.png", params={"ids": ",".join(map(str, ids)), "metric": metric})
+            assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).format == "PNG"
         assert client.get("/experiments/compare.png", params={"ids": "1,x"}).status_code == 422
 
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}

@@ -175,11 +175,15 @@ function drawCurves(box, rows, task) {
       .map((split) => ({label: split === "val" ? "validation" : "train",
         points: rows.map((r) => [r.epoch, r[`${split}_${metric}`]])}));
     // The training loss within each epoch (its mean over each twentieth of the batches), in the train colour.
-    const within = metric === "loss" ? rows.flatMap((r) => (r.train_loss_curve || []).map(
-      (v, k, all) => [r.epoch - 1 + (k + 1) / all.length, v])) : [];
+    const within = metric === "loss" ? lossWithinEpochs(rows) : [];
     if (within.length) series.push({label: "train, within epochs", points: within, color: COLORS[0], thin: true});
     return lineChart(series, {title});
   }));
+}
+
+// The training loss within each epoch as (epoch, loss) points: an epoch's parts end at equal fractions of it.
+function lossWithinEpochs(rows) {
+  return rows.flatMap((r) => (r.train_loss_curve || []).map((v, k, all) => [r.epoch - 1 + (k + 1) / all.length, v]));
 }
 
 async function experimentView(id) {
@@ -731,7 +735,12 @@ async function loadRuns(ids) {
 }
 
 function comparisonChart(runs, metric) {
-  const series = runs.map((r) => ({label: r.label, points: r.rows.map((row) => [row.epoch, row[metric]])}));
+  const series = runs.map((r, i) => ({label: r.label, points: r.rows.map((row) => [row.epoch, row[metric]]),
+    color: COLORS[i % COLORS.length]}));
+  if (metric === "train_loss") {  // and each run's loss within its epochs, in its colour: how fast each starts
+    runs.forEach((r, i) => series.push({label: `${r.label}, within epochs`, points: lossWithinEpochs(r.rows),
+      color: COLORS[i % COLORS.length], thin: true, unlisted: true}));
+  }
   return lineChart(series, {title: metric, width: 720, height: 360});
 }
 

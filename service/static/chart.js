@@ -36,11 +36,12 @@ function legendLayout(labels, left, right) {
   });
 }
 
-// series: [{label, points: [[x, y], ...], color, thin}] (thin: a faint line without dots, for many points);
-// options: {title, yLabel, width, height}
+// series: [{label, points: [[x, y], ...], color, thin, unlisted}] (thin: a faint line without dots, for many points;
+// unlisted: not in the legend, for a line that goes with another series); options: {title, yLabel, width, height}
 function lineChart(series, options = {}) {
   const width = options.width || 460;
-  const legend = legendLayout(series.map((s) => s.label), 60, width - 12);
+  const listed = series.filter((s) => !s.unlisted);
+  const legend = legendLayout(listed.map((s) => s.label), 60, width - 12);
   const extra = legend.length ? legend[legend.length - 1].y - 24 : 0;  // the legend's rows after its first
   const m = {left: 52, right: 12, top: 44 + extra, bottom: 38};
   const height = (options.height || 260) + extra;
@@ -80,7 +81,8 @@ function lineChart(series, options = {}) {
       dot.appendChild(svgEl("title", {}, `${s.label}, epoch ${p[0]}: ${p[1].toPrecision(4)}`));
       svg.appendChild(dot);
     }
-    const at = legend[i];
+    if (s.unlisted) return;
+    const at = legend[listed.indexOf(s)];
     svg.appendChild(svgEl("rect", {x: at.x, y: at.y, width: 10, height: 10, fill: color}));
     const text = svgEl("text", {x: at.x + 14, y: at.y + 9, class: "legend"}, at.text);
     text.appendChild(svgEl("title", {}, s.label));
