@@ -138,6 +138,11 @@ def test_logs_csv_compare_and_prometheus(tmp_path: Path, db_url: str, client_for
             assert [(s.step, s.value) for s in board.Scalars(tag)] == [
                 (r["epoch"], pytest.approx(r[field], rel=1e-6)) for r in recorded
             ]
+        # The loss within each epoch, a point each twentieth of an epoch: step 20 is epoch 1's end.
+        assert [(s.step, s.value) for s in board.Scalars("loss/train_within_epochs")] == [
+            (20 * (r["epoch"] - 1) + k + 1, pytest.approx(v, rel=1e-6))
+            for r in recorded for k, v in enumerate(r["train_loss_curve"])
+        ]  # fmt: skip
         assert "data/training_images" in board.Tags()["images"]
         session = board.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         start = HParamsPluginData.FromString(session).session_start_info

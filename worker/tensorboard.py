@@ -1,7 +1,8 @@
 """TensorBoard event files per experiment, under `<runs_dir>/<id>/`: `tensorboard --logdir var/runs`.
 
-Scalars every epoch (losses, the task's metrics, lr, samples/s), a grid of training images at the start, and the
-spec's hyperparameters with the best metrics at the end (TensorBoard's HParams tab compares runs by them).
+Scalars every epoch (losses, the task's metrics, lr, samples/s; the training loss within it, `loss/train_within_epochs`,
+twenty points an epoch), a grid of training images at the start, and the spec's hyperparameters with the best metrics
+at the end (TensorBoard's HParams tab compares runs by them).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class RunLog:
             value = getattr(metrics, field)
             if value is not None:
                 self.writer.add_scalar(tag, value, global_step=metrics.epoch)
+        # The loss within the epoch, its step counted in parts of an epoch (twentieths; batches, where fewer).
+        curve = metrics.train_loss_curve or []
+        for k, value in enumerate(curve, start=(metrics.epoch - 1) * len(curve) + 1):
+            self.writer.add_scalar("loss/train_within_epochs", value, global_step=k)
 
     def finish(self, best: dict[str, float]) -> None:
         """The spec's hyperparameters and the run's best metrics, for the HParams tab."""
