@@ -174,7 +174,7 @@ def test_a_linear_regression_s_weights_say_which_features_matter() -> None:
 
 def test_gradients_vanish_through_four_sigmoids_and_not_through_relus() -> None:
     """The training loss's gradient at each layer of the activations example's MLPs after an epoch (plain SGD at
-    0.1 on mnist-10k): through four sigmoids (slope at most 1/4) it shrinks 3-10x a layer on its way back, the
+    0.1 on mnist-10k): through four sigmoids (slope at most 1/4) it shrinks 2-27x a layer on its way back, the
     first layer's ~2,500x below the last's (4.8e-6 against 1.2e-2); through ReLUs it stays within 6x. Taken as a
     training step takes it, on a copy: the served model keeps its weights, mode and (no) gradients."""
     example = json.loads((REPO / "examples" / "sweep-activations-mnist.json").read_text())
