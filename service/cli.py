@@ -594,6 +594,12 @@ def gradients(
         table.add_row(layer.name, f"{layer.parameters:,}", f"{layer.weight_rms:.3g}",
                       "frozen" if gradient is None else f"{gradient:.3g}", "-" if ratio is None else f"{ratio:.3g}")  # fmt: skip
     out.print(table)
+    if found.relus:
+        dead = Table("ReLU layer", Column("units", justify="right"), Column("dead", justify="right"))
+        for relu in found.relus:
+            dead.add_row(relu.name, str(relu.units), f"{relu.dead:.0%}")
+        out.print(dead)
+        out.print("dead: units that output 0 for every one of those examples, through which no gradient passes")
 
 
 @app.command()

@@ -14,7 +14,7 @@ from service.specs import EpochMetrics
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from service.schemas import LayerGradientPublic
+    from service.schemas import DeadUnitsPublic, LayerGradientPublic
     from worker.model_views import LayerOutput
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
@@ -350,11 +350,21 @@ def render_feature_weights(weights: torch.Tensor, features: Sequence[str], units
     return _png(figure)
 
 
-def render_gradients(layers: Sequence[LayerGradientPublic], title: str) -> bytes:
+def render_gradients(layers: Sequence[LayerGradientPublic], relus: Sequence[DeadUnitsPublic], title: str) -> bytes:
     """Each layer's gradient and weight as root mean squares, a row a layer in the order of the forward pass, on a
-    log scale: a gradient that vanishes (or explodes) on its way back to the first layers shows as a slope."""
-    figure = _figure(9, 1.6 + 0.28 * len(layers))
-    ax = figure.subplots()
+    log scale: a gradient that vanishes (or explodes) on its way back to the first layers shows as a slope. Beside
+    it, where the model has ReLUs, the share of each one's units that are dead."""
+    figure = _figure(13 if relus else 9, 1.6 + 0.28 * max(len(layers), len(relus)))
+    ax, dead = figure.subplots(1, 2, width_ratios=(2, 1)) if relus else (figure.subplots(), None)
+    if dead is not None:
+        relu_rows = range(len(relus))
+        dead.barh(relu_rows, [100 * r.dead for r in relus], height=0.8, color="tab:gray")
+        dead.set_yticks(relu_rows, [f"{r.name} ({r.units})" for r in relus], fontsize="small")
+        dead.set_title("dead ReLUs", fontsize="medium")
+        dead.invert_yaxis()
+        dead.set_xlim(0, 100)
+        dead.set_xlabel("% of its units dead (0 for every example)")
+        dead.grid(True, axis="x", alpha=0.3)
     rows = range(len(layers))
     gradients = [layer.gradient_rms or float("nan") for layer in layers]  # frozen or exactly 0: no bar
     ax.barh(rows, gradients, height=0.8, color="tab:red", label="gradient")
@@ -365,6 +375,7 @@ def render_gradients(layers: Sequence[LayerGradientPublic], title: str) -> bytes
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("root mean square (log scale)")
+    ax.set_title("gradient and weight", fontsize="medium")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     figure.suptitle(title)

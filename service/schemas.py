@@ -160,14 +160,24 @@ class LayerGradientPublic(BaseModel):
     gradient_rms: float | None  # null: a frozen layer
 
 
+class DeadUnitsPublic(BaseModel):
+    name: str  # "2 relu"
+    units: int  # a map's channels, or features
+    # The share of them that output 0 for every example of the sample (at every position of a map): dead ReLUs,
+    # through which no gradient passes.
+    dead: float
+
+
 class Gradients(BaseModel):
     """The training loss's gradient at each layer with a weight, in the order of the forward pass, over a sample of
-    training examples in training mode, as a training step takes it (no augmentation)."""
+    training examples in training mode, as a training step takes it (no augmentation); and each ReLU layer's dead
+    units on that sample."""
 
     epoch: int
     examples: int
     loss: float
     layers: list[LayerGradientPublic]
+    relus: list[DeadUnitsPublic]
 
 
 class RowPredictions(BaseModel):

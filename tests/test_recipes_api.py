@@ -148,6 +148,8 @@ def test_confusion_and_misclassified(service) -> None:
     layers = [(layer["name"], layer["parameters"]) for layer in gradients["layers"]]
     assert layers == [("1 linear", 64 * 32), ("3 linear", 32 * 10)], layers
     assert all(layer["gradient_rms"] > 0 and layer["weight_rms"] > 0 for layer in gradients["layers"]), gradients
+    [relu] = gradients["relus"]  # its one hidden layer's ReLU: how many of its 32 units never fire on the sample
+    assert (relu["name"], relu["units"]) == ("2 relu", 32) and 0 <= relu["dead"] < 0.5, relu
     kept = {c["epoch"] for c in client.get(f"/experiments/{experiment['id']}/checkpoints").json()}
     for epoch in range(1, 4):
         response = client.get(f"/experiments/{experiment['id']}/gradients", params={"epoch": epoch})

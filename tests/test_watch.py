@@ -227,6 +227,7 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         grads = run_cli("gradients", "1", url=dep.url, cwd=REPO)
         layers = [row[:2] for row in _table_rows(grads.stdout) if row[0].endswith(" linear")]
         assert grads.returncode == 0 and sorted(layers) == [("1 linear", "50,176"), ("3 linear", "640")], grads.stdout
+        assert any(row[:2] == ("2 relu", "64") and row[2].endswith("%") for row in _table_rows(grads.stdout))
         drawn = run_cli("weights", "1", url=dep.url, cwd=tmp_path)
         assert drawn.returncode == 0 and Image.open(tmp_path / "weights.png").format == "PNG", drawn.stderr
         salient = run_cli("saliency", "1", str(REPO / "examples/images/mnist-val-7.png"), url=dep.url, cwd=tmp_path)

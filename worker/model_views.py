@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -116,10 +117,21 @@ class LayerGradient:
 
 
 @dataclass(frozen=True)
+class DeadUnits:
+    """A ReLU layer's units (a map's channels, or features) that output 0 for every example of a sample, at every
+    position of a map: dead, no gradient reaches the weights before them (a learning rate too high kills them)."""
+
+    name: str  # "2 relu"
+    units: int
+    dead: float  # their share
+
+
+@dataclass(frozen=True)
 class Gradients:
     loss: float
     examples: int
     layers: list[LayerGradient]  # in the order of the forward pass
+    relus: list[DeadUnits]  # likewise
 
 
 class NonFiniteGradient(ValueError):
@@ -145,10 +157,24 @@ def gradient_examples(predictor: Predictor, available: int) -> int:
 def layer_gradients(predictor: Predictor, images: torch.Tensor, labels: torch.Tensor) -> Gradients:
     """The gradient of the experiment's training loss over a batch of training examples (uint8 images or float
     rows), at each layer with a weight, as a training step takes it: in training mode (dropout on, batchnorm on
-    the batch's statistics) without augmentation, in fp32, on a copy of the model. Vanishing gradients show as
-    first layers whose gradient is orders of magnitude below the last's. Raises NonFiniteGradient."""
+    the batch's statistics) without augmentation, in fp32, on a copy of the model, and each ReLU layer's dead
+    units. Vanishing gradients show as first layers whose gradient is orders of magnitude below the last's.
+    Raises NonFiniteGradient."""
     model = copy.deepcopy(predictor.model).train()
     objective = Objective.of(predictor.spec.task, predictor.spec.loss, predictor.preprocess)
+    fired: dict[str, torch.Tensor] = {}  # by ReLU layer: whether each unit output more than 0 for any example
+
+    def watch(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
+        def hook(_module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+            positive = out.detach() > 0
+            units = (positive.flatten(2).any(dim=2) if positive.dim() > 2 else positive).any(dim=0)
+            fired[name] = fired[name] | units if name in fired else units  # a module used twice (a ResNet block's)
+
+        return hook
+
+    relus = [(f"{name} {layer_kind(m)}", m) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    for name, module in relus:
+        module.register_forward_hook(watch(name))  # on the copy, which nothing else uses
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # dropout's masks: the same answer for the same checkpoint
         loss = objective.loss(model(predictor.inputs(images)), labels.to(predictor.device))
@@ -169,4 +195,5 @@ def layer_gradients(predictor: Predictor, images: torch.Tensor, labels: torch.Te
         if gradient is not None and not math.isfinite(gradient):
             raise NonFiniteGradient(f"the gradient at layer {label} is {gradient}")
         layers.append(LayerGradient(label, weight.numel(), rms(weight), gradient))
-    return Gradients(loss.item(), len(labels), layers)
+    dead = [DeadUnits(name, len(units), 1 - units.float().mean().item()) for name, units in fired.items()]
+    return Gradients(loss.item(), len(labels), layers, dead)

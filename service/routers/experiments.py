@@ -42,6 +42,7 @@ from service.predictions import load_predictor
 from service.schemas import (
     AttemptPublic,
     Confusion,
+    DeadUnitsPublic,
     ExperimentList,
     ExperimentPublic,
     ExperimentUpdate,
@@ -450,11 +451,12 @@ def get_gradients_png(
     experiment_id: ExperimentId, store: StoreDep, settings: SettingsDep, predictors: PredictorsDep,
     lock: GradientLock, epoch: Epoch | None = None,
 ):  # fmt: skip
-    """`GET .../gradients` drawn: a bar a layer, first layer at the top, on a log scale."""
+    """`GET .../gradients` drawn: a bar a layer, first layer at the top, on a log scale; beside it, each ReLU
+    layer's dead units."""
     found = _gradients(experiment_id, epoch, store, settings, predictors, lock)
     title = (f"#{experiment_id} epoch {found.epoch}: the training loss's gradient at each layer\n"
              f"over {found.examples} training examples (loss {found.loss:.3g})")  # fmt: skip
-    return png_response(render_gradients(found.layers, title))
+    return png_response(render_gradients(found.layers, found.relus, title))
 
 
 def _gradients(
@@ -473,7 +475,8 @@ def _gradients(
         raise Conflict(f"experiment {experiment_id}'s epoch {predictor.epoch} has no finite gradient: {exc}") from None
     layers = [LayerGradientPublic(name=g.name, parameters=g.parameters, weight_rms=g.weight, gradient_rms=g.gradient)
               for g in found.layers]  # fmt: skip
-    return Gradients(epoch=predictor.epoch, examples=found.examples, loss=found.loss, layers=layers)
+    relus = [DeadUnitsPublic(name=r.name, units=r.units, dead=r.dead) for r in found.relus]
+    return Gradients(epoch=predictor.epoch, examples=found.examples, loss=found.loss, layers=layers, relus=relus)
 
 
 @router.get("/{experiment_id}/predicted-vs-actual.png", response_class=Response, responses=PNG_RESPONSE)

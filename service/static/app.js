@@ -166,7 +166,8 @@ function notLearning(rows, classes) {
   return `Not learning: after ${rows.length} epochs ${where}, and the training loss has barely moved ` +
     `(${fmt(first.train_loss)} → ${fmt(last.train_loss)}). Look at the learning rate (too low to move the weights, ` +
     "or so high that each step overshoots), at the gradients by layer below (vanishing on their way back to the " +
-    "first layers: ReLU instead of sigmoid, or batchnorm, helps), and at whether the labels match the inputs.";
+    "first layers: ReLU instead of sigmoid, or batchnorm, helps; or ReLUs left dead by steps too large), and at " +
+    "whether the labels match the inputs.";
 }
 
 function drawCurves(box, rows, task) {
