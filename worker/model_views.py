@@ -2,7 +2,7 @@
 layer (as images; for a table, per feature), which pixels of an image sway a class's score, and how large the
 training loss's gradient is at each layer. Each takes a `Predictor`, whose model other threads may be predicting
 with meanwhile: nothing here changes the model (no hooks, no gradients of its weights; a training step's
-gradients are taken on a copy)."""
+gradients, and what its ReLUs output, are taken on a copy)."""
 
 from __future__ import annotations
 
@@ -146,8 +146,8 @@ MAX_GRADIENT_EXAMPLES = 256
 
 def gradient_examples(predictor: Predictor, available: int) -> int:
     """How many training examples `layer_gradients` takes: as many as fit GRADIENT_MEMORY (a ResNet18 at 224x224
-    takes ~27 MB an image, ~6 MB with its backbone frozen; a small CNN on MNIST ~0.1 MB), at least 2 (batchnorm
-    normalises over the batch), at most 256 or `available`."""
+    takes ~27 MB an image, ~6 MB with its backbone frozen; the default CNN on MNIST ~1.2 MB), at least 2
+    (batchnorm normalises over the batch), at most 256 or `available`."""
     shape = predictor.preprocess.input_shape
     _, saved, largest = describe(meta_model(predictor.spec.model, shape, len(predictor.class_names)), shape, 2)
     fitting = GRADIENT_MEMORY // (saved // 2 + 4 * 2 * largest)
