@@ -142,6 +142,16 @@ def page(tmp_path: Path, request):
         browser.close()
 
 
+# What `valueCharts` draws for a sweep's trials: each chart's title, legend, points (series, value, x position) and
+# x-axis ticks.
+VALUE_CHARTS = """(trials) => valueCharts(trials).map((svg) => ({
+  title: svg.querySelector(".chart-title").textContent,
+  legend: [...svg.querySelectorAll("text.legend")].map((t) => t.firstChild.textContent),
+  points: [...svg.querySelectorAll("circle.point")].map((c) => [c.dataset.series, +c.dataset.x, +c.getAttribute("cx")]),
+  ticks: [...svg.querySelectorAll("text.tick")].map((t) => t.textContent),
+}))"""
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about the browser, not the database
 def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, page) -> None:
     spec = {"name": "from the browser", "dataset": {"name": "mnist-10k"},
@@ -396,6 +406,21 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         ]  # fmt: skip
         page.go_back()
         page.go_back()
+        # A number swept over three or more values gets a chart of the best metric against it: the learning rate x
+        # batch size sweep's trials as examples/README.md records them (lr 0.3 at batch 32 failed, diverged).
+        lr_batch = [(0.03, 256, 0.8465), (0.003, 32, 0.8450), (0.03, 32, 0.8300), (0.003, 256, 0.7730),
+                    (0.3, 256, 0.7010), (0.3, 32, None)]  # fmt: skip
+        trials = [{"params": {"optimizer.lr": lr, "batch_size": b}, "best_val_accuracy": a,
+                   "best_val_loss": None if a is None else 0.5} for lr, b, a in lr_batch]  # fmt: skip
+        [chart] = page.evaluate(VALUE_CHARTS, trials)
+        assert chart["title"] == "best val_accuracy by optimizer.lr" and chart["legend"] == ["batch_size=256",
+                                                                                           "batch_size=32"], chart
+        points = {(series, x): cx for series, x, cx in chart["points"]}
+        assert set(points) == {("batch_size=256", x) for x in (0.003, 0.03, 0.3)} | {("batch_size=32", 0.003),
+                                                                                    ("batch_size=32", 0.03)}
+        left, mid, right = (points["batch_size=256", x] for x in (0.003, 0.03, 0.3))
+        assert left < mid < right and abs((mid - left) - (right - mid)) < 0.5, chart  # a log scale
+        assert {"0.01", "0.1"} <= set(chart["ticks"]), chart
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#delete-sweep")
         page.wait_for_url(f"{dep.url}/#/sweeps")

@@ -796,6 +796,28 @@ function sweepsView() {
 
 // A sweep's trials best first, the values each tried, and their curves of the metric they are ranked by. Fetched
 // whole, then drawn at once; fetched again 2 s after each drawing until every trial has finished.
+// For each number a sweep varied over three or more values (a learning rate, a batch size): the trials' best
+// validation metric against it, a line for each combination of the other values tried; on a log scale where the
+// values span a factor of ten or more. Where a learning rate is too low, right, or too high, at a glance.
+function valueCharts(trials) {
+  const regression = trials.every((t) => t.best_val_accuracy === null);
+  const metric = regression ? "best_val_loss" : "best_val_accuracy";
+  const paths = Object.keys(trials[0]?.params || {});
+  return paths.filter((path) => trials.every((t) => typeof t.params[path] === "number")
+    && new Set(trials.map((t) => t.params[path])).size >= 3).map((path) => {
+    const lines = new Map();  // the other paths' values -> [value, metric] points
+    for (const t of trials.filter((t) => t[metric] !== null)) {
+      const others = paths.filter((p) => p !== path).map((p) => `${p}=${JSON.stringify(t.params[p])}`).join(", ");
+      lines.set(others, [...(lines.get(others) || []), [t.params[path], t[metric]]]);
+    }
+    const values = trials.map((t) => t.params[path]);
+    const logX = Math.min(...values) > 0 && Math.max(...values) >= 10 * Math.min(...values);
+    const series = [...lines].map(([others, points]) => ({label: others || path,
+      points: points.sort((a, b) => a[0] - b[0])}));
+    return lineChart(series, {title: `${metric.replace("best_", "best ")} by ${path}`, xLabel: path, logX});
+  });
+}
+
 async function sweepView(id) {
   let shown = true;  // until another view replaces this one
   let timer = null;
@@ -821,7 +843,8 @@ async function sweepView(id) {
           h("td", {}, t.label, t.warnings.map((w) => h("div", {class: "warning"}, w))),
           h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
           h("td", {}, fmt(t.best_val_accuracy)), h("td", {}, fmt(t.best_val_loss))))),
-      h("div", {id: "comparison", class: "charts"}, comparisonChart(runs, metrics[0])));
+      h("div", {id: "comparison", class: "charts"}, comparisonChart(runs, metrics[0])),
+      h("div", {id: "by-value", class: "charts"}, valueCharts(s.trials)));
     if (finished) return;
     await new Promise((resolve) => { timer = setTimeout(resolve, 2000); });
   }

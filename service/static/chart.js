@@ -37,7 +37,8 @@ function legendLayout(labels, left, right) {
 }
 
 // series: [{label, points: [[x, y], ...], color, thin, unlisted}] (thin: a faint line without dots, for many points;
-// unlisted: not in the legend, for a line that goes with another series); options: {title, yLabel, width, height}
+// unlisted: not in the legend, for a line that goes with another series); options: {title, width, height, xLabel,
+// logX}: x is the epoch unless `xLabel` names what it is instead (then on a log scale with `logX`).
 function lineChart(series, options = {}) {
   const width = options.width || 460;
   const listed = series.filter((s) => !s.unlisted);
@@ -53,21 +54,30 @@ function lineChart(series, options = {}) {
       "no finished epoch yet"));
     return svg;
   }
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-  const xLo = Math.min(...xs, 1), xHi = Math.max(...xs, 2);
+  const epochs = !options.xLabel;
+  const tx = (v) => (options.logX ? Math.log10(v) : v);  // where a value sits along the x axis
+  const xs = points.map((p) => tx(p[0])), ys = points.map((p) => p[1]);
+  const spread = (Math.max(...xs) - Math.min(...xs)) * 0.05 || 1;
+  const xLo = epochs ? Math.min(...xs, 1) : Math.min(...xs) - spread;
+  const xHi = epochs ? Math.max(...xs, 2) : Math.max(...xs) + spread;
   let yLo = Math.min(...ys), yHi = Math.max(...ys);
   const pad = (yHi - yLo) * 0.08 || Math.abs(yHi) * 0.1 || 1;
   yLo -= pad; yHi += pad;
-  const x = (v) => m.left + (v - xLo) / (xHi - xLo) * (width - m.left - m.right);
+  const x = (v) => m.left + (tx(v) - xLo) / (xHi - xLo) * (width - m.left - m.right);
   const y = (v) => height - m.bottom - (v - yLo) / (yHi - yLo) * (height - m.top - m.bottom);
   for (const t of niceTicks(yLo, yHi)) {
     svg.appendChild(svgEl("line", {x1: m.left, x2: width - m.right, y1: y(t), y2: y(t), class: "grid"}));
     svg.appendChild(svgEl("text", {x: m.left - 6, y: y(t) + 4, "text-anchor": "end", class: "tick"}, +t.toPrecision(4)));
   }
-  for (const t of niceTicks(xLo, xHi, Math.min(8, xHi - xLo)).filter(Number.isInteger)) {
-    svg.appendChild(svgEl("text", {x: x(t), y: height - m.bottom + 16, "text-anchor": "middle", class: "tick"}, t));
+  // Whole epochs; or a value's nice steps, or on a log scale its powers of ten.
+  const xTicks = epochs ? niceTicks(xLo, xHi, Math.min(8, xHi - xLo)).filter(Number.isInteger)
+    : options.logX ? niceTicks(xLo, xHi).filter(Number.isInteger).map((k) => 10 ** k) : niceTicks(xLo, xHi);
+  for (const t of xTicks) {
+    svg.appendChild(svgEl("text", {x: x(t), y: height - m.bottom + 16, "text-anchor": "middle", class: "tick"},
+      +t.toPrecision(4)));
   }
-  svg.appendChild(svgEl("text", {x: (width + m.left) / 2, y: height - 6, "text-anchor": "middle", class: "tick"}, "epoch"));
+  svg.appendChild(svgEl("text", {x: (width + m.left) / 2, y: height - 6, "text-anchor": "middle", class: "tick"},
+    options.xLabel || "epoch"));
   series.forEach((s, i) => {
     const color = s.color || COLORS[i % COLORS.length];
     const pts = s.points.filter((p) => p[1] !== null && Number.isFinite(p[1]));
@@ -77,8 +87,8 @@ function lineChart(series, options = {}) {
       "data-series": s.label}));
     for (const p of s.thin ? [] : pts) {
       const dot = svgEl("circle", {cx: x(p[0]), cy: y(p[1]), r: 3, fill: color, class: "point",
-        "data-series": s.label, "data-epoch": p[0]});
-      dot.appendChild(svgEl("title", {}, `${s.label}, epoch ${p[0]}: ${p[1].toPrecision(4)}`));
+        "data-series": s.label, [epochs ? "data-epoch" : "data-x"]: p[0]});
+      dot.appendChild(svgEl("title", {}, `${s.label}, ${options.xLabel || "epoch"} ${p[0]}: ${p[1].toPrecision(4)}`));
       svg.appendChild(dot);
     }
     if (s.unlisted) return;
