@@ -365,11 +365,11 @@ async function showExtras(box, e, dataset) {
     parts.push(h("h2", {}, "First layer's weights (best epoch)"), weights);
     // The training loss's gradient at each layer: a forward and backward pass on the server, so only once opened.
     const gradients = h("img", {id: "gradients", class: "figure", alt: "the training loss's gradient at each layer"});
-    const box = h("details", {id: "gradients-box", ontoggle: () => {
-      if (box.open && !gradients.getAttribute("src")) gradients.src = `/experiments/${e.id}/gradients.png`;
+    const opened = h("details", {id: "gradients-box", ontoggle: () => {
+      if (opened.open && !gradients.getAttribute("src")) gradients.src = `/experiments/${e.id}/gradients.png`;
     }}, h("summary", {}, "Gradients by layer (best epoch): do they vanish on the way back to the first layers?"),
     gradients);
-    parts.push(box);
+    parts.push(opened);
   }
   box.replaceChildren(...parts);
 }
@@ -794,8 +794,6 @@ function sweepsView() {
   cleanup = () => clearInterval(timer);
 }
 
-// A sweep's trials best first, the values each tried, and their curves of the metric they are ranked by. Fetched
-// whole, then drawn at once; fetched again 2 s after each drawing until every trial has finished.
 // For each number a sweep varied over three or more values (a learning rate, a batch size): the trials' best
 // validation metric against it, a line for each combination of the other values tried; on a log scale where the
 // values span a factor of ten or more. Where a learning rate is too low, right, or too high, at a glance.
@@ -818,6 +816,8 @@ function valueCharts(trials) {
   });
 }
 
+// A sweep's trials best first, the values each tried, and their curves of the metric they are ranked by. Fetched
+// whole, then drawn at once; fetched again 2 s after each drawing until every trial has finished.
 async function sweepView(id) {
   let shown = true;  // until another view replaces this one
   let timer = null;
