@@ -24,7 +24,7 @@ from worker.datasets import dataset_names, load_dataset, stratified_split
 from worker.engine import CompileFailed, Interrupted, compile_model, curve_marks, fit, training_batches
 from worker.evaluation import Evaluation
 from worker.inference import Predictor
-from worker.models import create_model
+from worker.models import ACTIVATIONS, create_model
 from worker.preprocess import image_to_uint8, normalize
 from worker.pretrained import load_matching, unfit
 
@@ -142,9 +142,8 @@ def test_a_cnn_computes_the_textbook_block_whatever_order_it_runs_it_in(activati
     model = create_model(model_spec, (1, 8, 8), 10).eval()
     layers = list(model)
     textbook = list(layers)
-    activations = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.GELU, torch.nn.Sigmoid, torch.nn.Tanh)
     for i, (layer, after) in enumerate(itertools.pairwise(layers)):
-        if isinstance(layer, torch.nn.MaxPool2d) and isinstance(after, activations):
+        if isinstance(layer, torch.nn.MaxPool2d) and isinstance(after, tuple(ACTIVATIONS.values())):
             textbook[i], textbook[i + 1] = after, layer
     pool_first = textbook != layers
     assert pool_first == (activation in ("relu", "leaky_relu")), layers

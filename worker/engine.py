@@ -70,7 +70,7 @@ class EpochProgress:
 
 
 # The training loss within an epoch: its mean over each twentieth of the epoch's batches, so that a run of a few
-# epochs still has a learning curve (one device sync a twentieth, for the loss sum so far).
+# epochs still has a learning curve (the loss sum so far copied on the device, read with the epoch's other sums).
 CURVE_POINTS = 20
 
 
@@ -303,7 +303,9 @@ def train_one_epoch(
     step.reset(done.loss_sum, done.sums)
     batches = training_batches(n, batch_size)
     marks = curve_marks(len(batches))
-    marked = list(done.marks)
+    marked = torch.zeros(len(marks), dtype=step.loss_sum.dtype, device=device)  # the loss sum at each mark passed
+    passed = len(done.marks)
+    marked[:passed] = torch.tensor(done.marks, dtype=marked.dtype)
     report_at = time.monotonic() + progress_every_s
     for batch in range(done.batches, len(batches)):
         if on_batches is not None and time.monotonic() >= report_at:
@@ -311,7 +313,8 @@ def train_one_epoch(
             on_batches(batch, len(batches), step.loss_sum.item() / max(batches[batch].start, 1))
             report_at = time.monotonic() + progress_every_s
         if should_stop():
-            raise Interrupted(EpochProgress(batch, step.loss_sum.item(), tuple(step.sums.tolist()), tuple(marked)))
+            so_far = tuple(marked[:passed].tolist())
+            raise Interrupted(EpochProgress(batch, step.loss_sum.item(), tuple(step.sums.tolist()), so_far))
         idx = order[batches[batch]]
         if augment is None and data.standardized is not None:
             inputs = data.standardized[idx]
@@ -323,12 +326,13 @@ def train_one_epoch(
         step(inputs, data.labels[idx])
         if schedule is not None:
             schedule.after_batch()
-        if batch + 1 in marks:
-            marked.append(step.loss_sum.item())
+        if passed < len(marks) and batch + 1 == marks[passed]:
+            marked[passed] = step.loss_sum  # a copy on the device: no sync
+            passed += 1
     curve = None
-    if len(marked) == len(marks):  # else resumed from a checkpoint that kept no marks
+    if passed == len(marks):  # else resumed from a checkpoint that kept no marks
         ends = [0, *(batches[mark - 1].stop for mark in marks)]
-        sums = [0.0, *marked]
+        sums = [0.0, *marked.tolist()]
         curve = [(sums[i + 1] - sums[i]) / (ends[i + 1] - ends[i]) for i in range(len(marks))]
     return EpochTraining(step.loss_sum.item() / n, step.objective.metrics(step.sums.tolist(), n, "train"), curve)
 

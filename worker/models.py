@@ -225,16 +225,18 @@ def _conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _activation(kind: str) -> nn.Module:
-    """An `mlp`'s or `cnn`'s activation. The piecewise-linear ones work in place: one output less to allocate,
-    as autograd can recover their gradient from their output (which keeps the input's sign)."""
-    return {
-        "relu": lambda: nn.ReLU(inplace=True),
-        "leaky_relu": lambda: nn.LeakyReLU(inplace=True),
-        "gelu": nn.GELU,
-        "sigmoid": nn.Sigmoid,
-        "tanh": nn.Tanh,
-    }[kind]()
+# The activations a spec names (service.specs.Activation, and `sequential` layers of those kinds).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+}  # fmt: skip
+# The increasing piecewise-linear ones: they commute with a max-pool exactly, in any precision, and can work in
+# place (autograd recovers their gradient from their output, which keeps the input's sign).
+PIECEWISE_LINEAR = ("relu", "leaky_relu")
+
+
+def _activation(kind: str, *, in_place: bool = False, **options: float) -> nn.Module:
+    """An activation layer; `in_place` (one output less to allocate) where the kind allows it."""
+    return ACTIVATIONS[kind](**options, **({"inplace": True} if in_place and kind in PIECEWISE_LINEAR else {}))
 
 
 @register_model("linear")
@@ -252,7 +254,7 @@ def _mlp(spec: MLPSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
         layers.append(nn.Linear(width, hidden, bias=not spec.batchnorm))  # batchnorm's shift does a bias's work
         if spec.batchnorm:
             layers.append(nn.BatchNorm1d(hidden))
-        layers.append(_activation(spec.activation))
+        layers.append(_activation(spec.activation, in_place=True))
         if spec.dropout:
             layers.append(nn.Dropout(spec.dropout))
         width = hidden
@@ -279,16 +281,15 @@ def _cnn(spec: CNNSpec, input_shape: InputShape, num_outputs: int) -> nn.Module:
         if spec.batchnorm:
             layers.append(nn.BatchNorm2d(channels))
         c, h, w = channels, h2, w2
-        activation = _activation(spec.activation)
+        activation = _activation(spec.activation, in_place=True)
         if pool is not None and min(h, w) >= 2:
-            # An increasing piecewise-linear function commutes with a max-pool, exactly, in any precision; not
-            # with an average, nor is GELU increasing; sigmoid and tanh would, but for rounding.
-            first = spec.pool == "max" and spec.activation in ("relu", "leaky_relu")
+            # Not with an average; GELU is not increasing; sigmoid and tanh would commute but for rounding.
+            first = spec.pool == "max" and spec.activation in PIECEWISE_LINEAR
             layers += [pool(2), activation] if first else [activation, pool(2)]
             h, w = h // 2, w // 2
         else:
             layers.append(activation)
-    layers += [nn.Flatten(), nn.Linear(c * h * w, spec.hidden), _activation(spec.activation)]
+    layers += [nn.Flatten(), nn.Linear(c * h * w, spec.hidden), _activation(spec.activation, in_place=True)]
     if spec.dropout:
         layers.append(nn.Dropout(spec.dropout))
     layers.append(nn.Linear(spec.hidden, num_outputs))
@@ -350,15 +351,10 @@ def _sequential_layer(layer: Any, index: int, shape: Shape, num_outputs: int) ->
             raise fail(f"in_features is {layer.in_features} but the input has {shape[0]} features")
         out = layer.out_features or num_outputs
         return nn.Linear(shape[0], out, bias=layer.bias), (out,)
-    elementwise = {
-        "relu": nn.ReLU,
-        "leaky_relu": lambda: nn.LeakyReLU(layer.negative_slope),
-        "gelu": nn.GELU,
-        "sigmoid": nn.Sigmoid,
-        "tanh": nn.Tanh,
-        "dropout": lambda: nn.Dropout(layer.p),
-    }
-    return elementwise[kind](), shape
+    if kind == "dropout":
+        return nn.Dropout(layer.p), shape
+    options = {"negative_slope": layer.negative_slope} if kind == "leaky_relu" else {}
+    return _activation(kind, **options), shape
 
 
 def resolve_layers(spec: SequentialSpec, input_shape: InputShape, num_outputs: int) -> SequentialSpec:
