@@ -403,9 +403,18 @@ def _transient(context: ExceptionContext) -> bool:
     return sqlite_code is not None and sqlite_code.startswith(_TRANSIENT_SQLITE_CODES)
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, idle_transaction_s: float | None = None) -> Engine:
+    """`idle_transaction_s` (PostgreSQL): the server ends a session that has waited that long inside a transaction,
+    releasing its locks; SQLite's locks belong to the process that holds them."""
     parsed = make_url(url)
-    engine = _sqlite_engine(url) if parsed.get_backend_name() == "sqlite" else create_engine(url, pool_pre_ping=True)
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(url)
+    else:
+        connect_args: dict[str, str] = {}
+        if idle_transaction_s is not None:  # after any `?options=` of the URL's own, which this would replace
+            timeout = f"-c idle_in_transaction_session_timeout={max(1, round(idle_transaction_s * 1000))}"
+            connect_args["options"] = " ".join(filter(None, [parsed.query.get("options"), timeout]))
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     event.listen(engine, "handle_error", _unavailable)
     # A forked child must not reuse its parent's connections; it opens its own.
     weak = weakref.ref(engine)
@@ -450,9 +459,9 @@ def _alembic_config(url: str):
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_transaction_s: float | None = None) -> None:
         self.url = url
-        self.engine = create_db_engine(url)
+        self.engine = create_db_engine(url, idle_transaction_s=idle_transaction_s)
         self._write_engine = self.engine.execution_options(sqlite_immediate=True)
         # find_checkpoint's answers for finished experiments, keyed by (experiment id, epoch or None), with the
         # monotonic time they expire.

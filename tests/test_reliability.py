@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from typing import TypeVar
 import httpx
 import pytest
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import make_url, select, update
 
 from service.client import Client
 from service.schemas import Status
@@ -210,6 +211,32 @@ def test_resume_skips_a_truncated_checkpoint_and_trains_that_epoch_again(
         assert "resuming after epoch 1" in logs
 
 
+def freeze(process, db_url: str) -> None:
+    """SIGSTOP `process`; on SQLite, at a moment it holds no write lock. SQLite's locks are the process's own: one
+    held by a frozen worker would stall every writer until it woke. (On PostgreSQL the server ends a worker's
+    transaction once it has idled for a lease: test_store.py's frozen worker.)"""
+    database = make_url(db_url).database if db_url.startswith("sqlite") else None
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        wait_until(lambda: Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] == "T", timeout=10)
+        if database is None or not _sqlite_write_locked(database):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+
+
+def _sqlite_write_locked(database: str) -> bool:
+    conn = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:  # database is locked
+        return True
+    finally:
+        conn.close()
+
+
 def test_a_frozen_worker_that_lost_its_lease_records_nothing_more(tmp_path: Path, db_url: str, client_for) -> None:
     with deployment(tmp_path, db_url, workers=1, **FAST_LEASES) as dep:
         client = client_for(dep)
@@ -217,7 +244,7 @@ def test_a_frozen_worker_that_lost_its_lease_records_nothing_more(tmp_path: Path
         frozen = dep.workers()[0]
         frozen_log = next(log for process, log in dep.processes if process is frozen)
         wait_until(lambda: metrics(client, experiment_id))
-        frozen.send_signal(signal.SIGSTOP)  # a laptop lid, a long GC pause, a network partition
+        freeze(frozen, db_url)  # a laptop lid, a long GC pause, a network partition
         try:
             dep.start_worker()
             wait_until(lambda: client.get(f"/experiments/{experiment_id}").json()["attempt"] == 2, timeout=60)

@@ -178,6 +178,33 @@ def test_an_expired_lease_is_taken_over_and_the_old_worker_fenced_off(store: Sto
     assert [m.epoch for m in store.list_metrics(experiment_id)] == [1, 2]
 
 
+def test_a_worker_frozen_inside_a_write_keeps_its_job_no_longer_than_its_lease(db_url: str) -> None:
+    """A worker stopped between two statements of a transaction (SIGSTOP, a laptop lid) holds the job's row lock,
+    which claims skip: the server ends such a transaction once it has been idle for a lease, so that the job can be
+    taken over, and the frozen worker, when it wakes, is told the database dropped it, not handed a broken one."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock is a file lock of the process that holds it: no server can end it")
+    frozen_store, other_store = Store(migrated(db_url), idle_transaction_s=0.5), Store(db_url, idle_transaction_s=0.5)
+    try:
+        experiment_id = submit(frozen_store)
+        frozen = frozen_store.claim("frozen", lease_s=0.5, max_attempts=3)
+        with frozen_store.engine.connect() as conn:
+            conn.execute(text("BEGIN"))
+            conn.execute(
+                text("UPDATE experiments SET heartbeat_at = heartbeat_at WHERE id = :id"), {"id": experiment_id}
+            )
+            time.sleep(1.0)  # stopped mid-transaction, its lease running out
+            taken = other_store.claim("other", lease_s=30, max_attempts=3)
+            assert taken is not None and (taken.id, taken.attempt) == (experiment_id, 2)
+            with pytest.raises(DatabaseUnavailable):  # it wakes: its transaction is gone
+                conn.execute(text("SELECT 1"))
+        with pytest.raises(LeaseLost):  # and its next write, on a new connection, finds the job taken
+            frozen_store.heartbeat(frozen, lease_s=30)
+    finally:
+        frozen_store.close()
+        other_store.close()
+
+
 def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(store: Store) -> None:
     experiment_id = submit(store)
     for attempt in (1, 2, 3):

@@ -26,7 +26,9 @@ def main() -> int:
     # Deterministic cuBLAS (spec.deterministic) needs this before the first CUDA call.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     settings = Settings()
-    store = Store(settings.database_url)
+    # A worker stopped inside a transaction (SIGSTOP, a suspended VM) holds its job's row lock, which other
+    # workers' claims skip: on PostgreSQL the server ends that transaction once it has idled for a lease.
+    store = Store(settings.database_url, idle_transaction_s=settings.lease_s)
     try:
         refuse_unsafe_loading()
         store.check_schema()
