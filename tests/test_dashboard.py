@@ -483,6 +483,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
                  "optimizer": {"kind": "sgd", "lr": 0.1, "momentum": 0}}  # fmt: skip
         stuck_id = http.post("/experiments", json=stuck).json()["id"]
         page.goto(f"{dep.url}/#/experiments/{stuck_id}")
+        sync_api.expect(page.locator(".exp-header h1")).to_contain_text(f"#{stuck_id} stuck")  # not the last page
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=120_000)
         sync_api.expect(page.locator("#curve-note")).to_contain_text(
             re.compile(r"^Not learning: after 2 epochs its validation accuracy is at most 0\.1\d+, chance for 10 "
@@ -495,6 +496,26 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         ):
             metrics = [{"epoch": e, "train_loss": t, "val_accuracy": a, "val_r2": r} for e, t, a, r in rows]
             assert page.evaluate("([rows, classes]) => notLearning(rows, classes)", [metrics, classes]) is None
+        # A run whose steps overshoot says so: Adam at 0.1 (examples/sweep-optimizers.json's fastest), one epoch.
+        fast = {"name": "too fast", "dataset": {"name": "mnist-10k"}, "epochs": 1, "model": {"kind": "mlp"},
+                "optimizer": {"kind": "adam", "lr": 0.1}}  # fmt: skip
+        fast_id = http.post("/experiments", json=fast).json()["id"]
+        page.goto(f"{dep.url}/#/experiments/{fast_id}")
+        sync_api.expect(page.locator(".exp-header h1")).to_contain_text(f"#{fast_id} too fast")  # not the last page
+        sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=120_000)
+        peak = max(http.get(f"/experiments/{fast_id}/metrics").json()[0]["train_loss_curve"])
+        assert peak > 2 * math.log(10), peak  # what the note is about: the loss did climb far above chance's
+        sync_api.expect(page.locator("#curve-note")).to_contain_text(
+            f"Steps too large: the training loss reached {peak:.2f} in epoch 1, "
+        )
+        chance = math.log(10)
+        for rows, classes, loss in (  # no note: a loss that stays near chance's; a regression's; an MSE classifier
+            ([(1, 2.0, [chance, 2.5, 1.0])], 10, "cross_entropy"),
+            ([(1, 9.0, [9.0, 5.0])], None, "mse"),
+            ([(1, 9.0, [9.0, 5.0])], 10, "mse"),
+        ):
+            metrics = [{"epoch": e, "train_loss": t, "train_loss_curve": c} for e, t, c in rows]
+            assert page.evaluate("(args) => overshooting(...args)", [metrics, classes, loss]) is None, rows
         regression = [{"epoch": e, "train_loss": 1.0, "val_accuracy": None, "val_r2": -0.01} for e in (1, 2, 3)]
         assert page.evaluate("(rows) => notLearning(rows, null)", regression).startswith(
             "Not learning: after 3 epochs its validation R² is at most -0.010, no better than predicting the mean"

@@ -147,6 +147,25 @@ function overfitting(rows) {
     "(early_stopping stops at the best one), more data or augmentation, dropout or weight decay help.";
 }
 
+// A classifier's cross-entropy that climbed anywhere to over twice that of guessing evenly among its `classes`
+// (ln of their number, about where an untrained model starts): steps so large that they overshoot and leave the
+// model confidently wrong; null otherwise. The within-epoch curve shows a blow-up that the epoch's mean hides.
+function overshooting(rows, classes, lossKind) {
+  if (!classes || !["cross_entropy", "nll"].includes(lossKind)) return null;
+  const chance = Math.log(classes);
+  let peak = null;
+  for (const r of rows) {
+    for (const loss of [r.train_loss, ...(r.train_loss_curve || [])]) {
+      if (peak === null || loss > peak.loss) peak = {loss, epoch: r.epoch};
+    }
+  }
+  if (peak === null || !(peak.loss > 2 * chance)) return null;
+  return `Steps too large: the training loss reached ${fmt(peak.loss, 2)} in epoch ${peak.epoch}, ` +
+    `${fmt(peak.loss / chance, 1)}x that of guessing evenly among ${classes} classes (${fmt(chance, 2)}, about ` +
+    "where an untrained model starts): each step overshoots, and the model grows confidently wrong. Lower " +
+    "optimizer.lr (3-10x at a time), warm it up (scheduler onecycle), or clip the gradients (grad_clip_norm).";
+}
+
 // Two or more epochs at chance (a classifier of `classes`) or no better than the mean (a regression's R²), with
 // a training loss that has barely moved: what to look at; null otherwise.
 function notLearning(rows, classes) {
@@ -197,7 +216,8 @@ async function experimentView(id) {
   let classes = null;  // a classifier's, once its dataset has been read: what chance accuracy is
   const showCurves = () => {
     drawCurves(curves, rows, experiment.spec.task);
-    note.textContent = overfitting(rows) || notLearning(rows, classes) || "";
+    note.textContent = overshooting(rows, classes, experiment.spec.loss?.kind) || overfitting(rows) ||
+      notLearning(rows, classes) || "";
   };
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
