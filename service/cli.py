@@ -28,7 +28,7 @@ from rich.text import Text
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric, compact, difference_rows
 from service.errors import InvalidInput
-from service.schemas import Confusion, ExperimentPublic, Gradients, ListOrder, RowPredictions, Status
+from service.schemas import Confusion, ExperimentPublic, Finding, Gradients, ListOrder, RowPredictions, Status
 from service.specs import EpochMetrics
 from service.sweeps import SweepPublic
 from service.tables import csv_rows
@@ -291,7 +291,9 @@ def list_(
 @app.command()
 def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
     """One experiment: status, spec, best epoch, metrics per epoch."""
-    experiment, rows = _call(url, lambda c: (c.get(experiment_id), c.metrics(experiment_id)))
+    experiment, rows, findings = _call(
+        url, lambda c: (c.get(experiment_id), c.metrics(experiment_id), c.diagnosis(experiment_id))
+    )
     progress = f"{experiment.status.value}, epoch {experiment.current_epoch}/{experiment.epochs}"
     title = (f"#{experiment.id} {experiment.name}", "bold")
     out.print(Text.assemble(title, f": {progress}, best {_summary(experiment)}"))
@@ -306,6 +308,13 @@ def show(experiment_id: int, url: Url = DEFAULT_URL) -> None:
     out.print_json(experiment.spec.model_dump_json())
     if rows:
         out.print(_metrics_table(rows))
+    _print_findings(findings)
+
+
+def _print_findings(findings: list[Finding]) -> None:
+    """What the curves show, in words (GET .../diagnosis), under the metrics table."""
+    for finding in findings:
+        out.print(Text(finding.message, style="yellow"))
 
 
 # The columns a metrics table shows, with short headers (80 columns are enough); a task's others are null.
@@ -398,6 +407,7 @@ def _follow(client: Client, experiment_id: int) -> str:
                     task = None
     if epochs:
         out.print(_metrics_table(epochs))
+        _print_findings(client.diagnosis(experiment_id))
     return status
 
 

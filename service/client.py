@@ -26,6 +26,7 @@ from service.schemas import (
     Confusion,
     ExperimentList,
     ExperimentPublic,
+    Finding,
     Gradients,
     ListOrder,
     Prediction,
@@ -165,6 +166,12 @@ class Client:
     def metrics(self, experiment_id: int, *, since_epoch: int = 0) -> list[EpochMetrics]:
         rows = self._request("GET", f"/experiments/{experiment_id}/metrics", params={"since_epoch": since_epoch})
         return [EpochMetrics.model_validate(row) for row in rows.json()]
+
+    def diagnosis(self, experiment_id: int) -> list[Finding]:
+        """What the curves so far show, in words, most fundamental first (steps too large, overfitting, not
+        learning), each with what to try; [] where nothing stands out."""
+        findings = self._request("GET", f"/experiments/{experiment_id}/diagnosis").json()
+        return [Finding.model_validate(finding) for finding in findings]
 
     def compare(self, experiment_ids: Sequence[int]) -> Comparison:
         """Where the specs differ, each epoch's metrics side by side, each best epoch against the first's."""

@@ -180,6 +180,13 @@ class Gradients(BaseModel):
     relus: list[DeadUnitsPublic]
 
 
+class Finding(BaseModel):
+    """What an experiment's curves show, in words, with what to try (service/diagnosis.py)."""
+
+    kind: Literal["overshooting", "overfitting", "not_learning"]
+    message: str
+
+
 class RowPredictions(BaseModel):
     epoch: int
     # Regression: the predicted target of each row, in its own units.

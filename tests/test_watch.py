@@ -287,20 +287,25 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
             assert [e.notes for e in sdk.list(tags=["mnist", "yaml"]).items] == [""]
             assert sdk.update(1, add_tags=["cnn"], remove_tags=["mnist"]).tags == ["cnn", "yaml"]
 
-        # --set changes the file's spec; a name with rich's markup in it is printed as it is.
-        named = "lr [0.01] [/] [red]"
-        tweaked = run_cli("submit", str(spec_file), "--set", "optimizer.lr=0.01", "-s", "epochs=1", "-s", f"name={named}",
+        # --set changes the file's spec; a name with rich's markup in it is printed as it is. Adam at 0.1 overshoots
+        # (the training loss at 23-33 within the epoch at seeds 0-2), and `watch` and `show` say so under the table.
+        named = "lr [0.1] [/] [red]"
+        tweaked = run_cli("submit", str(spec_file), "--set", "optimizer.lr=0.1", "-s", "epochs=1", "-s", f"name={named}",
                        "--watch", url=dep.url, cwd=REPO)  # fmt: skip
         assert tweaked.returncode == 0, tweaked.stdout + tweaked.stderr
         assert f"experiment 4 queued: {named}" in tweaked.stdout
+        assert "Steps too large: the training loss reached" in tweaked.stdout, tweaked.stdout
         with Client(dep.url) as sdk:
             spec = sdk.get(4).spec
-        assert (spec.name, spec.optimizer.kind, spec.optimizer.lr, spec.epochs) == (named, "adam", 0.01, 1)
+            assert [finding.kind for finding in sdk.diagnosis(4)] == ["overshooting"]
+            assert sdk.diagnosis(1) == []
+        assert (spec.name, spec.optimizer.kind, spec.optimizer.lr, spec.epochs) == (named, "adam", 0.1, 1)
         assert named in run_cli("list", url=dep.url, cwd=REPO).stdout
-        assert named in run_cli("show", "4", url=dep.url, cwd=REPO).stdout
+        shown = run_cli("show", "4", url=dep.url, cwd=REPO).stdout
+        assert named in shown and "Steps too large" in shown, shown
         compared = run_cli("compare", "1", "4", url=dep.url, cwd=REPO)
         assert compared.returncode == 0, compared.stderr
-        assert {("optimizer.lr", "0.001", "0.01"), ("epochs", "2", "1")} <= _table_rows(compared.stdout)
+        assert {("optimizer.lr", "0.001", "0.1"), ("epochs", "2", "1")} <= _table_rows(compared.stdout)
         assert run_cli("compare", "1", "4", "--metric", "val_r2", url=dep.url, cwd=REPO).returncode == 2
         rerun = run_cli("rerun", "4", "--watch", url=dep.url, cwd=REPO)
         assert rerun.returncode == 0 and f"experiment 5 queued: {named} (a rerun of 4)" in rerun.stdout, rerun.stderr

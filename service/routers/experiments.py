@@ -26,6 +26,7 @@ from service.deps import (
     mark_replayed,
     replayed,
 )
+from service.diagnosis import diagnose
 from service.errors import ERROR_RESPONSES, Conflict, InvalidInput
 from service.figures import (
     PNG_RESPONSE,
@@ -46,6 +47,7 @@ from service.schemas import (
     ExperimentList,
     ExperimentPublic,
     ExperimentUpdate,
+    Finding,
     Gradients,
     LayerGradientPublic,
     ListOrder,
@@ -55,7 +57,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
-from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
+from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset, dataset_info, uploaded_info
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
 from worker.inference import Predictor, RowOutOfRange
@@ -322,6 +324,26 @@ def list_attempts(experiment_id: ExperimentId, store: StoreDep):
 def get_metrics(experiment_id: ExperimentId, store: StoreDep, since_epoch: Annotated[int, Query(ge=0, le=1000)] = 0):
     """One row per finished epoch; `since_epoch=N` returns only epochs after N (for polling)."""
     return store.list_metrics(experiment_id, since_epoch=since_epoch)
+
+
+@router.get("/{experiment_id}/diagnosis", response_model=list[Finding])
+def get_diagnosis(experiment_id: ExperimentId, store: StoreDep):
+    """What the curves so far show, most fundamental first (`overshooting`: a classifier's training loss past twice
+    that of guessing evenly, steps too large; `overfitting`; `not_learning`), each with what to try; [] where
+    nothing stands out."""
+    spec = store.get_experiment(experiment_id).spec
+    return diagnose(store.list_metrics(experiment_id), classes=_class_count(spec, store), loss_kind=spec.loss.kind)
+
+
+def _class_count(spec: ExperimentSpec, store: Store) -> int | None:
+    """A classifier's number of classes; None for a regression, or where its uploaded dataset has been deleted."""
+    if spec.task != "classification":
+        return None
+    try:
+        return dataset_info(spec.dataset.name).num_classes
+    except UnknownDataset:
+        upload = store.find_dataset(spec.dataset.name)
+        return None if upload is None else uploaded_info(upload.name, upload.meta).num_classes
 
 
 @router.get("/{experiment_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)

@@ -129,66 +129,6 @@ function curvePanels(task) {
     : [["loss", "Loss"], ["accuracy", "Accuracy"]];
 }
 
-// Where the validation loss has risen by a tenth or more over two epochs or more past its lowest while the
-// training loss kept falling, what that says; null otherwise (a plateau a few percent above the lowest is noise).
-// By a loss, not an accuracy: a classifier grows overconfident on the validation images it gets wrong before its
-// accuracy drops.
-function overfitting(rows) {
-  const scored = rows.filter((r) => r.val_loss !== null && r.val_loss !== undefined);
-  if (!scored.length) return null;
-  const best = scored.reduce((a, r) => (r.val_loss < a.val_loss ? r : a));
-  const last = scored.at(-1);
-  if (last.epoch - best.epoch < 2 || last.val_loss < best.val_loss * 1.1 || last.train_loss >= best.train_loss) {
-    return null;
-  }
-  return `Overfitting: the validation loss has risen since epoch ${best.epoch} (${fmt(best.val_loss)} → ` +
-    `${fmt(last.val_loss)}) while the training loss kept falling (${fmt(best.train_loss)} → ${fmt(last.train_loss)}): ` +
-    "the model learns its training examples' particulars more than what carries over to new ones. Fewer epochs " +
-    "(early_stopping stops at the best one), more data or augmentation, dropout or weight decay help.";
-}
-
-// A classifier's cross-entropy that climbed anywhere to over twice that of guessing evenly among its `classes`
-// (ln of their number, about where an untrained model starts): steps so large that they overshoot and leave the
-// model confidently wrong; null otherwise. The within-epoch curve shows a blow-up that the epoch's mean hides.
-function overshooting(rows, classes, lossKind) {
-  if (!classes || !["cross_entropy", "nll"].includes(lossKind)) return null;
-  const chance = Math.log(classes);
-  let peak = null;
-  for (const r of rows) {
-    for (const loss of [r.train_loss, ...(r.train_loss_curve || [])]) {
-      if (peak === null || loss > peak.loss) peak = {loss, epoch: r.epoch};
-    }
-  }
-  if (peak === null || !(peak.loss > 2 * chance)) return null;
-  return `Steps too large: the training loss reached ${fmt(peak.loss, 2)} in epoch ${peak.epoch}, ` +
-    `${fmt(peak.loss / chance, 1)}x that of guessing evenly among ${classes} classes (${fmt(chance, 2)}, about ` +
-    "where an untrained model starts): each step overshoots, and the model grows confidently wrong. Lower " +
-    "optimizer.lr (3-10x at a time), warm it up (scheduler onecycle), or clip the gradients (grad_clip_norm).";
-}
-
-// Two or more epochs at chance (a classifier of `classes`) or no better than the mean (a regression's R²), with
-// a training loss that has barely moved: what to look at; null otherwise.
-function notLearning(rows, classes) {
-  if (rows.length < 2) return null;
-  const first = rows[0], last = rows.at(-1);
-  if (last.train_loss < 0.95 * first.train_loss) return null;
-  let where;
-  if (rows.some((r) => r.val_accuracy !== null && r.val_accuracy !== undefined)) {
-    const best = Math.max(...rows.map((r) => r.val_accuracy));
-    if (!classes || best > 1.5 / classes) return null;
-    where = `its validation accuracy is at most ${fmt(best, 3)}, chance for ${classes} classes`;
-  } else {
-    const best = Math.max(...rows.map((r) => r.val_r2 ?? -Infinity));
-    if (best > 0.05) return null;
-    where = `its validation R² is at most ${fmt(best, 3)}, no better than predicting the mean`;
-  }
-  return `Not learning: after ${rows.length} epochs ${where}, and the training loss has barely moved ` +
-    `(${fmt(first.train_loss)} → ${fmt(last.train_loss)}). Look at the learning rate (too low to move the weights, ` +
-    "or so high that each step overshoots), at the gradients by layer below (vanishing on their way back to the " +
-    "first layers: ReLU instead of sigmoid, or batchnorm, helps; or ReLUs left dead by steps too large), and at " +
-    "whether the labels match the inputs.";
-}
-
 function drawCurves(box, rows, task) {
   box.replaceChildren(...curvePanels(task).map(([metric, title]) => {
     const series = ["train", "val"].filter((split) => rows.some((r) => r[`${split}_${metric}`] !== null && r[`${split}_${metric}`] !== undefined))
@@ -213,18 +153,23 @@ async function experimentView(id) {
   const progress = h("div", {id: "progress", class: "muted"});
   const curves = h("div", {id: "curves", class: "charts"});
   const note = h("p", {id: "curve-note", class: "warning"});
-  let classes = null;  // a classifier's, once its dataset has been read: what chance accuracy is
+  // What the curves show, in words (GET .../diagnosis), asked again after each epoch: a replayed burst of epochs
+  // asks once, and only the newest answer is shown.
+  let noteAsked = 0, noteTimer = null;
   const showCurves = () => {
     drawCurves(curves, rows, experiment.spec.task);
-    note.textContent = overshooting(rows, classes, experiment.spec.loss?.kind) || overfitting(rows) ||
-      notLearning(rows, classes) || "";
+    clearTimeout(noteTimer);
+    noteTimer = setTimeout(async () => {
+      const asked = ++noteAsked;
+      const findings = await api(`/experiments/${id}/diagnosis`).catch(() => null);
+      if (findings && asked === noteAsked) note.textContent = findings.map((f) => f.message).join(" ");
+    }, 100);
   };
   const logs = h("pre", {id: "logs", class: "logs"});
   const extras = h("div", {id: "extras"});
   const [notes, showNotes] = notesPanel(experiment);
   // What it learnt from: a table's columns (`features`), or images; null where the dataset has been deleted since.
   const dataset = api(`/datasets/${experiment.spec.dataset.name}`).catch(() => null);
-  dataset.then((d) => { classes = d?.class_names?.length || null; showCurves(); });
   view.replaceChildren(header, notes, progress, curves, note,
     h("div", {class: "columns"},
       h("section", {}, h("h2", {}, "Predict"), predictPanel(id, experiment, dataset)),
