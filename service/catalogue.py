@@ -48,6 +48,17 @@ def dataset_for(spec: ExperimentSpec, settings: Settings, store: Store, loc: Loc
         return uploaded_info(upload.name, upload.meta)
 
 
+def class_count(spec: ExperimentSpec, store: Store) -> int | None:
+    """A classifier's number of classes; None for a regression, or where its uploaded dataset has been deleted."""
+    if spec.task != "classification":
+        return None
+    try:
+        return dataset_info(spec.dataset.name).num_classes
+    except UnknownDataset:
+        upload = store.find_dataset(spec.dataset.name)
+        return None if upload is None else uploaded_info(upload.name, upload.meta).num_classes
+
+
 def open_dataset(spec: DatasetSpec, settings: Settings, store: Store) -> Dataset:
     """The tensors of a spec's dataset (raises UnknownDataset / DatasetUnavailable / NotFound)."""
     try:

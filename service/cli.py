@@ -27,6 +27,7 @@ from rich.text import Text
 
 from service.client import FINISHED, APIError, Client, ClientError, ServerUnavailable
 from service.compare import chart_metric, compact, difference_rows
+from service.diagnosis import SHORT_NAMES
 from service.errors import InvalidInput
 from service.schemas import Confusion, ExperimentPublic, Finding, Gradients, ListOrder, RowPredictions, Status
 from service.specs import EpochMetrics
@@ -762,14 +763,17 @@ def _wait_for_trials(client: Client, sweep_id: int) -> SweepPublic:
 
 
 def _trials_table(found: SweepPublic) -> Table:
-    """The trials best first: the values tried, status, best epoch and its validation metrics."""
+    """The trials best first: the values tried, status, best epoch and its validation metrics, and what the curves
+    show where any trial's show something."""
     paths = list(dict.fromkeys(path for t in found.trials for path in t.params))
+    shown = any(t.findings for t in found.trials)
     table = Table("rank", "experiment", *paths, "status", "best epoch", "val acc", "val loss",
-                  title=f"sweep {found.id}: {found.name}")  # fmt: skip
+                  *(["curves show"] if shown else []), title=f"sweep {found.id}: {found.name}")  # fmt: skip
     for rank, t in enumerate(found.trials, 1):
         values = [_fmt(t.params.get(path)) for path in paths]
+        findings = [", ".join(SHORT_NAMES[kind] for kind in t.findings)] if shown else []
         table.add_row(str(rank), str(t.experiment_id), *values, t.status, _fmt(t.best_epoch),
-                      _fmt(t.best_val_accuracy), _fmt(t.best_val_loss))  # fmt: skip
+                      _fmt(t.best_val_accuracy), _fmt(t.best_val_loss), *findings)  # fmt: skip
     return table
 
 

@@ -7,8 +7,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from service.schemas import Finding
+from service.schemas import Finding, FindingKind
 from service.specs import EpochMetrics
+
+# Each kind of finding as a table names it (`trainlab sweeps ID`; the dashboard's trial table has the same).
+SHORT_NAMES: dict[FindingKind, str] = {
+    "overshooting": "steps too large", "overfitting": "overfitting", "not_learning": "not learning",
+}  # fmt: skip
 
 # Losses on the scale of cross-entropy, where guessing evenly among C classes costs ln C.
 LOG_LOSSES = ("cross_entropy", "nll")

@@ -180,10 +180,13 @@ class Gradients(BaseModel):
     relus: list[DeadUnitsPublic]
 
 
+FindingKind = Literal["overshooting", "overfitting", "not_learning"]
+
+
 class Finding(BaseModel):
     """What an experiment's curves show, in words, with what to try (service/diagnosis.py)."""
 
-    kind: Literal["overshooting", "overfitting", "not_learning"]
+    kind: FindingKind
     message: str
 
 

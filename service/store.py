@@ -680,6 +680,19 @@ class Store:
             ).all()
             return [EpochMetrics.model_validate(row, from_attributes=True) for row in rows]
 
+    def metrics_of(self, experiment_ids: Sequence[int]) -> dict[int, list[EpochMetrics]]:
+        """Each experiment's metrics rows, in one query (a sweep's trials)."""
+        found: dict[int, list[EpochMetrics]] = {experiment_id: [] for experiment_id in experiment_ids}
+        with self._read() as session:
+            rows = session.scalars(
+                select(MetricRow)
+                .where(MetricRow.experiment_id.in_(experiment_ids))
+                .order_by(MetricRow.experiment_id, MetricRow.epoch)
+            ).all()
+            for row in rows:
+                found[row.experiment_id].append(EpochMetrics.model_validate(row, from_attributes=True))
+        return found
+
     def list_attempts(self, experiment_id: int) -> list[AttemptPublic]:
         with self._read() as session:
             self._row(session, experiment_id)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from service.compare import compact
 from service.errors import InvalidInput
 from service.hints import NOT_AN_OBJECT, message_with_hint, section_key
-from service.schemas import ExperimentPublic
+from service.schemas import ExperimentPublic, FindingKind
 from service.specs import ExperimentSpec, Name, Seed, Strict
 
 SpecPath = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[a-z_]+(\.[a-z_0-9]+)*$")]
@@ -68,6 +68,8 @@ class TrialPublic(BaseModel):
     best_val_accuracy: float | None
     best_val_loss: float | None
     warnings: list[str]  # what POST /experiments would have warned of this trial's spec
+    # What its curves show (GET /experiments/{id}/diagnosis, by kind): an lr sweep's too-large steps at a glance.
+    findings: list[FindingKind] = []
 
 
 class SweepPublic(BaseModel):
@@ -160,7 +162,14 @@ def _short(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[ExperimentPublic]) -> SweepPublic:
+def sweep_public(
+    sweep_id: int,
+    name: str,
+    request: dict,
+    experiments: list[ExperimentPublic],
+    findings: dict[int, list[FindingKind]] | None = None,
+) -> SweepPublic:
+    findings = findings or {}
     trials = [
         TrialPublic(
             experiment_id=e.id,
@@ -172,6 +181,7 @@ def sweep_public(sweep_id: int, name: str, request: dict, experiments: list[Expe
             best_val_accuracy=e.best.val_accuracy if e.best else None,
             best_val_loss=e.best.val_loss if e.best else None,
             warnings=e.warnings,
+            findings=findings.get(e.id, []),
         )
         for e in sorted(experiments, key=_best_first)
     ]

@@ -390,6 +390,9 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator("#trials tr").nth(1)).to_contain_text("0.01")  # the better lr ranks first
         sync_api.expect(page.locator("#trials .warning")).to_have_count(2)  # each trial's, as its experiment's
         sync_api.expect(page.locator("#trials .warning").first).to_contain_text("whose mirror images are not digits")
+        # What each trial's curves show: at 1e-05 the loss barely moves and the accuracy stays at chance.
+        sync_api.expect(page.locator("#trials .finding")).to_have_text(["not learning"])
+        sync_api.expect(page.locator("#trials tr").nth(2)).to_contain_text("not learning")
         sync_api.expect(page.locator("#comparison circle.point")).to_have_count(4)  # 2 trials x 2 epochs
         # Each curve is labelled in full by what its trial tried; compared, so are the runs, in a table too.
         sync_api.expect(page.locator("#comparison text.legend", has_text="optimizer.lr=0.01")).to_have_count(1)

@@ -261,6 +261,8 @@ def test_cli_submit_watch_predict_and_exit_codes(tmp_path: Path, db_url: str) ->
         assert "warning: optimizer.lr=1e-05: augment[0] (vflip): digits holds digits" in swept.stderr, swept.stderr
         ranked = [line for line in swept.stdout.splitlines() if "succeeded" in line]
         assert len(ranked) == 2 and "0.01 " in ranked[0] and "1e-05" in ranked[1], swept.stdout  # best first
+        # What the curves show: at 1e-05 the loss barely moves (2.350 → 2.345 at seed 0) and stays at chance.
+        assert "not learning" in ranked[1] and "not learning" not in ranked[0], swept.stdout
         with Client(dep.url) as sdk:
             assert sdk.sweep(1).request.base.epochs == 2
         assert "2/2 finished" in run_cli("sweeps", url=dep.url, cwd=REPO).stdout

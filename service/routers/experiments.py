@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
 from service.cache import LRUCache
-from service.catalogue import check_spec, dataset_for, open_dataset
+from service.catalogue import check_spec, class_count, dataset_for, open_dataset
 from service.compare import Comparison, compare
 from service.deps import (
     EvaluationsDep,
@@ -57,7 +57,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.specs import MAX_ID, PRINTABLE, EpochMetrics, ExperimentSpec, ModelKind
 from service.store import Store
-from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset, dataset_info, uploaded_info
+from worker.datasets import Dataset, DatasetUnavailable, UnknownDataset
 from worker.evaluation import Evaluation
 from worker.export import model_code, model_script
 from worker.inference import Predictor, RowOutOfRange
@@ -332,18 +332,7 @@ def get_diagnosis(experiment_id: ExperimentId, store: StoreDep):
     that of guessing evenly, steps too large; `overfitting`; `not_learning`), each with what to try; [] where
     nothing stands out."""
     spec = store.get_experiment(experiment_id).spec
-    return diagnose(store.list_metrics(experiment_id), classes=_class_count(spec, store), loss_kind=spec.loss.kind)
-
-
-def _class_count(spec: ExperimentSpec, store: Store) -> int | None:
-    """A classifier's number of classes; None for a regression, or where its uploaded dataset has been deleted."""
-    if spec.task != "classification":
-        return None
-    try:
-        return dataset_info(spec.dataset.name).num_classes
-    except UnknownDataset:
-        upload = store.find_dataset(spec.dataset.name)
-        return None if upload is None else uploaded_info(upload.name, upload.meta).num_classes
+    return diagnose(store.list_metrics(experiment_id), classes=class_count(spec, store), loss_kind=spec.loss.kind)
 
 
 @router.get("/{experiment_id}/curves.png", response_class=Response, responses=PNG_RESPONSE)

@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from service.catalogue import check_spec
+from service.catalogue import check_spec, class_count
 from service.compare import Metric, chart_metric
 from service.deps import IdempotencyKey, SettingsDep, StoreDep, idempotency, mark_replayed, replayed
+from service.diagnosis import diagnose
 from service.errors import ERROR_RESPONSES, TrainlabError
 from service.figures import PNG_RESPONSE, png_response, render_comparison
 from service.routers.experiments import remove_run_files
-from service.schemas import SweepSummary
+from service.schemas import ExperimentPublic, FindingKind, SweepSummary
 from service.settings import Settings
 from service.specs import MAX_ID, ExperimentSpec
 from service.store import Store, Trial
@@ -58,8 +59,23 @@ def list_sweeps(
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
 def get_sweep(sweep_id: SweepId, store: StoreDep):
-    """The trials, best first: by validation accuracy, or validation loss for a regression."""
-    return sweep_public(sweep_id, *store.get_sweep(sweep_id))
+    """The trials, best first: by validation accuracy, or validation loss for a regression; each with what its
+    curves show (`findings`: the kinds of GET /experiments/{id}/diagnosis)."""
+    name, request, experiments = store.get_sweep(sweep_id)
+    return sweep_public(sweep_id, name, request, experiments, _findings(experiments, store))
+
+
+def _findings(experiments: list[ExperimentPublic], store: Store) -> dict[int, list[FindingKind]]:
+    metrics = store.metrics_of([e.id for e in experiments])
+    classes: dict[tuple[str, str], int | None] = {}  # by dataset and task, which a grid may vary
+    findings = {}
+    for e in experiments:
+        key = (e.spec.dataset.name, e.spec.task)
+        if key not in classes:
+            classes[key] = class_count(e.spec, store)
+        found = diagnose(metrics[e.id], classes=classes[key], loss_kind=e.spec.loss.kind)
+        findings[e.id] = [finding.kind for finding in found]
+    return findings
 
 
 @router.delete("/{sweep_id}", status_code=204, response_class=Response)
@@ -76,4 +92,3 @@ def compare_sweep(sweep_id: SweepId, store: StoreDep, metric: Metric | None = No
     metric = chart_metric({e.spec.task for e in experiments}, metric)
     series = [(trial_label(e.sweep_params or {}), store.list_metrics(e.id)) for e in experiments]
     return png_response(render_comparison(series, metric, f"sweep #{sweep_id} {name}: {metric}"))
-

@@ -781,6 +781,9 @@ function valueCharts(trials) {
   });
 }
 
+// GET .../diagnosis's kinds of finding, as a sweep's trial table names them.
+const FINDINGS = {overshooting: "steps too large", overfitting: "overfitting", not_learning: "not learning"};
+
 // A sweep's trials best first, the values each tried, and their curves of the metric they are ranked by. Fetched
 // whole, then drawn at once; fetched again 2 s after each drawing until every trial has finished.
 async function sweepView(id) {
@@ -806,7 +809,8 @@ async function sweepView(id) {
         ...s.trials.map((t, i) => h("tr", {"data-id": t.experiment_id}, h("td", {}, i + 1),
           h("td", {}, h("a", {href: `#/experiments/${t.experiment_id}`}, `#${t.experiment_id}`)),
           h("td", {}, t.label, t.warnings.map((w) => h("div", {class: "warning"}, w))),
-          h("td", {}, badge(t.status)), h("td", {}, t.best_epoch ?? "–"),
+          h("td", {}, badge(t.status), t.findings.map((k) => h("div", {class: "finding"}, FINDINGS[k]))),
+          h("td", {}, t.best_epoch ?? "–"),
           h("td", {}, fmt(t.best_val_accuracy)), h("td", {}, fmt(t.best_val_loss))))),
       h("div", {id: "comparison", class: "charts"}, comparisonChart(runs, metrics[0])),
       h("div", {id: "by-value", class: "charts"}, valueCharts(s.trials)));
