@@ -56,12 +56,14 @@ def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
             response = client.post("/experiments", json=spec)
             assert response.status_code == 201, (name, response.text)
             experiment_ids.append(response.json()["id"])
+        sweep_ids = []
         for name in sweeps:
             request = json.loads((EXAMPLES / name).read_text())
             request["base"] = cut(request["base"])
             response = client.post("/sweeps", json=request)
             assert response.status_code == 201, (name, response.text)
             experiment_ids += [t["experiment_id"] for t in response.json()["trials"]]
+            sweep_ids.append(response.json()["id"])
         assert len(experiment_ids) == 2 + 6 + 4 + 3 + 5 + 2 + 6 + 6
         best = {}
         for experiment_id in experiment_ids:
@@ -101,6 +103,13 @@ def test_examples_run(tmp_path: Path, db_url: str, client_for) -> None:
         # (0.84-0.89 after 2 epochs at seeds 0-2, against 0.92-0.94 from He's or Glorot's).
         inits = {i: best[f"weight init in a deep MLP [model.init={i}]"] for i in ("default", "kaiming", "xavier")}
         assert min(inits["kaiming"], inits["xavier"]) > inits["default"] + 0.02, inits
+        # What the trials' curves show says the same: Adam at 0.1 overshoots, the four sigmoids do not learn.
+        findings = {t["name"]: t["findings"] for i in sweep_ids for t in client.get(f"/sweeps/{i}").json()["trials"]}
+        print({name: kinds for name, kinds in findings.items() if kinds})
+        assert "overshooting" in findings["sgd vs adam x learning rate [optimizer.kind=adam, optimizer.lr=0.1]"]
+        assert findings["sgd vs adam x learning rate [optimizer.kind=adam, optimizer.lr=0.001]"] == []
+        sigmoids = "activations in a deep MLP [model.activation=sigmoid, model.batchnorm={}]"
+        assert findings[sigmoids.format("false")] == ["not_learning"] and findings[sigmoids.format("true")] == []
 
 
 @pytest.mark.slow
