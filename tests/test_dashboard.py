@@ -493,7 +493,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         sync_api.expect(page.locator(".exp-header h1")).to_contain_text(f"#{fast_id} too fast")  # not the last page
         sync_api.expect(page.locator(".exp-header .badge")).to_have_text("succeeded", timeout=120_000)
         peak = max(http.get(f"/experiments/{fast_id}/metrics").json()[0]["train_loss_curve"])
-        assert peak > 2 * math.log(10), peak  # what the note is about: the loss did climb far above chance's
+        assert peak > 4 * math.log(10), peak  # what the note is about: the loss did climb far above chance's
         sync_api.expect(page.locator("#curve-note")).to_contain_text(
             f"Steps too large: the training loss reached {peak:.2f} in epoch 1, "
         )

@@ -328,8 +328,8 @@ def get_metrics(experiment_id: ExperimentId, store: StoreDep, since_epoch: Annot
 
 @router.get("/{experiment_id}/diagnosis", response_model=list[Finding])
 def get_diagnosis(experiment_id: ExperimentId, store: StoreDep):
-    """What the curves so far show, most fundamental first (`overshooting`: a classifier's training loss past twice
-    that of guessing evenly, steps too large; `overfitting`; `not_learning`), each with what to try; [] where
+    """What the curves so far show, most fundamental first (`overshooting`: a classifier's training loss past four
+    times that of guessing evenly, steps too large; `overfitting`; `not_learning`), each with what to try; [] where
     nothing stands out."""
     spec = store.get_experiment(experiment_id).spec
     return diagnose(store.list_metrics(experiment_id), classes=class_count(spec, store), loss_kind=spec.loss.kind)
