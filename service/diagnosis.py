@@ -43,7 +43,7 @@ def overshooting(rows: Sequence[EpochMetrics], classes: int | None, loss_kind: s
         return None
     return Finding(
         kind="overshooting",
-        message=f"Steps too large: the training loss reached {peak:.2f} in epoch {epoch}, {peak / chance:.1f}x "
+        message=f"Steps too large: the training loss reached {peak:.3g} in epoch {epoch}, {peak / chance:.3g}x "
         f"that of guessing evenly among {classes} classes ({chance:.2f}, about where an untrained model starts): "
         "each step overshoots, and the model grows confidently wrong. Lower optimizer.lr (3-10x at a time), warm "
         "it up (scheduler onecycle), or clip the gradients (grad_clip_norm).",

@@ -495,7 +495,7 @@ def test_submit_watch_and_predict_in_the_browser(tmp_path: Path, db_url: str, pa
         peak = max(http.get(f"/experiments/{fast_id}/metrics").json()[0]["train_loss_curve"])
         assert peak > 4 * math.log(10), peak  # what the note is about: the loss did climb far above chance's
         sync_api.expect(page.locator("#curve-note")).to_contain_text(
-            f"Steps too large: the training loss reached {peak:.2f} in epoch 1, "
+            f"Steps too large: the training loss reached {peak:.3g} in epoch 1, "
         )
         # The first CNN, two epochs: no note, once the page has its answer (tests/test_diagnosis.py: when not).
         with page.expect_response(lambda response: response.url.endswith("/experiments/1/diagnosis")) as answer:
